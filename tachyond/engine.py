@@ -1,0 +1,142 @@
+"""The matching-engine protocol: engines match orders in integer ticks and lots; the core settles.
+
+An engine knows nothing of balances. Every order it accepts, every fill and every order that leaves the
+book is an :class:`Event` with a sequence number, strictly increasing per engine instance, from 1. The core
+applies each event exactly once and stores the last applied sequence in the same ledger transaction; at
+start it asks the engine for ``events_after(last_seq)``. An engine whose ``durable`` is False (the memory
+engine) forgets everything on exit: the core instead re-submits the ledger's open orders to it in their
+original time order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
+
+Side = Literal["buy", "sell"]
+TimeInForce = Literal["gtc", "ioc", "fok"]
+
+# Reasons carried by a "done" event.
+DONE_FILLED = "filled"          # nothing remains
+DONE_CANCELED = "canceled"      # cancel() took it off the book
+DONE_EXPIRED = "expired"        # IOC remainder, or FOK that could not fill entirely (then nothing filled)
+DONE_POST_ONLY = "post_only"    # a post-only order that would have taken: nothing filled, never rested
+DONE_SELF_TRADE = "self_trade"  # the taker met a resting order of the same owner: taker's remainder canceled
+DONE_REASONS = (DONE_FILLED, DONE_CANCELED, DONE_EXPIRED, DONE_POST_ONLY, DONE_SELF_TRADE)
+
+
+@dataclass(frozen=True)
+class MarketSpec:
+    """A market as the engine sees it. ``tick``/``lot`` are decimal strings, for protocol comparison only."""
+
+    symbol: str        # "ZEC/USDC"
+    base: str
+    quote: str
+    tick: str
+    lot: str
+
+
+@dataclass(frozen=True)
+class EngineOrder:
+    """An order handed to an engine. Market orders arrive as IOC/FOK limits at the protection price."""
+
+    order_id: str
+    market: str
+    owner: str                 # opaque owner id, used only for self-trade prevention
+    side: Side
+    price_ticks: int           # > 0
+    qty_lots: int              # > 0; when re-seeding or listing open orders: the remaining lots
+    tif: TimeInForce = "gtc"
+    post_only: bool = False
+
+
+@dataclass(frozen=True)
+class Event:
+    """One engine event. Kinds:
+
+    - ``fill``: ``order_id`` is the taker, ``maker_order_id`` the resting order; at the maker's price.
+    - ``rested``: the taker's remainder (``qty_lots``) now rests on the book (GTC only).
+    - ``done``: ``order_id`` left (or never joined) the book with ``qty_lots`` unfilled, for ``reason``.
+
+    Each ``submit`` yields its fills in match order, a ``done(filled)`` for every maker it exhausted right
+    after that maker's last fill, and ends with exactly one ``rested`` or ``done`` for the taker.
+    """
+
+    seq: int
+    market: str
+    kind: Literal["fill", "rested", "done"]
+    order_id: str
+    qty_lots: int
+    price_ticks: int = 0               # fill: the maker's price
+    maker_order_id: str | None = None  # fill only
+    taker_side: Side | None = None     # fill only
+    reason: str | None = None          # done only: one of DONE_REASONS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Event":
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Depth:
+    """Aggregated book levels, best first: ``[(price_ticks, qty_lots), ...]``; ``seq`` the engine's last seq."""
+
+    seq: int
+    bids: list[tuple[int, int]]
+    asks: list[tuple[int, int]]
+
+
+class Cipher(Protocol):
+    """Authenticated encryption bound to associated data (AES-GCM under the wallet's data key)."""
+
+    def seal(self, aad: bytes, plaintext: bytes) -> bytes: ...
+    def open(self, aad: bytes, blob: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class EngineContext:
+    """What the core gives an engine factory."""
+
+    name: str                      # the engine name as configured ("memory", "sqlite", ...)
+    data_dir: Path                 # engine files live here, beside wallet.db
+    cipher: Cipher | None          # encrypts what the engine stores; None for engines that store nothing
+    config: dict[str, Any] = field(default_factory=dict)  # the [engines.<name>] table, if any
+
+
+@runtime_checkable
+class OrderBookEngine(Protocol):
+    """What ``register_engines`` registers a factory for. All methods are async."""
+
+    name: str
+    durable: bool
+
+    async def start(self, markets: Sequence[MarketSpec]) -> None:
+        """Open files or connections and load the books for these markets."""
+
+    async def submit(self, order: EngineOrder) -> list[Event]:
+        """Match ``order`` with price-time priority; persist the events (if durable) and return them."""
+
+    async def cancel(self, market: str, order_id: str) -> list[Event]:
+        """Take a resting order off the book: ``[done(canceled)]``, or ``[]`` if it is not resting."""
+
+    async def depth(self, market: str, levels: int) -> Depth:
+        """Aggregated levels, best first."""
+
+    async def open_orders(self, market: str) -> list[EngineOrder]:
+        """Resting orders with their remaining lots, in time priority order."""
+
+    async def events_after(self, seq: int, limit: int = 1000) -> list[Event]:
+        """Events with a sequence number greater than ``seq``, in order, at most ``limit``."""
+
+    async def last_seq(self) -> int:
+        """The highest sequence number issued so far (0 when none)."""
+
+    async def aclose(self) -> None:
+        """Flush and close."""
+
+
+EngineFactory = Callable[[EngineContext], OrderBookEngine]

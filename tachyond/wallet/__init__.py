@@ -1,0 +1,1 @@
+"""The encrypted wallet file: crypto primitives (crypto) and the SQLite store with its single writer (store)."""
