@@ -1,6 +1,30 @@
-"""Configuration: TOML read with tomllib into frozen dataclasses; every error names the dotted key."""
+"""Configuration: TOML read with tomllib into frozen dataclasses; every error names the dotted key.
+
+Unknown keys, wrong types and impossible values raise :class:`ConfigError` whose message is one line,
+``<dotted.key>: <reason>``. Provider and engine tables (``[onramp.<name>]``, ``[engines.<name>]``) are kept
+as plain dicts and validated by the plugin that owns them, with the same error class.
+"""
 
 from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Mapping
+
+from .amounts import Token, parse_decimal
+from .errors import AmountError
+
+DEFAULT_CONFIG_PATH = Path("/etc/tachyon/tachyond.toml")
+DEFAULT_SOCKET = Path("/run/tachyond/rpc.sock")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9]{0,15}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 class ConfigError(Exception):
@@ -10,3 +34,357 @@ class ConfigError(Exception):
         super().__init__(f"{key}: {reason}")
         self.key = key
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    data_dir: Path = Path("/var/lib/tachyond")
+    socket: Path = DEFAULT_SOCKET
+    socket_mode: int = 0o600
+    socket_group: str | None = None
+    log_level: str = "info"
+    log_format: str = "text"
+
+
+@dataclass(frozen=True)
+class WalletConfig:
+    password_file: Path | None = None
+    unlock_timeout_s: int = 0
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: tuple[str, ...] = ("127.0.0.1:8787",)
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    max_body_bytes: int = 65536
+    rate_limit_per_s: int = 50
+    allow_ips: tuple[str, ...] = ()
+
+    def allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(n, strict=False) for n in self.allow_ips]
+
+
+@dataclass(frozen=True)
+class MarketConfig:
+    symbol: str
+    base: str
+    quote: str
+    engine: str
+    tick: Decimal
+    lot: Decimal
+    min_notional: Decimal
+    maker_fee_bps: int = 0
+    taker_fee_bps: int = 0
+    protection_bps: int = 500
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    wallet: WalletConfig = field(default_factory=WalletConfig)
+    http: HttpConfig | None = field(default_factory=HttpConfig)
+    tokens: tuple[Token, ...] = ()
+    markets: tuple[MarketConfig, ...] = ()
+    engines: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    onramp: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    disabled_plugins: tuple[str, ...] = ()
+    dev: bool = False
+    source: str = "<defaults>"
+
+    def token_map(self) -> dict[str, Token]:
+        return {t.symbol: t for t in self.tokens}
+
+    def market_map(self) -> dict[str, MarketConfig]:
+        return {m.symbol: m for m in self.markets}
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+_TOP_KEYS = {"daemon", "wallet", "http", "tokens", "markets", "engines", "onramp", "plugins"}
+
+
+def load(path: Path) -> Config:
+    """Read and validate a TOML file; raise ConfigError naming the dotted key."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("config", f"file {path} does not exist (use --config PATH, $TACHYON_CONFIG or --dev)") from None
+    except PermissionError:
+        raise ConfigError("config", f"file {path} is not readable by this user") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+    return from_mapping(raw, source=str(path))
+
+
+def from_mapping(raw: Mapping[str, Any], *, source: str = "<mapping>", dev: bool = False) -> Config:
+    """Validate a parsed TOML document."""
+    _no_unknown(raw, _TOP_KEYS, "")
+    if "daemon" not in raw:
+        raise ConfigError("daemon", "the [daemon] table is required")
+    daemon = _daemon(_table(raw, "daemon"))
+    wallet = _wallet(_table(raw, "wallet")) if "wallet" in raw else WalletConfig()
+    http = _http(_table(raw, "http")) if "http" in raw else (HttpConfig() if dev else None)
+    tokens = _tokens(raw.get("tokens", []))
+    markets = _markets(raw.get("markets", []), {t.symbol: t for t in tokens})
+    engines = _subtables(raw, "engines")
+    onramp = _subtables(raw, "onramp")
+    plugins = _table(raw, "plugins") if "plugins" in raw else {}
+    _no_unknown(plugins, {"disabled"}, "plugins")
+    disabled = tuple(_str_list(plugins.get("disabled", []), "plugins.disabled"))
+    env_disabled = os.environ.get("TACHYON_DISABLED_PLUGINS", "")
+    disabled += tuple(n.strip() for n in env_disabled.split(",") if n.strip())
+    return Config(daemon=daemon, wallet=wallet, http=http, tokens=tokens, markets=markets, engines=engines,
+                  onramp=onramp, disabled_plugins=disabled, dev=dev, source=source)
+
+
+def _table(raw: Mapping[str, Any], key: str, prefix: str = "") -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(prefix + key, f"must be a table, not {_tname(value)}")
+    return value
+
+
+def _subtables(raw: Mapping[str, Any], key: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, table in _table(raw, key).items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{key}.{name}", f"must be a table, not {_tname(table)}")
+        out[name] = dict(table)
+    return out
+
+
+def _no_unknown(table: Mapping[str, Any], known: set[str], prefix: str) -> None:
+    for key in table:
+        if key not in known:
+            dotted = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(dotted, f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def _tname(value: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a float", bool: "a boolean", list: "an array",
+            dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _get(table: Mapping[str, Any], key: str, typ: type | tuple[type, ...], default: Any, prefix: str) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    ok = isinstance(value, typ) and not (isinstance(value, bool) and bool not in (typ if isinstance(typ, tuple) else (typ,)))
+    if not ok:
+        want = " or ".join(_tname(t()) if t is not type(None) else "none" for t in (typ if isinstance(typ, tuple) else (typ,)))
+        raise ConfigError(f"{prefix}.{key}", f"must be {want}, not {_tname(value)}")
+    return value
+
+
+def _str_list(value: Any, key: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(key, "must be an array of strings")
+    return list(value)
+
+
+def _non_negative(value: int, key: str) -> int:
+    if value < 0:
+        raise ConfigError(key, f"must be zero or more, not {value}")
+    return value
+
+
+def _daemon(t: Mapping[str, Any]) -> DaemonConfig:
+    p = "daemon"
+    _no_unknown(t, {"data_dir", "socket", "socket_mode", "socket_group", "log_level", "log_format"}, p)
+    mode_text = _get(t, "socket_mode", str, "0600", p)
+    if not re.fullmatch(r"0?[0-7]{3}", mode_text):
+        raise ConfigError("daemon.socket_mode", f"must be an octal mode string such as \"0600\", not {mode_text!r}")
+    mode = int(mode_text, 8)
+    if mode & 0o007:
+        raise ConfigError("daemon.socket_mode", f"{mode_text} gives other users access; use \"0600\" or \"0660\" with socket_group")
+    group = _get(t, "socket_group", str, None, p)
+    if group is not None:
+        import grp
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise ConfigError("daemon.socket_group", f"no group named {group!r} on this system") from None
+    level = _get(t, "log_level", str, "info", p)
+    if level not in LOG_LEVELS:
+        raise ConfigError("daemon.log_level", f"must be one of {'|'.join(LOG_LEVELS)}, not {level!r}")
+    fmt = _get(t, "log_format", str, "text", p)
+    if fmt not in LOG_FORMATS:
+        raise ConfigError("daemon.log_format", f"must be one of {'|'.join(LOG_FORMATS)}, not {fmt!r}")
+    return DaemonConfig(data_dir=Path(_get(t, "data_dir", str, "/var/lib/tachyond", p)),
+                        socket=Path(_get(t, "socket", str, str(DEFAULT_SOCKET), p)),
+                        socket_mode=mode, socket_group=group, log_level=level, log_format=fmt)
+
+
+def _wallet(t: Mapping[str, Any]) -> WalletConfig:
+    p = "wallet"
+    _no_unknown(t, {"password_file", "unlock_timeout_s"}, p)
+    pw = _get(t, "password_file", str, None, p)
+    timeout = _non_negative(_get(t, "unlock_timeout_s", int, 0, p), "wallet.unlock_timeout_s")
+    return WalletConfig(password_file=Path(pw) if pw else None, unlock_timeout_s=timeout)
+
+
+def parse_listen(text: str, key: str) -> tuple[str, int]:
+    """``"127.0.0.1:8787"`` or ``"[::1]:8787"`` -> (host, port); a bad address is a ConfigError."""
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", text)
+    if not m:
+        raise ConfigError(key, f"{text!r} is not HOST:PORT (e.g. \"127.0.0.1:8787\" or \"[::1]:8787\")")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if port > 65535:
+        raise ConfigError(key, f"{text!r}: port {port} is above 65535")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(key, f"{text!r}: {host!r} is not an IP address (or localhost)") from None
+    return host, port
+
+
+def _http(t: Mapping[str, Any]) -> HttpConfig:
+    p = "http"
+    _no_unknown(t, {"listen", "certfile", "keyfile", "max_body_bytes", "rate_limit_per_s", "allow_ips"}, p)
+    listen = _str_list(t.get("listen", ["127.0.0.1:8787"]), "http.listen")
+    for i, addr in enumerate(listen):
+        parse_listen(addr, f"http.listen[{i}]")
+    cert = _get(t, "certfile", str, None, p)
+    key = _get(t, "keyfile", str, None, p)
+    if bool(cert) != bool(key):
+        raise ConfigError("http.keyfile" if cert else "http.certfile", "certfile and keyfile go together")
+    body = _get(t, "max_body_bytes", int, 65536, p)
+    if body < 1024 or body > 64 * 1024 * 1024:
+        raise ConfigError("http.max_body_bytes", f"must be between 1024 and 67108864, not {body}")
+    rate = _get(t, "rate_limit_per_s", int, 50, p)
+    if rate < 1:
+        raise ConfigError("http.rate_limit_per_s", f"must be at least 1, not {rate}")
+    allow = _str_list(t.get("allow_ips", []), "http.allow_ips")
+    for i, net in enumerate(allow):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"http.allow_ips[{i}]", f"{net!r} is not an IP network such as \"3.18.12.63/32\"") from None
+    return HttpConfig(listen=tuple(listen), certfile=Path(cert) if cert else None, keyfile=Path(key) if key else None,
+                      max_body_bytes=body, rate_limit_per_s=rate, allow_ips=tuple(allow))
+
+
+def _tokens(raw: Any) -> tuple[Token, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("tokens", "must be an array of tables ([[tokens]])")
+    out: list[Token] = []
+    seen: set[str] = set()
+    for i, t in enumerate(raw):
+        p = f"tokens[{i}]"
+        if not isinstance(t, dict):
+            raise ConfigError(p, "must be a table")
+        _no_unknown(t, {"symbol", "decimals", "networks"}, p)
+        if "symbol" not in t:
+            raise ConfigError(f"{p}.symbol", "is required")
+        sym = _get(t, "symbol", str, None, p)
+        if not SYMBOL_RE.match(sym):
+            raise ConfigError(f"{p}.symbol", f"{sym!r} must be upper-case letters and digits, such as \"USDC\"")
+        if sym in seen:
+            raise ConfigError(f"{p}.symbol", f"{sym} is declared twice")
+        seen.add(sym)
+        if "decimals" not in t:
+            raise ConfigError(f"{p}.decimals", "is required")
+        dec = _get(t, "decimals", int, None, p)
+        if not 0 <= dec <= 18:
+            raise ConfigError(f"{p}.decimals", f"must be 0..18, not {dec}")
+        nets = _str_list(t.get("networks", []), f"{p}.networks")
+        out.append(Token(symbol=sym, decimals=dec, networks=tuple(nets)))
+    return tuple(out)
+
+
+def _decimal(t: Mapping[str, Any], key: str, prefix: str) -> Decimal:
+    value = t.get(key)
+    if value is None:
+        raise ConfigError(f"{prefix}.{key}", "is required")
+    if not isinstance(value, str):
+        raise ConfigError(f"{prefix}.{key}", f"must be a decimal string such as \"0.01\", not {_tname(value)}")
+    try:
+        return parse_decimal(value, key)
+    except AmountError as exc:
+        raise ConfigError(f"{prefix}.{key}", exc.message) from None
+
+
+def _markets(raw: Any, tokens: Mapping[str, Token]) -> tuple[MarketConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("markets", "must be an array of tables ([[markets]])")
+    out: list[MarketConfig] = []
+    seen: set[str] = set()
+    keys = {"symbol", "engine", "tick", "lot", "min_notional", "maker_fee_bps", "taker_fee_bps", "protection_bps"}
+    for i, m in enumerate(raw):
+        p = f"markets[{i}]"
+        if not isinstance(m, dict):
+            raise ConfigError(p, "must be a table")
+        _no_unknown(m, keys, p)
+        sym = _get(m, "symbol", str, None, p)
+        if sym is None or not re.fullmatch(r"[A-Z0-9]+/[A-Z0-9]+", sym):
+            raise ConfigError(f"{p}.symbol", f"must be BASE/QUOTE such as \"ZEC/USDC\", not {sym!r}")
+        if sym in seen:
+            raise ConfigError(f"{p}.symbol", f"{sym} is declared twice")
+        seen.add(sym)
+        base, quote = sym.split("/")
+        for part, what in ((base, "base"), (quote, "quote")):
+            if part not in tokens:
+                raise ConfigError(f"{p}.symbol", f"{what} token {part} is not declared in [[tokens]]")
+        if base == quote:
+            raise ConfigError(f"{p}.symbol", "base and quote must differ")
+        engine = _get(m, "engine", str, "sqlite", p)
+        tick, lot, min_notional = (_decimal(m, k, p) for k in ("tick", "lot", "min_notional"))
+        bt, qt = tokens[base], tokens[quote]
+        if tick <= 0 or tick.scaleb(qt.decimals) != tick.scaleb(qt.decimals).to_integral_value():
+            raise ConfigError(f"{p}.tick", f"{tick} must be > 0 and a whole number of {quote} minor units ({qt.decimals} decimals)")
+        if lot <= 0 or lot.scaleb(bt.decimals) != lot.scaleb(bt.decimals).to_integral_value():
+            raise ConfigError(f"{p}.lot", f"{lot} must be > 0 and a whole number of {base} minor units ({bt.decimals} decimals)")
+        unit_notional = (tick * lot).scaleb(qt.decimals)
+        if unit_notional != unit_notional.to_integral_value():
+            raise ConfigError(f"{p}.lot", f"tick {tick} x lot {lot} = {tick * lot} {quote} is finer than {quote}'s "
+                              f"{qt.decimals} decimals, so fills could not be settled exactly")
+        if min_notional.scaleb(qt.decimals) != min_notional.scaleb(qt.decimals).to_integral_value():
+            raise ConfigError(f"{p}.min_notional", f"{min_notional} is finer than {quote}'s {qt.decimals} decimals")
+        fees = {}
+        for k, default in (("maker_fee_bps", 0), ("taker_fee_bps", 0), ("protection_bps", 500)):
+            v = _get(m, k, int, default, p)
+            if not 0 <= v <= 10000:
+                raise ConfigError(f"{p}.{k}", f"must be 0..10000 basis points, not {v}")
+            fees[k] = v
+        if fees["protection_bps"] == 0:
+            raise ConfigError(f"{p}.protection_bps", "must be at least 1 so market orders can fill")
+        out.append(MarketConfig(symbol=sym, base=base, quote=quote, engine=engine, tick=tick, lot=lot,
+                                min_notional=min_notional, **fees))
+    return tuple(out)
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+DEFAULT_DOCUMENT: dict[str, Any] = {
+    "daemon": {"data_dir": "/var/lib/tachyond", "socket": str(DEFAULT_SOCKET), "socket_mode": "0600",
+               "log_level": "info", "log_format": "text"},
+    "wallet": {"unlock_timeout_s": 0},
+    "http": {"listen": ["127.0.0.1:8787"], "max_body_bytes": 65536, "rate_limit_per_s": 50, "allow_ips": []},
+    "tokens": [
+        {"symbol": "USDC", "decimals": 6, "networks": ["ethereum", "solana", "polygon", "avalanche", "base", "stellar"]},
+        {"symbol": "ZEC", "decimals": 8},
+    ],
+    "markets": [
+        {"symbol": "ZEC/USDC", "engine": "sqlite", "tick": "0.01", "lot": "0.0001", "min_notional": "1",
+         "maker_fee_bps": 10, "taker_fee_bps": 20, "protection_bps": 500},
+    ],
+    "onramp": {"stripe": {
+        "secret_key_env": "STRIPE_SECRET_KEY", "webhook_secret_env": "STRIPE_WEBHOOK_SECRET",
+        "api_base": "https://api.stripe.com", "tolerance_s": 300, "default_network": "ethereum",
+        "default_currency": "usdc", "reconcile_interval_s": 300, "reconcile_lookback_h": 24,
+    }},
+    "plugins": {"disabled": []},
+}
+
+
+def default_document_toml() -> str:
+    """The default configuration as TOML text (written with tomli-w); it holds references, never secrets."""
+    import tomli_w
+
+    head = ("# tachyond configuration. Every key is documented in docs/operations.md.\n"
+            "# Secrets are references (*_env, *_file), never values.\n\n")
+    return head + tomli_w.dumps(DEFAULT_DOCUMENT)

@@ -1,0 +1,104 @@
+"""A blocking JSON-RPC 2.0 client over the daemon's Unix socket, one message per line."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import os
+import socket
+from typing import Any
+
+DEFAULT_SOCKET = "/run/tachyond/rpc.sock"
+
+
+class RpcError(Exception):
+    """The daemon answered with a JSON-RPC error."""
+
+    def __init__(self, code: int, message: str, data: Any = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class DaemonNotRunning(Exception):
+    """Nothing listens on the socket (absent, refused or not permitted)."""
+
+
+def default_socket() -> str:
+    return os.environ.get("TACHYON_SOCKET") or DEFAULT_SOCKET
+
+
+class Client:
+    """One connection; ``call`` sends a request and waits for its answer."""
+
+    def __init__(self, path: str | None = None, *, who: str = "tachyon-ctl", timeout_s: float = 60.0):
+        self.path = path or default_socket()
+        self.who = who
+        self.timeout_s = timeout_s
+        self._ids = itertools.count(1)
+        self._sock: socket.socket | None = None
+        self._buf = b""
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout_s)
+        try:
+            sock.connect(self.path)
+        except FileNotFoundError:
+            sock.close()
+            raise DaemonNotRunning(f"tachyond is not running: no socket at {self.path} "
+                                   "(start it, or point --socket / $TACHYON_SOCKET at its socket)") from None
+        except OSError as exc:
+            sock.close()
+            if exc.errno in (errno.ECONNREFUSED, errno.ENOTSOCK):
+                raise DaemonNotRunning(f"tachyond is not running: {self.path} refuses connections (a stale socket?)") from None
+            if exc.errno == errno.EACCES:
+                raise DaemonNotRunning(f"permission denied on {self.path}: run as the daemon's user or a member of its socket_group") from None
+            raise DaemonNotRunning(f"cannot reach tachyond at {self.path}: {exc.strerror}") from None
+        self._sock = sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> "Client":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def call(self, method: str, params: Any = None, *, label: str | None = None) -> Any:
+        if self._sock is None:
+            self.connect()
+        req_id = f"{self.who}:{label or method}#{next(self._ids)}"
+        req: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": req_id}
+        if params is not None:
+            req["params"] = params
+        assert self._sock is not None
+        try:
+            self._sock.sendall(json.dumps(req).encode() + b"\n")
+            while True:
+                line = self._read_line()
+                msg = json.loads(line)
+                if isinstance(msg, dict) and msg.get("id") in (req_id, None):
+                    break
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise DaemonNotRunning(f"tachyond closed the connection ({exc.strerror}); is it stopping?") from None
+        if "error" in msg:
+            err = msg["error"]
+            raise RpcError(err.get("code", -32603), err.get("message", "unknown error"), err.get("data"))
+        return msg.get("result")
+
+    def _read_line(self) -> bytes:
+        assert self._sock is not None
+        while b"\n" not in self._buf:
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise DaemonNotRunning("tachyond closed the connection before answering; is it stopping?")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line

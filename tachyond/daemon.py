@@ -1,0 +1,291 @@
+"""The daemon: one trio nursery owning the RPC socket, the HTTP server, the wallet and every service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import trio
+
+from . import __version__, logs
+from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_document_toml, load
+from .metrics import Metrics
+from .plugins import PluginLoadError, Plugins
+from .rpc import Dispatcher, Param, Registry, RpcServer, SocketInUse
+from .systemd import Notifier, serve_watchdog, watchdog_interval_s
+
+log = logging.getLogger("tachyond")
+
+DRAIN_TIMEOUT_S = 10.0
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is one line an operator can act on."""
+
+
+class Daemon:
+    """Holds the configuration, the plugin registrations and the running services."""
+
+    def __init__(self, config: Config, *, notifier: Notifier | None = None):
+        self.config = config
+        self.version = __version__
+        self.metrics = Metrics()
+        self.registry = Registry()
+        self.dispatcher = Dispatcher(self.registry, self.metrics)
+        self.plugins = Plugins(config.disabled_plugins)
+        self.notifier = notifier or Notifier()
+        self.shutdown = trio.Event()
+        self.started_monotonic = time.monotonic()
+        self.engine_factories: dict[str, tuple[str, Callable[..., Any]]] = {}
+        self.provider_factories: dict[str, tuple[str, Callable[..., Any]]] = {}
+        self.address_validators: dict[str, tuple[str, Callable[[str], str]]] = {}
+        self.background_tasks: list[tuple[str, str, Callable[..., Any]]] = []
+        self.wallet: Any = None
+        self.ledger: Any = None
+        self.dex: Any = None
+        self.onramp: Any = None
+        self.socket_path: Path = config.daemon.socket
+        self.http_binds: list[str] = []
+        self.nursery: trio.Nursery | None = None
+
+    # --- plugins --------------------------------------------------------------------------------
+
+    def load_plugins(self, extra: list[tuple[str, Any]] = ()) -> None:
+        """Load entry points (and ``extra`` objects, for embedding), then gather what each registers."""
+        try:
+            self.plugins.load_entry_points()
+            for name, obj in extra:
+                self.plugins.register(obj, name)
+            for plugin, name, args, kw in self.plugins.collect("register_engines"):
+                self._claim(self.engine_factories, "engine", plugin, name, args[1] if len(args) > 1 else kw["factory"])
+            for plugin, name, args, kw in self.plugins.collect("register_onramp_providers"):
+                self._claim(self.provider_factories, "onramp provider", plugin, name, args[1] if len(args) > 1 else kw["factory"])
+            for plugin, name, args, kw in self.plugins.collect("register_address_validators"):
+                self._claim(self.address_validators, "address validator for network", plugin, name, args[1] if len(args) > 1 else kw["fn"])
+            for plugin, name, args, kw in self.plugins.collect("register_background_tasks"):
+                self.background_tasks.append((plugin, name, args[1] if len(args) > 1 else kw["fn"]))
+            register_core_methods(self)
+            for plugin, _name, args, kw in self.plugins.collect("register_rpc_methods"):
+                try:
+                    self.registry.add(*args, **kw, plugin=plugin)
+                except (TypeError, ValueError) as exc:
+                    raise PluginLoadError(str(exc)) from None
+        except PluginLoadError as exc:
+            raise StartupError(str(exc)) from None
+        for i, market in enumerate(self.config.markets):
+            if market.engine not in self.engine_factories:
+                have = ", ".join(sorted(self.engine_factories)) or "none"
+                raise StartupError(f"markets[{i}].engine: no loaded plugin provides engine {market.engine!r} (available: {have})")
+        for name in self.config.onramp:
+            if name not in self.provider_factories:
+                have = ", ".join(sorted(self.provider_factories)) or "none"
+                raise StartupError(f"onramp.{name}: no loaded plugin provides onramp provider {name!r} (available: {have})")
+
+    @staticmethod
+    def _claim(table: dict[str, Any], what: str, plugin: str, name: Any, value: Any) -> None:
+        if not isinstance(name, str) or not name:
+            raise PluginLoadError(f"plugin {plugin!r} registered a {what} without a name")
+        if name in table:
+            raise PluginLoadError(f"plugin {plugin!r}: {what} {name!r} is already registered by plugin {table[name][0]!r}")
+        table[name] = (plugin, value)
+
+    # --- state for RPC and HTTP -----------------------------------------------------------------
+
+    def uptime_s(self) -> int:
+        return int(time.monotonic() - self.started_monotonic)
+
+    def wallet_state(self) -> str:
+        return self.wallet.state if self.wallet is not None else "absent"
+
+    def refresh_gauges(self) -> None:
+        for service in (self.dex, self.onramp):
+            if service is not None and hasattr(service, "refresh_gauges"):
+                service.refresh_gauges()
+
+    async def health(self) -> dict[str, str]:
+        """What does not answer: ``{}`` when the RPC socket, the DB and every engine do."""
+        problems: dict[str, str] = {}
+        try:
+            with trio.fail_after(2):
+                stream = await trio.open_unix_socket(str(self.socket_path))
+                await stream.aclose()
+        except (OSError, trio.TooSlowError) as exc:
+            problems["rpc_socket"] = f"{self.socket_path} does not accept connections ({exc})"
+        for name, service in (("wallet", self.wallet), ("dex", self.dex), ("onramp", self.onramp)):
+            if service is not None and hasattr(service, "health"):
+                try:
+                    with trio.fail_after(2):
+                        problems.update(await service.health())
+                except Exception as exc:
+                    problems[name] = f"{type(exc).__name__}: {exc}"
+        return problems
+
+    def request_stop(self, why: str) -> None:
+        if not self.shutdown.is_set():
+            log.info("stopping: %s", why)
+            self.shutdown.set()
+
+    # --- running --------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Start every service in one nursery; return after a graceful stop."""
+        cfg = self.config
+        cfg.daemon.data_dir.mkdir(parents=True, exist_ok=True)
+        rpc = RpcServer(self.dispatcher, drain_timeout_s=DRAIN_TIMEOUT_S)
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            nursery.start_soon(self._signals)
+            await self._start_services(nursery)
+            try:
+                await nursery.start(rpc.serve, cfg.daemon.socket, cfg.daemon.socket_mode, cfg.daemon.socket_group, self.shutdown)
+            except (SocketInUse, OSError) as exc:
+                raise StartupError(f"daemon.socket: {exc}") from None
+            if cfg.http is not None:
+                from .http import serve_http
+
+                try:
+                    self.http_binds = await nursery.start(serve_http, self, self.shutdown)
+                except OSError as exc:
+                    raise StartupError(f"http.listen: cannot listen on {', '.join(cfg.http.listen)}: {exc.strerror or exc}") from None
+            for plugin, name, fn in self.background_tasks:
+                nursery.start_soon(self._plugin_task, plugin, name, fn)
+            interval = watchdog_interval_s()
+            if interval:
+                await nursery.start(serve_watchdog, self.notifier, interval, lambda: not self.shutdown.is_set())
+            status = f"serving on {cfg.daemon.socket}" + (f" and {', '.join(self.http_binds)}" if self.http_binds else "")
+            self.notifier.ready(status)
+            log.info("tachyond %s %s (wallet %s)", self.version, status, self.wallet_state())
+            self.plugins.notify("daemon_started", daemon=self)
+            task_status.started(self)
+            await self.shutdown.wait()
+            self.notifier.stopping("draining")
+            self.plugins.notify("daemon_stopping", daemon=self)
+            await self._stop_services()
+            nursery.cancel_scope.cancel()
+        log.info("tachyond stopped")
+
+    async def _start_services(self, nursery: trio.Nursery) -> None:
+        """Open the wallet and start the services configured; later issues add to this."""
+
+    async def _stop_services(self) -> None:
+        """Close services in reverse order, each within the drain deadline."""
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    logs.setup(self.config.daemon.log_level, self.config.daemon.log_format)
+                    log.info("SIGHUP: logs reopened")
+                    continue
+                self.request_stop(signal.Signals(signum).name)
+
+    async def _plugin_task(self, plugin: str, name: str, fn: Callable[..., Any]) -> None:
+        try:
+            await fn(self)
+        except Exception:
+            log.exception("background task %s of plugin %s failed; the daemon goes on without it", name, plugin)
+
+
+def register_core_methods(d: Daemon) -> None:
+    """``rpc.discover``, ``daemon.info``, ``daemon.stop``, ``plugins.list``."""
+    r = d.registry
+
+    @r.method("rpc.discover", result="an OpenRPC 1.x document")
+    async def rpc_discover(p: dict[str, Any]) -> Any:
+        """An OpenRPC 1.x document of every method, plugins' included."""
+        return r.discover(d.version)
+
+    @r.method("daemon.info", result="{version, uptime_s, wallet, unlocked_until, plugins, engines, markets, onramp_providers}")
+    async def daemon_info(p: dict[str, Any]) -> Any:
+        """The daemon's version, uptime, wallet state, plugins, engines, markets and onramp providers."""
+        info = {
+            "version": d.version,
+            "uptime_s": d.uptime_s(),
+            "wallet": d.wallet_state(),
+            "unlocked_until": getattr(d.wallet, "unlocked_until", None) if d.wallet is not None else None,
+            "plugins": [p["name"] for p in d.plugins.listing()],
+            "engines": sorted(d.engine_factories),
+            "markets": [m.symbol for m in d.config.markets],
+            "onramp_providers": sorted(d.config.onramp),
+            "socket": str(d.socket_path),
+            "http": d.http_binds,
+            "dev": d.config.dev,
+        }
+        return info
+
+    @r.method("daemon.stop", result="{stopping: true}")
+    async def daemon_stop(p: dict[str, Any]) -> Any:
+        """Stop the daemon gracefully: in-flight calls finish, the socket file is removed, exit code 0."""
+        d.request_stop("daemon.stop RPC")
+        return {"stopping": True}
+
+    @r.method("plugins.list", result="[{name, version, hooks, builtin}]")
+    async def plugins_list(p: dict[str, Any]) -> Any:
+        """Every loaded plugin with its version, the hooks it implements and whether it ships with tachyond."""
+        return d.plugins.listing()
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tachyond", description="The tachyon wallet daemon (foreground; logs to stderr).")
+    ap.add_argument("--config", type=Path, help="TOML config (default: $TACHYON_CONFIG, else /etc/tachyon/tachyond.toml)")
+    ap.add_argument("--dev", action="store_true", help="run the embedded development default under ./.tachyon-dev/ (not for real money)")
+    ap.add_argument("--print-default-config", action="store_true", help="write a default config to stdout and exit")
+    ap.add_argument("--check-config", action="store_true", help="validate the config (and its plugins) and exit")
+    ap.add_argument("--version", action="version", version=f"tachyond {__version__}")
+    return ap
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    if args.dev:
+        from .devmode import dev_config
+
+        return dev_config(Path.cwd() / ".tachyon-dev")
+    path = args.config or Path(os.environ.get("TACHYON_CONFIG") or DEFAULT_CONFIG_PATH)
+    return load(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.print_default_config:
+        sys.stdout.write(default_document_toml())
+        return 0
+    try:
+        config = resolve_config(args)
+    except ConfigError as exc:
+        print(f"tachyond: config error: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(config.daemon.log_level, config.daemon.log_format)
+    try:
+        if args.check_config:
+            daemon = Daemon(config)
+            daemon.load_plugins()
+            daemon.prepare_services_for_check()
+            print(f"tachyond: {config.source}: configuration OK")
+            return 0
+        trio.run(_run, config)
+    except (StartupError, ConfigError) as exc:
+        log.error("cannot start: %s", exc)
+        print(f"tachyond: cannot start: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+async def _run(config: Config) -> None:
+    daemon = Daemon(config)
+    daemon.load_plugins()
+    if config.dev:
+        from .devmode import run_dev
+
+        await run_dev(daemon)
+    else:
+        await daemon.run()

@@ -1,0 +1,89 @@
+"""``tachyond --dev``: the embedded development default. Everything local, nothing reaches the internet."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .config import Config, from_mapping
+
+log = logging.getLogger("tachyond.dev")
+
+DEV_HTTP = "127.0.0.1:8787"
+DEV_EMULATOR = ("127.0.0.1", 12111)
+DEV_PASSWORD_FILE = "dev-wallet-password"
+BANNER = "*" * 78
+
+
+def _secret_file(dir_: Path, name: str, make: Any) -> Path:
+    """A dev secret kept in a 0600 file under the dev dir, made once."""
+    path = dir_ / name
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(make())
+    return path
+
+
+def dev_document(dir_: Path) -> dict[str, Any]:
+    """The embedded default as a config document (the same validation as a TOML file)."""
+    dir_.mkdir(parents=True, exist_ok=True)
+    key_file = _secret_file(dir_, "stripe-secret-key", lambda: "sk_test_dev_" + secrets.token_hex(12))
+    whsec_file = _secret_file(dir_, "stripe-webhook-secret", lambda: "whsec_dev" + secrets.token_hex(16))
+    return {
+        "daemon": {"data_dir": str(dir_), "socket": str(dir_ / "rpc.sock"), "socket_mode": "0600",
+                   "log_level": os.environ.get("TACHYON_LOG_LEVEL", "info"), "log_format": "text"},
+        "wallet": {"password_file": str(dir_ / DEV_PASSWORD_FILE), "unlock_timeout_s": 0},
+        "http": {"listen": [DEV_HTTP], "max_body_bytes": 65536, "rate_limit_per_s": 50},
+        "tokens": [
+            {"symbol": "USDC", "decimals": 6, "networks": ["ethereum", "solana", "polygon", "avalanche", "base", "stellar"]},
+            {"symbol": "ZEC", "decimals": 8},
+            {"symbol": "BASE", "decimals": 8},
+        ],
+        "markets": [
+            {"symbol": "ZEC/USDC", "engine": "sqlite", "tick": "0.01", "lot": "0.0001", "min_notional": "1",
+             "maker_fee_bps": 10, "taker_fee_bps": 20, "protection_bps": 500},
+            {"symbol": "BASE/USDC", "engine": "sqlite", "tick": "0.0001", "lot": "0.01", "min_notional": "1",
+             "maker_fee_bps": 10, "taker_fee_bps": 20, "protection_bps": 500},
+        ],
+        "onramp": {"stripe": {
+            "secret_key_file": str(key_file), "webhook_secret_file": str(whsec_file),
+            "api_base": f"http://{DEV_EMULATOR[0]}:{DEV_EMULATOR[1]}", "tolerance_s": 300,
+            "default_network": "ethereum", "default_currency": "usdc",
+            "reconcile_interval_s": 60, "reconcile_lookback_h": 24,
+        }},
+    }
+
+
+def dev_config(dir_: Path) -> Config:
+    return from_mapping(dev_document(dir_), source=f"--dev ({dir_})", dev=True)
+
+
+def print_banner(daemon: Any) -> None:
+    sock = daemon.config.daemon.socket.resolve()
+    lines = [
+        BANNER,
+        "tachyond --dev: DEVELOPMENT MODE. NOT FOR REAL MONEY.",
+        f"data under {daemon.config.daemon.data_dir.resolve()}; the wallet password is in {DEV_PASSWORD_FILE} there.",
+        "Stripe is the local emulator; nothing here reaches the internet.",
+        "In another terminal:",
+        f"export TACHYON_SOCKET={sock}",
+        BANNER,
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+async def run_dev(daemon: Any) -> None:
+    """Run the daemon on the embedded default; later issues start the emulator and seed the maker here."""
+    dir_ = daemon.config.daemon.data_dir
+    _secret_file(dir_, DEV_PASSWORD_FILE, lambda: "dev-" + secrets.token_hex(8))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        print_banner(daemon)
+        await daemon.shutdown.wait()
