@@ -1,0 +1,527 @@
+"""The double-entry token ledger: accounts, balances, holds and a MAC-chained journal, encrypted in the wallet file."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import re
+import secrets
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable
+
+from .amounts import Token, fmt_minor
+from .errors import (AmountError, Conflict, InsufficientFunds, IntegrityError, InvalidParams, UnknownAccount,
+                     UnknownToken)
+from .wallet.store import ReadTx, Tx, Wallet
+
+BUCKETS = ("available", "locked")
+MAX_KEY_CHARS = 256
+MAX_MEMO_CHARS = 1000
+MAX_HISTORY_LIMIT = 1000
+ZERO_MAC = bytes(32)
+_NAME = r"[a-z0-9][a-z0-9_.-]{0,63}"
+USER_ACCOUNT_RE = re.compile(_NAME)
+SYSTEM_ACCOUNT_RE = re.compile(rf"fees|(?:external|venue|debt):{_NAME}")
+_KIND_RE = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
+
+LEDGER_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS ledger_accounts (id INTEGER PRIMARY KEY, name_hash BLOB NOT NULL UNIQUE,"
+    " value BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ledger_balances (id INTEGER PRIMARY KEY, key_hash BLOB NOT NULL UNIQUE,"
+    " value BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ledger_holds (id INTEGER PRIMARY KEY, hold_hash BLOB NOT NULL UNIQUE,"
+    " value BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ledger_journal (id INTEGER PRIMARY KEY, key_hash BLOB NOT NULL UNIQUE,"
+    " body BLOB NOT NULL, mac BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ledger_head (one INTEGER PRIMARY KEY CHECK (one = 1), last_id INTEGER NOT NULL,"
+    " last_mac BLOB NOT NULL, head_mac BLOB NOT NULL)",
+]
+
+
+@dataclass(frozen=True)
+class Posting:
+    """One leg of an entry: a signed change to an account's available or locked balance (locked legs name a hold)."""
+
+    account: str
+    token: str
+    delta_minor: int
+    bucket: str = "available"
+    hold: str | None = None
+
+
+def lock_postings(account: str, token: str, amount_minor: int, hold: str) -> list[Posting]:
+    """Move amount_minor from available to locked under hold (an order's lock)."""
+    return [Posting(account, token, -amount_minor), Posting(account, token, amount_minor, "locked", hold)]
+
+
+def release_postings(account: str, token: str, amount_minor: int, hold: str) -> list[Posting]:
+    """Give amount_minor of hold back to available (cancel, expiry, price improvement)."""
+    return [Posting(account, token, -amount_minor, "locked", hold), Posting(account, token, amount_minor)]
+
+
+def is_user_account(name: object) -> bool:
+    """True for a user account, False for a system account; InvalidParams for a name that is neither."""
+    if isinstance(name, str):
+        if USER_ACCOUNT_RE.fullmatch(name):
+            return True
+        if SYSTEM_ACCOUNT_RE.fullmatch(name):
+            return False
+    raise InvalidParams(f"invalid account name {name!r}: use 1-64 of a-z 0-9 _ . - starting with a letter or digit")
+
+
+def check_user_account(name: object) -> str:
+    if not is_user_account(name):
+        raise InvalidParams(f"{name!r} is a system account; a user account is needed here")
+    return name  # type: ignore[return-value]
+
+
+def check_amount_minor(amount_minor: object) -> int:
+    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
+        raise AmountError("amount must be a positive integer of minor units")
+    return amount_minor
+
+
+def _check_text(what: str, value: object, max_chars: int) -> str:
+    if not isinstance(value, str) or not value or len(value) > max_chars:
+        raise InvalidParams(f"{what} must be a non-empty string of at most {max_chars} characters")
+    return value
+
+
+def entry_dict(entry_id: int, body: dict, tokens: dict[str, Token]) -> dict:
+    """The public shape of a journal entry, amounts as decimal strings plus *_minor ints."""
+    postings = []
+    for account, token, bucket, delta, hold in body["postings"]:
+        tok = tokens.get(token)
+        postings.append({"account": account, "token": token, "bucket": bucket,
+                         "amount": fmt_minor(delta, tok.decimals) if tok else None, "amount_minor": delta,
+                         "hold": hold})
+    return {"id": entry_id, "key": body["key"], "kind": body["kind"], "ts": body["ts"], "postings": postings,
+            "memo": body["memo"], "links": body["links"]}
+
+
+class LedgerTx(Tx):
+    """Ledger primitives for an operation inside the writer's transaction (`await wallet.write(fn)` hands one to fn)."""
+
+    def __init__(self, conn, keys, cache, *, tokens: dict[str, Token]):
+        super().__init__(conn, keys, cache)
+        self.tokens = tokens
+
+    # ----- accounts -----
+    def account_exists(self, name: str) -> bool:
+        known = self.cache_get("acct", name)
+        if known is None:
+            row = self.conn.execute("SELECT 1 FROM ledger_accounts WHERE name_hash = ?",
+                                    (self.lookup("account", name),)).fetchone()
+            known = row is not None
+            self.cache_put("acct", name, known)
+        return known
+
+    def ensure_account(self, name: str) -> bool:
+        """Create the account if missing (user or system); True when created."""
+        is_user_account(name)
+        if self.account_exists(name):
+            return False
+        cur = self.conn.execute("INSERT INTO ledger_accounts (name_hash, value) VALUES (?, x'')",
+                                (self.lookup("account", name),))
+        value = self.seal_json("ledger_accounts", "value", cur.lastrowid, {"name": name, "created_at": self.now})
+        self.conn.execute("UPDATE ledger_accounts SET value = ? WHERE id = ?", (value, cur.lastrowid))
+        self.cache_put("acct", name, True)
+        return True
+
+    # ----- balances and holds (decrypted once, then served from the writer's cache) -----
+    def _balance_row(self, account: str, token: str) -> tuple[int | None, int, int]:
+        cached = self.cache_get("bal", (account, token))
+        if cached is None:
+            row = self.conn.execute("SELECT id, value FROM ledger_balances WHERE key_hash = ?",
+                                    (self.lookup("balance", f"{account}\x00{token}"),)).fetchone()
+            if row is None:
+                cached = (None, 0, 0)
+            else:
+                acc, tok, available, locked = self.open_json("ledger_balances", "value", row[0], row[1])
+                if (acc, tok) != (account, token):
+                    raise IntegrityError(f"stored balance at ledger_balances|value|{row[0]} belongs to another row")
+                cached = (row[0], available, locked)
+            self.cache_put("bal", (account, token), cached)
+        return cached
+
+    def balance(self, account: str, token: str) -> tuple[int, int]:
+        """(available_minor, locked_minor) of an account in a token."""
+        _, available, locked = self._balance_row(account, token)
+        return available, locked
+
+    def _hold_row(self, hold: str) -> tuple[int | None, str | None, str | None, int]:
+        cached = self.cache_get("hold", hold)
+        if cached is None:
+            row = self.conn.execute("SELECT id, value FROM ledger_holds WHERE hold_hash = ?",
+                                    (self.lookup("hold", hold),)).fetchone()
+            if row is None:
+                cached = (None, None, None, 0)
+            else:
+                name, account, token, remaining = self.open_json("ledger_holds", "value", row[0], row[1])
+                if name != hold:
+                    raise IntegrityError(f"stored hold at ledger_holds|value|{row[0]} belongs to another row")
+                cached = (row[0], account, token, remaining)
+            self.cache_put("hold", hold, cached)
+        return cached
+
+    def hold_remaining(self, hold: str) -> int:
+        """What is still locked under a hold (0 for a closed or unknown hold)."""
+        return self._hold_row(hold)[3]
+
+    # ----- the journal -----
+    def _head(self) -> tuple[int, bytes]:
+        head = self.cache_get("head", 0)
+        if head is None:
+            row = self.conn.execute("SELECT last_id, last_mac FROM ledger_head WHERE one = 1").fetchone()
+            head = (row[0], bytes(row[1])) if row else (0, ZERO_MAC)
+            self.cache_put("head", 0, head)
+        return head
+
+    def post_entry(self, key: str, kind: str, postings: Iterable[Posting], memo: str | None = None,
+                   links: list | None = None) -> dict:
+        """Record one balanced entry and its balance changes, once per key; a repeat returns the first entry."""
+        _check_text("idempotency key", key, MAX_KEY_CHARS)
+        if not isinstance(kind, str) or not _KIND_RE.fullmatch(kind):
+            raise InvalidParams(f"invalid entry kind {kind!r}")
+        if memo is not None:
+            _check_text("memo", memo, MAX_MEMO_CHARS)
+        if links is not None and (not isinstance(links, list)
+                                  or not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in links)):
+            raise InvalidParams("links must be a list of entry ids or keys")
+        key_hash = self.lookup("entry", key)
+        row = self.conn.execute("SELECT id, body FROM ledger_journal WHERE key_hash = ?", (key_hash,)).fetchone()
+        if row is not None:
+            return {**entry_dict(row[0], self.open_json("ledger_journal", "body", row[0], row[1]), self.tokens),
+                    "repeated": True}
+        postings = [self._check_posting(p) for p in postings]
+        if not postings:
+            raise InvalidParams("an entry needs at least one posting")
+        net = self._check_effects(postings)
+        self._apply(postings, net)
+        return {**self._append(key, key_hash, kind, postings, memo, links), "repeated": False}
+
+    def _check_posting(self, p: Posting) -> Posting:
+        if not isinstance(p, Posting):
+            raise InvalidParams("postings must be Posting objects")
+        is_user_account(p.account)
+        if p.token not in self.tokens:
+            raise UnknownToken(f"unknown token {p.token!r}")
+        if isinstance(p.delta_minor, bool) or not isinstance(p.delta_minor, int) or p.delta_minor == 0:
+            raise AmountError("a posting's delta_minor must be a non-zero integer")
+        if p.bucket not in BUCKETS:
+            raise InvalidParams(f"bucket must be one of {', '.join(BUCKETS)}")
+        if (p.bucket == "locked") != (p.hold is not None):
+            raise InvalidParams("locked postings, and only they, name a hold")
+        if p.hold is not None:
+            _check_text("hold id", p.hold, MAX_KEY_CHARS)
+        return p
+
+    def _check_effects(self, postings: list[Posting]) -> dict:
+        """Refuse an unbalanced entry, an unknown account, an overdraft or an overdrawn hold, before any write."""
+        per_token: dict[str, int] = defaultdict(int)
+        net: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        holds: dict[str, list] = {}
+        for p in postings:
+            per_token[p.token] += p.delta_minor
+            net[(p.account, p.token)][BUCKETS.index(p.bucket)] += p.delta_minor
+            if p.hold is not None:
+                _, account, token, _ = self._hold_row(p.hold)
+                owner = holds.setdefault(p.hold, [p.account, p.token, 0])
+                if (account is not None and (account, token) != (p.account, p.token)) or owner[:2] != [p.account,
+                                                                                                     p.token]:
+                    raise InvalidParams(f"hold {p.hold!r} belongs to another account or token")
+                owner[2] += p.delta_minor
+        for token, total in per_token.items():
+            if total != 0:
+                raise InvalidParams(f"entry does not balance in {token}: postings sum to {total} minor units")
+        for account in {a for a, _ in net}:
+            if is_user_account(account) and not self.account_exists(account) and account != "default":
+                raise UnknownAccount(f"unknown account {account!r}")
+        for (account, token), deltas in net.items():
+            if not is_user_account(account):
+                continue
+            have = self.balance(account, token)
+            for i, bucket in enumerate(BUCKETS):
+                if deltas[i] < 0 and have[i] + deltas[i] < 0:
+                    dec = self.tokens[token].decimals
+                    raise InsufficientFunds(f"insufficient {bucket} {token}: need {fmt_minor(-deltas[i], dec)}, "
+                                            f"have {fmt_minor(have[i], dec)}")
+        for hold, (account, token, delta) in holds.items():
+            remaining = self.hold_remaining(hold)
+            if remaining + delta < 0:
+                dec = self.tokens[token].decimals
+                raise InsufficientFunds(f"hold {hold} has {fmt_minor(remaining, dec)} {token} remaining, "
+                                        f"need {fmt_minor(-delta, dec)}")
+        return {"balances": net, "holds": holds}
+
+    def _apply(self, postings: list[Posting], net: dict) -> None:
+        for account in {p.account for p in postings}:
+            self.ensure_account(account)
+        for (account, token), (d_available, d_locked) in net["balances"].items():
+            rowid, available, locked = self._balance_row(account, token)
+            available, locked = available + d_available, locked + d_locked
+            if rowid is None:
+                rowid = self.conn.execute("INSERT INTO ledger_balances (key_hash, value) VALUES (?, x'')",
+                                          (self.lookup("balance", f"{account}\x00{token}"),)).lastrowid
+            value = self.seal_json("ledger_balances", "value", rowid, [account, token, available, locked])
+            self.conn.execute("UPDATE ledger_balances SET value = ? WHERE id = ?", (value, rowid))
+            self.cache_put("bal", (account, token), (rowid, available, locked))
+        for hold, (account, token, delta) in net["holds"].items():
+            rowid, _, _, remaining = self._hold_row(hold)
+            remaining += delta
+            if rowid is None:
+                rowid = self.conn.execute("INSERT INTO ledger_holds (hold_hash, value) VALUES (?, x'')",
+                                          (self.lookup("hold", hold),)).lastrowid
+            value = self.seal_json("ledger_holds", "value", rowid, [hold, account, token, remaining])
+            self.conn.execute("UPDATE ledger_holds SET value = ? WHERE id = ?", (value, rowid))
+            self.cache_put("hold", hold, (rowid, account, token, remaining))
+
+    def _append(self, key: str, key_hash: bytes, kind: str, postings: list[Posting], memo, links) -> dict:
+        last_id, last_mac = self._head()
+        entry_id = last_id + 1
+        body = {"key": key, "kind": kind, "ts": round(self.now, 6),
+                "postings": [[p.account, p.token, p.bucket, p.delta_minor, p.hold] for p in postings],
+                "memo": memo, "links": links}
+        body_ct = self.seal_json("ledger_journal", "body", entry_id, body)
+        mac = self.keys.chain_mac(last_mac, entry_id.to_bytes(8, "big"), key_hash, body_ct)
+        self.conn.execute("INSERT INTO ledger_journal (id, key_hash, body, mac) VALUES (?, ?, ?, ?)",
+                          (entry_id, key_hash, body_ct, mac))
+        head_mac = self.keys.chain_mac(b"head", entry_id.to_bytes(8, "big"), mac)
+        self.conn.execute("INSERT OR REPLACE INTO ledger_head VALUES (1, ?, ?, ?)", (entry_id, mac, head_mac))
+        self.cache_put("head", 0, (entry_id, mac))
+        return entry_dict(entry_id, body, self.tokens)
+
+
+def _post(tx: LedgerTx, key: str, kind: str, postings: list[Posting]) -> dict:
+    return tx.post_entry(key, kind, postings)
+
+
+def _create_default(tx: LedgerTx) -> None:
+    tx.ensure_account("default")
+
+
+class Ledger:
+    """The ledger's public API over a Wallet: accounts, deposits, withdrawals, transfers, balances, history, verify."""
+
+    def __init__(self, wallet: Wallet, tokens: dict[str, Token]):
+        self.wallet = wallet
+        self.tokens = dict(tokens)
+        wallet.add_schema("ledger", LEDGER_SCHEMA)
+        wallet.tx_factory = functools.partial(LedgerTx, tokens=self.tokens)
+        wallet.add_create_hook(_create_default)
+
+    def token(self, symbol: object) -> Token:
+        if not isinstance(symbol, str) or symbol not in self.tokens:
+            raise UnknownToken(f"unknown token {symbol!r}; known: {', '.join(sorted(self.tokens))}")
+        return self.tokens[symbol]
+
+    # ----- writes -----
+    async def create_account(self, name: str) -> dict:
+        check_user_account(name)
+        return await self.wallet.write(self._create_account_op, name)
+
+    @staticmethod
+    def _create_account_op(tx: LedgerTx, name: str) -> dict:
+        if not tx.ensure_account(name):
+            raise Conflict(f"account {name!r} already exists")
+        return {"name": name, "created_at": tx.now}
+
+    async def deposit(self, account: str, token: str, amount_minor: int, reference: str,
+                      source: str = "chain") -> dict:
+        """Credit account from external:<source>, once per reference (key "deposit:<reference>")."""
+        check_user_account(account)
+        self.token(token)
+        check_amount_minor(amount_minor)
+        _check_text("reference", reference, MAX_KEY_CHARS - 10)
+        postings = [Posting(f"external:{source}", token, -amount_minor), Posting(account, token, amount_minor)]
+        is_user_account(postings[0].account)
+        return await self.wallet.write(_post, f"deposit:{reference}", "deposit", postings)
+
+    async def withdraw(self, account: str, token: str, amount_minor: int, reference: str,
+                       dest: str = "chain") -> dict:
+        """Debit account to external:<dest>, once per reference (key "withdraw:<reference>")."""
+        check_user_account(account)
+        self.token(token)
+        check_amount_minor(amount_minor)
+        _check_text("reference", reference, MAX_KEY_CHARS - 10)
+        postings = [Posting(account, token, -amount_minor), Posting(f"external:{dest}", token, amount_minor)]
+        is_user_account(postings[1].account)
+        return await self.wallet.write(_post, f"withdraw:{reference}", "withdraw", postings)
+
+    async def transfer(self, from_account: str, to_account: str, token: str, amount_minor: int,
+                       reference: str | None = None) -> dict:
+        """Move available funds between two user accounts (key "transfer:<reference>", random when omitted)."""
+        check_user_account(from_account)
+        check_user_account(to_account)
+        if from_account == to_account:
+            raise InvalidParams("from and to are the same account")
+        self.token(token)
+        check_amount_minor(amount_minor)
+        if reference is None:
+            reference = secrets.token_hex(12)
+        _check_text("reference", reference, MAX_KEY_CHARS - 10)
+        postings = [Posting(from_account, token, -amount_minor), Posting(to_account, token, amount_minor)]
+        return await self.wallet.write(_post, f"transfer:{reference}", "transfer", postings)
+
+    # ----- reads -----
+    async def list_accounts(self) -> list[dict]:
+        return await self.wallet.read(self._accounts_sync, True)
+
+    @staticmethod
+    def _accounts_sync(rtx: ReadTx, users_only: bool) -> list[dict]:
+        out = []
+        for rowid, blob in rtx.conn.execute("SELECT id, value FROM ledger_accounts"):
+            account = rtx.open_json("ledger_accounts", "value", rowid, blob)
+            if not users_only or is_user_account(account["name"]):
+                out.append({"name": account["name"], "created_at": account["created_at"]})
+        return sorted(out, key=lambda a: a["name"])
+
+    async def balances(self, account: str | None = None) -> list[dict]:
+        """[{account, token, available, locked, *_minor}] for one account, or every user account."""
+        if account is not None:
+            is_user_account(account)
+        return await self.wallet.read(self._balances_sync, account)
+
+    def _balances_sync(self, rtx: ReadTx, account: str | None) -> list[dict]:
+        if account is None:
+            names = [a["name"] for a in self._accounts_sync(rtx, True)]
+        else:
+            exists = rtx.conn.execute("SELECT 1 FROM ledger_accounts WHERE name_hash = ?",
+                                      (rtx.lookup("account", account),)).fetchone()
+            if not exists and is_user_account(account) and account != "default":
+                raise UnknownAccount(f"unknown account {account!r}")
+            names = [account]
+        out = []
+        for name in names:
+            for symbol, tok in self.tokens.items():
+                row = rtx.conn.execute("SELECT id, value FROM ledger_balances WHERE key_hash = ?",
+                                       (rtx.lookup("balance", f"{name}\x00{symbol}"),)).fetchone()
+                available = locked = 0
+                if row is not None:
+                    acc, sym, available, locked = rtx.open_json("ledger_balances", "value", row[0], row[1])
+                    if (acc, sym) != (name, symbol):
+                        raise IntegrityError(f"stored balance at ledger_balances|value|{row[0]} belongs to another row")
+                out.append({"account": name, "token": symbol, "available": fmt_minor(available, tok.decimals),
+                            "locked": fmt_minor(locked, tok.decimals), "available_minor": available,
+                            "locked_minor": locked})
+        return out
+
+    async def history(self, account: str | None = None, limit: int = 50, before: int | None = None) -> list[dict]:
+        """Journal entries newest first (ids below `before`), optionally only those touching `account`."""
+        if account is not None:
+            is_user_account(account)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_LIMIT:
+            raise InvalidParams(f"limit must be an integer from 1 to {MAX_HISTORY_LIMIT}")
+        if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
+            raise InvalidParams("before must be an entry id")
+        return await self.wallet.read(self._history_sync, account, limit, before)
+
+    def _history_sync(self, rtx: ReadTx, account: str | None, limit: int, before: int | None) -> list[dict]:
+        rtx.keys  # locked -> WalletLocked even when the journal is empty
+        out = []
+        rows = rtx.conn.execute("SELECT id, body FROM ledger_journal WHERE id < ? ORDER BY id DESC",
+                                (before if before is not None else 2**63 - 1,))
+        # Entries carry no clear account column (that would link entries per account), so filtering decrypts.
+        for entry_id, blob in rows:
+            body = rtx.open_json("ledger_journal", "body", entry_id, blob)
+            if account is None or any(p[0] == account for p in body["postings"]):
+                out.append(entry_dict(entry_id, body, self.tokens))
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def verify(self) -> dict:
+        """Replay the journal: chain MACs, per-token sums, balances and holds as stored -> {ok, entries, problems}."""
+        return await self.wallet.read(_verify_sync)
+
+
+def _verify_sync(rtx: ReadTx) -> dict:
+    keys = rtx.keys
+    problems: list[str] = []
+    balances: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    holds: dict[str, list] = {}
+    prev_mac, last_id, count = ZERO_MAC, 0, 0
+    for entry_id, key_hash, blob, mac in rtx.conn.execute(
+            "SELECT id, key_hash, body, mac FROM ledger_journal ORDER BY id"):
+        count += 1
+        if entry_id != last_id + 1:
+            problems.append(f"entry {entry_id} follows entry {last_id}: entries are missing")
+        if not hmac.compare_digest(keys.chain_mac(prev_mac, entry_id.to_bytes(8, "big"), key_hash, blob), mac):
+            problems.append(f"entry {entry_id}: chain MAC mismatch (this or an earlier entry was edited, removed "
+                            f"or reordered)")
+        prev_mac, last_id = bytes(mac), entry_id
+        try:
+            body = rtx.open_json("ledger_journal", "body", entry_id, blob)
+        except IntegrityError:
+            problems.append(f"entry {entry_id}: body failed authentication")
+            continue
+        if not hmac.compare_digest(keys.lookup("entry", body["key"]), key_hash):
+            problems.append(f"entry {entry_id}: idempotency key hash does not match its body")
+        _replay(entry_id, body, balances, holds, problems)
+    head = rtx.conn.execute("SELECT last_id, last_mac, head_mac FROM ledger_head").fetchone()
+    if head is None:
+        if count:
+            problems.append("journal head is missing")
+    elif (head[0], bytes(head[1])) != (last_id, prev_mac) or not hmac.compare_digest(
+            keys.chain_mac(b"head", head[0].to_bytes(8, "big"), head[1]), head[2]):
+        problems.append(f"journal head (entry {head[0]}) does not match the last entry ({last_id}): "
+                        f"entries were removed or the head was altered")
+    _compare_stored(rtx, balances, holds, problems)
+    return {"ok": not problems, "entries": count, "problems": problems}
+
+
+def _replay(entry_id: int, body: dict, balances: dict, holds: dict, problems: list[str]) -> None:
+    sums: dict[str, int] = defaultdict(int)
+    touched = set()
+    for account, token, bucket, delta, hold in body["postings"]:
+        sums[token] += delta
+        balances[(account, token)][BUCKETS.index(bucket)] += delta
+        touched.add((account, token))
+        if hold is not None:
+            state = holds.setdefault(hold, [account, token, 0])
+            state[2] += delta
+            if state[2] < 0:
+                problems.append(f"entry {entry_id}: hold {hold} goes below zero")
+    for token, total in sums.items():
+        if total:
+            problems.append(f"entry {entry_id}: postings in {token} sum to {total}, not zero")
+    for account, token in touched:
+        if is_user_account(account) and min(balances[(account, token)]) < 0:
+            problems.append(f"entry {entry_id}: user account {account} goes below zero in {token}")
+
+
+def _compare_stored(rtx: ReadTx, balances: dict, holds: dict, problems: list[str]) -> None:
+    stored: dict[tuple[str, str], list[int]] = {}
+    for rowid, key_hash, blob in rtx.conn.execute("SELECT id, key_hash, value FROM ledger_balances"):
+        try:
+            account, token, available, locked = rtx.open_json("ledger_balances", "value", rowid, blob)
+        except IntegrityError:
+            problems.append(f"balance row {rowid} failed authentication")
+            continue
+        if not hmac.compare_digest(rtx.lookup("balance", f"{account}\x00{token}"), key_hash):
+            problems.append(f"balance row {rowid} is filed under another account's key")
+        stored[(account, token)] = [available, locked]
+    for pair in set(stored) | set(balances):
+        replayed, kept = balances.get(pair, [0, 0]), stored.get(pair, [0, 0])
+        if replayed != kept:
+            problems.append(f"balance {pair[0]} {pair[1]}: stored {kept}, journal gives {replayed}")
+    open_locked: dict[tuple[str, str], int] = defaultdict(int)
+    stored_holds = {}
+    for rowid, hold_hash, blob in rtx.conn.execute("SELECT id, hold_hash, value FROM ledger_holds"):
+        try:
+            hold, account, token, remaining = rtx.open_json("ledger_holds", "value", rowid, blob)
+        except IntegrityError:
+            problems.append(f"hold row {rowid} failed authentication")
+            continue
+        if not hmac.compare_digest(rtx.lookup("hold", hold), hold_hash):
+            problems.append(f"hold row {rowid} is filed under another hold's key")
+        stored_holds[hold] = [account, token, remaining]
+        open_locked[(account, token)] += remaining
+    for hold in set(stored_holds) | set(holds):
+        if stored_holds.get(hold) != holds.get(hold):
+            problems.append(f"hold {hold}: stored {stored_holds.get(hold)}, journal gives {holds.get(hold)}")
+    for pair, (_, locked) in stored.items():
+        if locked != open_locked.get(pair, 0):
+            problems.append(f"locked {pair[0]} {pair[1]} is {locked} but its open holds total "
+                            f"{open_locked.get(pair, 0)}")
