@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import socket
+import time
 from typing import Any
 
 DEFAULT_SOCKET = "/run/tachyond/rpc.sock"
@@ -42,10 +43,21 @@ class Client:
         self._buf = b""
 
     def connect(self) -> None:
+        for attempt in range(50):
+            try:
+                return self._connect_once()
+            except BlockingIOError:  # EAGAIN: the listen backlog is full for a moment
+                time.sleep(0.01 * (attempt + 1))
+        raise DaemonNotRunning(f"tachyond at {self.path} is too busy to accept a connection; retry")
+
+    def _connect_once(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout_s)
         try:
             sock.connect(self.path)
+        except BlockingIOError:
+            sock.close()
+            raise
         except FileNotFoundError:
             sock.close()
             raise DaemonNotRunning(f"tachyond is not running: no socket at {self.path} "

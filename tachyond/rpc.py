@@ -229,15 +229,13 @@ class Dispatcher:
         id_ = req.get("id")
         is_notification = "id" not in req
         if (req.get("jsonrpc") != "2.0" or not isinstance(req.get("method"), str)
-                or not _valid_id(id_) or not isinstance(req.get("params", []), (list, dict))
-                or set(req) - {"jsonrpc", "method", "params", "id"}):
+                or not _valid_id(id_) or not isinstance(req.get("params", []), (list, dict))):
             return _error(errors.INVALID_REQUEST, "Invalid Request", id_ if _valid_id(id_) else None)
         name = req["method"]
         method = self.registry.methods.get(name)
         if method is None:
             self._count(name, errors.METHOD_NOT_FOUND, known=False)
-            return None if is_notification else _error(errors.METHOD_NOT_FOUND, "Method not found", id_,
-                                                       {"method": name})
+            return None if is_notification else _error(errors.METHOD_NOT_FOUND, "Method not found", id_)
         try:
             if self.stopping and name != "daemon.info":
                 raise errors.ShuttingDown()
@@ -313,7 +311,7 @@ def bind_socket(path: Path, mode: int, group: str | None) -> trio.socket.SocketT
         os.umask(old)
     if group is not None:
         os.chown(path, -1, grp.getgrnam(group).gr_gid)
-    sock.listen(128)
+    sock.listen(4096)  # capped by net.core.somaxconn; a flood of connects must not refuse good clients
     return sock
 
 
@@ -387,6 +385,10 @@ class RpcServer:
                 log.warning("refused a connection from uid %d (not this user, root or the socket group)", uid)
                 with trio.move_on_after(1):
                     await stream.send_all(_dump(_error(-32000, f"permission denied: uid {uid} may not use this socket", None)))
+                    # Half-close and drain what the peer sent, so closing does not reset the refusal away.
+                    await stream.send_eof()
+                    while len(await stream.receive_some(65536)) > 0:
+                        pass
                 return
             await self._serve_connection(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -1,0 +1,193 @@
+"""Shared test helpers: short socket dirs, config files, and real tachyond subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import tomli_w
+
+from tachyon_ctl.client import Client, DaemonNotRunning
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN_SITE = Path(__file__).resolve().parent / "fixtures" / "plugin_site"
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require_tool(name: str) -> str:
+    """The path of a tool a test needs: in CI a missing tool fails the test; elsewhere it skips with why."""
+    path = shutil.which(name)
+    if path:
+        return path
+    if IN_CI:
+        pytest.fail(f"{name} is required in CI (.ci/run installs it)")
+    pytest.skip(f"{name} is not installed here (.ci/run installs it)")
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A short directory for Unix sockets (paths are limited to 108 bytes)."""
+    d = Path(tempfile.mkdtemp(prefix="ty-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def base_document(dir_: Path, **extra: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "daemon": {"data_dir": str(dir_ / "data"), "socket": str(dir_ / "rpc.sock"), "log_level": "debug"},
+        "http": {"listen": ["127.0.0.1:0"]},
+    }
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key] = {**doc[key], **value}
+        else:
+            doc[key] = value
+    return doc
+
+
+def write_config(dir_: Path, doc: dict[str, Any]) -> Path:
+    path = dir_ / "tachyond.toml"
+    path.write_text(tomli_w.dumps(doc))
+    return path
+
+
+class DaemonProc:
+    """A real ``tachyond`` process on a config file, with a client for its socket."""
+
+    def __init__(self, dir_: Path, doc: dict[str, Any], *, env: dict[str, str] | None = None,
+                 test_plugin: bool = False, args: list[str] | None = None, cwd: Path | None = None):
+        self.dir = dir_
+        self.doc = doc
+        self.socket = doc["daemon"]["socket"] if doc else str(dir_ / ".tachyon-dev" / "rpc.sock")
+        self.config_path = write_config(dir_, doc) if doc else None
+        self.env = dict(os.environ)
+        self.env.pop("NOTIFY_SOCKET", None)
+        self.env.pop("WATCHDOG_USEC", None)
+        self.env.pop("TACHYON_DISABLED_PLUGINS", None)
+        if test_plugin:
+            self.env["PYTHONPATH"] = os.pathsep.join([str(PLUGIN_SITE), self.env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self.env.update(env or {})
+        self.args = args if args is not None else ["--config", str(self.config_path)]
+        self.cwd = cwd or dir_
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr_path = dir_ / "tachyond.stderr"
+
+    def start(self, *, wait: bool = True, timeout_s: float = 30) -> "DaemonProc":
+        self._stderr = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tachyond", *self.args], cwd=self.cwd, env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=self._stderr, stdin=subprocess.DEVNULL)
+        if wait:
+            self.wait_ready(timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"tachyond exited with {self.proc.returncode}:\n{self.stderr()}")
+            try:
+                with Client(self.socket, timeout_s=5) as c:
+                    c.call("daemon.info")
+                    return
+            except (DaemonNotRunning, OSError):
+                time.sleep(0.05)
+        raise AssertionError(f"tachyond did not answer within {timeout_s}s:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def client(self, **kw: Any) -> Client:
+        c = Client(self.socket, **kw)
+        c.connect()
+        return c
+
+    def call(self, method: str, params: Any = None) -> Any:
+        with Client(self.socket) as c:
+            return c.call(method, params)
+
+    def raw(self, payload: bytes, *, timeout_s: float = 10) -> bytes:
+        """Send raw bytes, read one line back (b"" when the daemon sends nothing and closes or times out)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout_s)
+            s.connect(self.socket)
+            s.sendall(payload)
+            buf = b""
+            try:
+                while b"\n" not in buf:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+            except socket.timeout:
+                pass
+            return buf
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout_s: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout_s)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def daemon_factory(sockdir: Path) -> Iterator[Any]:
+    """Make real tachyond processes in a short temp dir; all are stopped at teardown."""
+    procs: list[DaemonProc] = []
+
+    def make(doc: dict[str, Any] | None = None, **kw: Any) -> DaemonProc:
+        d = DaemonProc(sockdir, doc if doc is not None else base_document(sockdir), **kw)
+        procs.append(d)
+        return d
+
+    yield make
+    for p in procs:
+        p.kill()
+        if p._stderr if hasattr(p, "_stderr") else False:
+            p._stderr.close()
+
+
+def run_ctl(*args: str, socket_path: str | None = None, input_text: str | None = None,
+            env: dict[str, str] | None = None, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run the real ``tachyon-ctl`` (as a subprocess) and capture its output."""
+    e = dict(os.environ)
+    e.update(env or {})
+    cmd = [sys.executable, "-m", "tachyon_ctl"]
+    if socket_path:
+        cmd += ["--socket", socket_path]
+    return subprocess.run(cmd + list(args), input=input_text, capture_output=True, text=True, env=e, timeout=timeout_s)
+
+
+def ctl_json(*args: str, **kw: Any) -> Any:
+    r = run_ctl("--json", *args, **kw)
+    assert r.returncode == 0, f"tachyon-ctl {' '.join(args)} exited {r.returncode}: {r.stderr}"
+    return json.loads(r.stdout)
