@@ -1,0 +1,302 @@
+"""The Stripe Crypto Onramp provider, on stripe-python's raw requests (no onramp class exists in stable releases)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+import stripe
+
+from tachyond.config import ConfigError
+from tachyond.errors import OnrampError
+from tachyond.providers import SessionInfo, SessionRequest, WebhookEvent, WebhookRejected
+
+SESSIONS_PATH = "/v1/crypto/onramp_sessions"
+SESSION_EVENT_TYPES = frozenset({"crypto.onramp_session_updated", "crypto.onramp_session.updated",
+                                 "checkout.session.completed"})
+WALLET_TAG_KEY = "tachyon_wallet"
+_SESSION_ID_RE = re.compile(r"[A-Za-z0-9_]{1,255}")
+_KEY_RE = re.compile(r"\b(?:sk|rk)_(?:test|live)_[A-Za-z0-9*]+")
+_MAX_PAGES = 1000
+
+
+def _scrub(text: str, secret: str | None = None) -> str:
+    """Remove API keys (ours, and anything key-shaped) from a message."""
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    return _KEY_RE.sub("[redacted]", text)
+
+
+def request_wallet_key(network: str) -> str:
+    """The create param key for a network's address: Stripe names Base ``base_network`` (``base`` is refused)."""
+    return "base_network" if network == "base" else network
+
+
+class _Settings:
+    """Validates the ``[onramp.stripe]`` table; every error names its dotted key and never a secret's value."""
+
+    PREFIX = "onramp.stripe"
+    KEYS = {"secret_key_env", "secret_key_file", "webhook_secret_env", "webhook_secret_file", "api_base",
+            "tolerance_s", "default_network", "default_currency", "reconcile_interval_s", "reconcile_lookback_h",
+            "allowed", "timeout_s", "max_network_retries"}
+
+    def __init__(self, raw: Mapping[str, Any], environ: Mapping[str, str]):
+        self.raw, self.environ = raw, environ
+        for key in raw:
+            if key not in self.KEYS:
+                raise ConfigError(self._key(key), f"unknown key (known: {', '.join(sorted(self.KEYS))})")
+
+    def _key(self, name: str) -> str:
+        return f"{self.PREFIX}.{name}"
+
+    def string(self, name: str, default: str) -> str:
+        value = self.raw.get(name, default)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(self._key(name), "must be a non-empty string")
+        return value.strip()
+
+    def number(self, name: str, default: float, *, integer: bool = False, minimum: float = 0,
+               exclusive: bool = True) -> Any:
+        value = self.raw.get(name, default)
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+            raise ConfigError(self._key(name), f"must be {'an integer' if integer else 'a number'}")
+        if value < minimum or (exclusive and value == minimum):
+            raise ConfigError(self._key(name), f"must be {'>' if exclusive else '>='} {minimum}")
+        return value
+
+    def secret(self, base: str, default_env: str) -> list[str]:
+        """Resolve ``<base>_env`` or ``<base>_file`` into a comma-separated list of non-empty values."""
+        env_key, file_key = f"{base}_env", f"{base}_file"
+        if env_key in self.raw and file_key in self.raw:
+            raise ConfigError(self._key(file_key), f"set only one of {env_key} and {file_key}")
+        if file_key in self.raw:
+            path = self.string(file_key, "")
+            try:
+                text = Path(path).read_text("utf-8")
+            except OSError as exc:
+                raise ConfigError(self._key(file_key), f"cannot read {path}: {exc.strerror}") from None
+            where, key = f"file {path}", self._key(file_key)
+        else:
+            variable = self.string(env_key, default_env)
+            text = self.environ.get(variable, "")
+            where, key = f"environment variable {variable}", self._key(env_key)
+        values = [part.strip() for part in text.split(",") if part.strip()]
+        if not values:
+            raise ConfigError(key, f"{where} is empty or unset")
+        return values
+
+    def allowed(self) -> dict[str, tuple[str, ...]] | None:
+        value = self.raw.get("allowed")
+        if value is None:
+            return None
+        if not isinstance(value, Mapping) or not value:
+            raise ConfigError(self._key("allowed"), "must be a table of network = [currencies]")
+        result = {}
+        for network, currencies in value.items():
+            if not isinstance(currencies, (list, tuple)) or not currencies or \
+                    not all(isinstance(c, str) and c for c in currencies):
+                raise ConfigError(self._key(f"allowed.{network}"), "must be a non-empty list of currency codes")
+            result[str(network)] = tuple(currencies)
+        return result
+
+
+class StripeOnrampProvider:
+    """Creates, fetches and lists Stripe onramp sessions and verifies Stripe's webhooks."""
+
+    name = "stripe"
+
+    def __init__(self, config: Mapping[str, Any], *, environ: Mapping[str, str] | None = None):
+        s = _Settings(config, os.environ if environ is None else environ)
+        self.api_base = s.string("api_base", "https://api.stripe.com").rstrip("/")
+        if urlsplit(self.api_base).scheme not in ("http", "https") or not urlsplit(self.api_base).netloc:
+            raise ConfigError(s._key("api_base"), "must be an http(s) URL such as https://api.stripe.com")
+        self.tolerance_s = s.number("tolerance_s", 300, integer=True)
+        self.default_network = s.string("default_network", "ethereum")
+        self.default_currency = s.string("default_currency", "usdc")
+        self.reconcile_interval_s = s.number("reconcile_interval_s", 300)
+        self.reconcile_lookback_h = s.number("reconcile_lookback_h", 24)
+        self.timeout_s = s.number("timeout_s", 30)
+        self.max_network_retries = s.number("max_network_retries", 2, integer=True, exclusive=False)
+        self.allowed = s.allowed()
+        if self.allowed is not None and self.default_currency not in self.allowed.get(self.default_network, ()):
+            raise ConfigError(s._key("default_network"), f"{self.default_currency} on {self.default_network} is "
+                              "not in onramp.stripe.allowed")
+        keys = s.secret("secret_key", "STRIPE_SECRET_KEY")
+        if len(keys) != 1 or not keys[0].startswith(("sk_", "rk_")):
+            where = "secret_key_file" if "secret_key_file" in config else "secret_key_env"
+            raise ConfigError(s._key(where), "must hold one Stripe secret key (sk_… or rk_…)")
+        self._secret_key = keys[0]
+        self._webhook_secrets = tuple(s.secret("webhook_secret", "STRIPE_WEBHOOK_SECRET"))
+        if not all(w.startswith("whsec_") for w in self._webhook_secrets):
+            where = "webhook_secret_file" if "webhook_secret_file" in config else "webhook_secret_env"
+            raise ConfigError(s._key(where), "every webhook secret must start with whsec_")
+        self._http = stripe.HTTPXClient(timeout=self.timeout_s)
+        self._client = stripe.StripeClient(self._secret_key, base_addresses={"api": self.api_base},
+                                           http_client=self._http, max_network_retries=self.max_network_retries)
+
+    def __repr__(self) -> str:
+        return f"StripeOnrampProvider(api_base={self.api_base!r}, webhook_secrets=<{len(self._webhook_secrets)}>)"
+
+    async def _request(self, method: str, path: str, **params: Any) -> dict[str, Any]:
+        """One API call, Stripe's errors turned into OnrampError (message and code kept, keys removed)."""
+        try:
+            response = await self._client.raw_request_async(method, path, **params)
+            obj = self._client.deserialize(response, api_mode="V1")
+        except stripe.StripeError as exc:
+            error = exc.error
+            code = (getattr(error, "code", None) or exc.code) if error is not None else exc.code
+            kind = getattr(error, "type", None) if error is not None else None
+            if isinstance(exc, stripe.APIConnectionError):
+                message, kind = f"cannot reach Stripe at {self.api_base}", "api_connection_error"
+            else:
+                message = _scrub(exc.user_message or "Stripe returned an error without a message", self._secret_key)
+            suffix = f" ({code})" if code else ""
+            raise OnrampError(f"Stripe: {message}{suffix}",
+                              data={"code": code, "type": kind, "http_status": exc.http_status,
+                                    "request_id": exc.request_id}) from None
+        return obj.to_dict()
+
+    @staticmethod
+    def _session(raw: Mapping[str, Any]) -> SessionInfo:
+        """A Stripe session object as SessionInfo; shape errors are OnrampError, unknown statuses kept as-is."""
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("id"), str) or raw.get("object") not in (
+                None, "crypto.onramp_session"):
+            raise OnrampError("Stripe returned something that is not an onramp session")
+        details = raw.get("transaction_details") or {}
+        metadata = raw.get("metadata") or {}
+        created = raw.get("created")
+        status = raw.get("status")
+        return SessionInfo(
+            id=raw["id"],
+            status=status if isinstance(status, str) else "unknown",
+            created=created if isinstance(created, int) and not isinstance(created, bool) else 0,
+            url=raw.get("redirect_url"),
+            client_secret=raw.get("client_secret"),
+            network=details.get("destination_network"),
+            currency=details.get("destination_currency"),
+            amount=details.get("destination_amount"),
+            wallet_tag=metadata.get(WALLET_TAG_KEY) if isinstance(metadata, Mapping) else None,
+            transaction_id=details.get("transaction_id"),
+            raw=dict(raw),
+        )
+
+    async def create_session(self, req: SessionRequest) -> SessionInfo:
+        """Create a session locked to ``req``'s wallet, network, currency and amount; tagged with the wallet id."""
+        try:
+            if Decimal(req.amount) <= 0:
+                raise InvalidOperation
+        except InvalidOperation:
+            raise OnrampError(f"amount {req.amount!r} is not a positive decimal string") from None
+        params: dict[str, Any] = {
+            "wallet_addresses": {request_wallet_key(req.network): req.destination_address},
+            "destination_currency": req.currency,
+            "destination_network": req.network,
+            "destination_currencies": [req.currency],
+            "destination_networks": [req.network],
+            "destination_amount": req.amount,
+            "lock_wallet_address": True,
+            "metadata": {WALLET_TAG_KEY: req.wallet_tag},
+        }
+        if req.customer_ip:
+            params["customer_ip_address"] = req.customer_ip
+        return self._session(await self._request("post", SESSIONS_PATH, **params))
+
+    async def retrieve_session(self, session_id: str) -> SessionInfo:
+        """The authoritative state of one session."""
+        if not _SESSION_ID_RE.fullmatch(session_id or ""):
+            raise OnrampError(f"{session_id!r} is not a Stripe onramp session id")
+        return self._session(await self._request("get", f"{SESSIONS_PATH}/{session_id}"))
+
+    async def list_sessions(self, created_gte: int) -> list[SessionInfo]:
+        """Every session created at or after ``created_gte`` (unix s), following ``starting_after``, newest first."""
+        sessions: list[SessionInfo] = []
+        params: dict[str, Any] = {"created": {"gte": int(created_gte)}, "limit": 100}
+        for _ in range(_MAX_PAGES):
+            page = await self._request("get", SESSIONS_PATH, **params)
+            data = page.get("data")
+            if page.get("object") != "list" or not isinstance(data, list):
+                raise OnrampError("Stripe returned a malformed session list")
+            sessions.extend(self._session(item) for item in data)
+            if not page.get("has_more") or not data:
+                return sessions
+            params["starting_after"] = sessions[-1].id
+        raise OnrampError(f"more than {_MAX_PAGES} pages of sessions since {created_gte}: shorten the lookback")
+
+    def verify_webhook(self, body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
+        """Verify ``Stripe-Signature`` (any v1 with any secret; age and future skew within tolerance); parse."""
+        header = next((v for k, v in headers.items() if k.lower() == "stripe-signature"), None)
+        if not header:
+            raise WebhookRejected("no_signature", "missing Stripe-Signature header")
+        timestamp, v1 = None, []
+        for item in header.split(","):
+            name, _, value = item.strip().partition("=")
+            if name == "t":
+                try:
+                    timestamp = int(value)
+                except ValueError:
+                    timestamp = None
+            elif name == "v1":
+                v1.append(value)
+        if timestamp is None:
+            raise WebhookRejected("bad_signature", "Stripe-Signature has no valid t= timestamp")
+        if not v1:
+            raise WebhookRejected("bad_signature", "Stripe-Signature has no v1 signature (v0 is not accepted)")
+        if not any(self._signed_by(body, header, secret) for secret in self._webhook_secrets):
+            raise WebhookRejected("bad_signature", "no v1 signature matches a configured webhook secret")
+        now = time.time()
+        if timestamp < now - self.tolerance_s:
+            raise WebhookRejected("stale", f"signature timestamp is {int(now - timestamp)} s old "
+                                  f"(tolerance {self.tolerance_s} s)")
+        if timestamp > now + self.tolerance_s:
+            raise WebhookRejected("future", f"signature timestamp is {int(timestamp - now)} s in the future "
+                                  f"(tolerance {self.tolerance_s} s): check the clock")
+        try:
+            event = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise WebhookRejected("bad_json", "webhook body is not JSON") from None
+        return self._event(event)
+
+    @staticmethod
+    def _signed_by(body: bytes, header: str, secret: str) -> bool:
+        try:
+            # tolerance=None: the age is checked by the caller, which also rejects future timestamps.
+            return stripe.WebhookSignature.verify_header(body, header, secret, tolerance=None)
+        except (stripe.SignatureVerificationError, UnicodeDecodeError):
+            return False
+
+    @staticmethod
+    def _event(event: Any) -> WebhookEvent:
+        if not isinstance(event, dict) or not isinstance(event.get("id"), str) or \
+                not isinstance(event.get("type"), str):
+            raise WebhookRejected("bad_json", "webhook body is not a Stripe event (no id or type)")
+        created = event.get("created")
+        created = created if isinstance(created, int) and not isinstance(created, bool) else 0
+        obj = (event.get("data") or {}).get("object") if isinstance(event.get("data"), dict) else None
+        session_id = status = tag = None
+        # Only an onramp session object carries a session: a checkout.session.completed from Stripe Checkout
+        # holds a cs_… Checkout Session, which the onramp API cannot retrieve, so it is acknowledged and ignored.
+        if event["type"] in SESSION_EVENT_TYPES and isinstance(obj, dict) and \
+                obj.get("object") == "crypto.onramp_session" and isinstance(obj.get("id"), str):
+            session_id = obj["id"]
+            status = obj.get("status") if isinstance(obj.get("status"), str) else None
+            metadata = obj.get("metadata")
+            tag = metadata.get(WALLET_TAG_KEY) if isinstance(metadata, dict) else None
+        return WebhookEvent(event_id=event["id"], type=event["type"], created=created, session_id=session_id,
+                            session_status=status, wallet_tag=tag, raw=event)
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection pool."""
+        await self._http.close_async()
+
+
+def make_provider(config: Mapping[str, Any]) -> StripeOnrampProvider:
+    """The ``stripe`` provider factory: validates ``[onramp.stripe]`` and resolves its secrets."""
+    return StripeOnrampProvider(config)

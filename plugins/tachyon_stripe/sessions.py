@@ -1,0 +1,466 @@
+"""The emulator's onramp sessions: validation of create params as Stripe does it, the object, its lifecycle."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import ipaddress
+import re
+import secrets
+import string
+import time
+from decimal import ROUND_DOWN, ROUND_UP, Decimal, InvalidOperation
+from typing import Any, Callable, Mapping
+
+# Pairs the emulator sells; an approximation of Stripe's US list (Stripe varies it by region).
+SUPPORTED_PAIRS: dict[str, frozenset[str]] = {
+    "ethereum": frozenset({"eth", "usdc", "usdt"}),
+    "polygon": frozenset({"usdc", "matic"}),
+    "solana": frozenset({"sol", "usdc"}),
+    "base": frozenset({"eth", "usdc"}),
+    "avalanche": frozenset({"avax", "usdc"}),
+    "optimism": frozenset({"eth", "usdc"}),
+    "worldchain": frozenset({"wld", "usdc", "eth"}),
+    "celo": frozenset({"usdc"}),
+    "stellar": frozenset({"xlm", "usdc"}),
+    "bitcoin": frozenset({"btc"}),
+    "sui": frozenset({"usdc"}),
+    "tempo": frozenset({"usdc"}),
+}
+NETWORKS = frozenset(SUPPORTED_PAIRS)
+CURRENCY_DECIMALS = {"avax": 18, "btc": 8, "eth": 18, "matic": 18, "ripusd": 18, "sol": 9, "usdc": 6,
+                     "usdt": 6, "wld": 18, "xlm": 7}
+RATE_USD = {"avax": "30", "btc": "60000", "eth": "3000", "matic": "0.5", "ripusd": "1", "sol": "150",
+            "usdc": "1", "usdt": "1", "wld": "2", "xlm": "0.1"}
+SOURCE_CURRENCIES = frozenset({"cad", "cop", "eur", "gbp", "php", "usd"})
+STATUSES = ("initialized", "requires_payment", "fulfillment_processing", "fulfillment_complete", "rejected")
+# Response objects name Base's address "base_network"; Stripe rejects wallet_addresses[base] on create.
+WALLET_KEYS = ("avalanche", "base_network", "bitcoin", "celo", "ethereum", "optimism", "polygon", "solana",
+               "stellar", "sui", "tempo", "worldchain")
+CREATE_PARAMS = frozenset({
+    "customer_ip_address", "destination_amount", "destination_currencies", "destination_currency",
+    "destination_network", "destination_networks", "expand", "kyc_details", "lock_wallet_address", "metadata",
+    "settlement_speed", "source_amount", "source_currency", "wallet_addresses",
+})
+_EVM = re.compile(r"0x[0-9a-fA-F]{40}")
+_ADDRESS_FORMATS = {
+    "solana": re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,44}"),
+    "stellar": re.compile(r"G[A-Z2-7]{55}"),
+    "bitcoin": re.compile(r"(bc1[02-9ac-hj-np-z]{11,71}|[13][1-9A-HJ-NP-Za-km-z]{25,34})"),
+    "sui": re.compile(r"0x[0-9a-fA-F]{64}"),
+}
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+class ApiError(Exception):
+    """A Stripe API error: HTTP status plus the ``{"error": {type, code, message, param}}`` body."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
+                 type_: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param, self.type = status, message, code, param, type_
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body Stripe sends for this error."""
+        error: dict[str, Any] = {"type": self.type, "message": self.message}
+        if self.code:
+            error["code"] = self.code
+            error["doc_url"] = f"https://stripe.com/docs/error-codes/{self.code.replace('_', '-')}"
+        if self.param:
+            error["param"] = self.param
+        return {"error": error}
+
+
+def onramp_error(code: str, message: str, param: str | None = None) -> ApiError:
+    """A 400 with one of Stripe's ``crypto_onramp_*`` codes."""
+    return ApiError(400, message, code=code, param=param)
+
+
+def random_id(prefix: str, n: int = 24) -> str:
+    """A Stripe-looking id: prefix plus random alphanumerics."""
+    alphabet = string.ascii_letters + string.digits
+    return prefix + "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+def wallet_key(network: str) -> str:
+    """The key a network's address has in ``wallet_addresses``."""
+    return "base_network" if network == "base" else network
+
+
+def address_looks_valid(network: str, address: str) -> bool:
+    """A loose format check per network, like Stripe's (it does not check EIP-55 case)."""
+    pattern = _ADDRESS_FORMATS.get(network, _EVM)
+    return bool(pattern.fullmatch(address))
+
+
+def _decimal(value: Any, code: str, param: str) -> Decimal:
+    """A positive finite decimal from a string param, or the given onramp error."""
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise onramp_error(code, f"Invalid {param}: {value!r} is not a decimal number.", param) from None
+    if not number.is_finite() or number <= 0:
+        raise onramp_error(code, f"Invalid {param}: {value!r} must be a positive number.", param)
+    return number
+
+
+def _bool(value: Any, param: str) -> bool:
+    if value in ("true", True):
+        return True
+    if value in ("false", False):
+        return False
+    raise ApiError(400, f"Invalid boolean: {value}", param=param)
+
+
+def _string_list(value: Any, param: str) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ApiError(400, f"Invalid array: {param} must be a non-empty list of strings.", param=param)
+    return value
+
+
+def check_params(params: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    """Reject unknown top-level params the way Stripe does (``parameter_unknown``)."""
+    for name in params:
+        if name not in allowed:
+            raise ApiError(400, f"Received unknown parameter: {name}", code="parameter_unknown", param=name)
+
+
+def _wallet_addresses(raw: Any) -> tuple[dict[str, str], str | None]:
+    """Validate ``wallet_addresses[<network>]`` (Base as ``base_network``); returns (network -> address, tag)."""
+    if not isinstance(raw, dict):
+        raise ApiError(400, "Invalid hash: wallet_addresses", param="wallet_addresses")
+    found: dict[str, str] = {}
+    tag = None
+    for key, value in raw.items():
+        param = f"wallet_addresses[{key}]"
+        if key == "destination_tags":
+            if not isinstance(value, dict) or set(value) - {"stellar"}:
+                raise ApiError(400, f"Received unknown parameter: {param}", code="parameter_unknown", param=param)
+            tag = value.get("stellar")
+            continue
+        if key not in WALLET_KEYS or not isinstance(value, str):
+            raise ApiError(400, f"Received unknown parameter: {param}", code="parameter_unknown", param=param)
+        network = "base" if key == "base_network" else key
+        if not address_looks_valid(network, value):
+            raise onramp_error("crypto_onramp_wallet_address_invalid",
+                               f"The wallet address provided isn't a valid address for the {network} network.",
+                               param)
+        found[network] = value
+    return found, tag
+
+
+def validate_create(params: Mapping[str, Any], unsupported_ips: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check create params with Stripe's rules and codes; returns the session's transaction details and extras."""
+    check_params(params, CREATE_PARAMS)
+    p = dict(params)
+    currency, network = p.get("destination_currency"), p.get("destination_network")
+    currencies = _string_list(p["destination_currencies"], "destination_currencies") \
+        if "destination_currencies" in p else None
+    networks = _string_list(p["destination_networks"], "destination_networks") if "destination_networks" in p else None
+    if "source_amount" in p and "destination_amount" in p:
+        raise onramp_error("crypto_onramp_invalid_source_destination_pair",
+                           "source_amount and destination_amount are mutually exclusive: set only one.")
+    if (currency is None) != (network is None):
+        raise onramp_error("crypto_onramp_incomplete_destination_currency_and_network_pair",
+                           "Both destination_currency and destination_network must be specified together.")
+    if currency is not None and currency not in SUPPORTED_PAIRS.get(network, ()):
+        raise onramp_error("crypto_onramp_invalid_destination_currency_and_network_pair",
+                           f"The destination currency and network pair ({currency} on {network}) isn't supported.")
+    if currencies is not None and networks is not None and not any(
+            c in SUPPORTED_PAIRS.get(n, ()) for c in currencies for n in networks):
+        raise onramp_error("crypto_onramp_invalid_destination_currencies_and_networks",
+                           "None of the destination_currencies is supported on any of the destination_networks.")
+    if currency is not None and currencies is not None and currency not in currencies:
+        raise onramp_error("crypto_onramp_conflicting_destination_currency",
+                           "destination_currency isn't included in destination_currencies.", "destination_currency")
+    if network is not None and networks is not None and network not in networks:
+        raise onramp_error("crypto_onramp_conflicting_destination_network",
+                           "destination_network isn't included in destination_networks.", "destination_network")
+    effective_currency = currency or (currencies[0] if currencies else None)
+    destination_amount = None
+    if "destination_amount" in p:
+        if effective_currency is None:
+            raise onramp_error("crypto_onramp_missing_destination_currency",
+                               "Set a destination currency if you're setting a destination amount.")
+        amount = _decimal(p["destination_amount"], "crypto_onramp_invalid_destination_amount", "destination_amount")
+        places = CURRENCY_DECIMALS.get(effective_currency, 18)
+        if amount != amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_DOWN):
+            raise onramp_error("crypto_onramp_invalid_destination_amount",
+                               f"destination_amount has more than {places} decimal places for {effective_currency}.",
+                               "destination_amount")
+        destination_amount = p["destination_amount"].strip()
+    source_amount = None
+    source_currency = p.get("source_currency")
+    if source_currency is not None and source_currency not in SOURCE_CURRENCIES:
+        raise onramp_error("crypto_onramp_invalid_source_currency",
+                           f"The source currency {source_currency!r} isn't supported.", "source_currency")
+    if "source_amount" in p:
+        if source_currency is None:
+            raise onramp_error("crypto_onramp_missing_source_currency",
+                               "Set a source currency if you're setting a source amount.")
+        amount = _decimal(p["source_amount"], "crypto_onramp_invalid_source_amount", "source_amount")
+        if amount != amount.quantize(Decimal("0.01"), rounding=ROUND_DOWN):
+            raise onramp_error("crypto_onramp_invalid_source_amount",
+                               "source_amount can have at most 2 decimal places.", "source_amount")
+        source_amount = p["source_amount"].strip()
+    addresses, tag = _wallet_addresses(p["wallet_addresses"]) if "wallet_addresses" in p else ({}, None)
+    if addresses:
+        allowed_networks = set(networks) if networks is not None else ({network} if network else set())
+        if not allowed_networks or not set(addresses) <= allowed_networks:
+            raise onramp_error("crypto_onramp_wallet_addresses_not_all_networks_supported",
+                               "Specify a wallet only for a supported destination network "
+                               "(set destination_network or destination_networks).", "wallet_addresses")
+    lock = _bool(p["lock_wallet_address"], "lock_wallet_address") if "lock_wallet_address" in p else False
+    if lock and not addresses:
+        raise onramp_error("crypto_onramp_no_wallet_address_to_lock",
+                           "lock_wallet_address is true but no wallet address was provided.", "lock_wallet_address")
+    speed = p.get("settlement_speed", "instant")
+    if speed not in ("instant", "standard"):
+        raise ApiError(400, f"Invalid settlement_speed: must be one of instant, standard", param="settlement_speed")
+    if "customer_ip_address" in p:
+        try:
+            ip = ipaddress.ip_address(str(p["customer_ip_address"]).strip())
+        except ValueError:
+            raise onramp_error("crypto_onramp_invalid_parameter", "customer_ip_address is not a valid IPv4 or IPv6 "
+                               "address.", "customer_ip_address") from None
+        if any(ip in ipaddress.ip_network(net) for net in unsupported_ips):
+            raise onramp_error("crypto_onramp_unsupported_country", "Transactions are not supported in this "
+                               "country.", "customer_ip_address")
+    metadata = p.get("metadata")
+    if isinstance(metadata, list):
+        metadata = {str(i): v for i, v in enumerate(metadata)}
+    if metadata is not None:
+        if metadata == "":
+            metadata = None
+        elif not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise ApiError(400, "Invalid hash: metadata must map keys to strings.", param="metadata")
+        elif any(len(k) > 40 or len(v) > 500 for k, v in metadata.items()) or len(metadata) > 50:
+            raise ApiError(400, "metadata: at most 50 keys, keys up to 40 and values up to 500 characters.",
+                           param="metadata")
+    wallet_addresses: dict[str, Any] = {k: None for k in WALLET_KEYS}
+    wallet_addresses.update({wallet_key(n): a for n, a in addresses.items()})
+    wallet_addresses["destination_tags"] = {"stellar": tag}
+    return {
+        "kyc_details_provided": bool(p.get("kyc_details")),
+        "metadata": {k: v for k, v in metadata.items() if v != ""} if metadata else None,
+        "transaction_details": {
+            "destination_amount": destination_amount,
+            "destination_currencies": currencies,
+            "destination_currency": currency,
+            "destination_network": network,
+            "destination_networks": networks,
+            "fees": {"network_fee_amount": None, "transaction_fee_amount": None},
+            "lock_wallet_address": lock,
+            "settlement_speed": speed,
+            "source_amount": source_amount,
+            "source_currency": source_currency or "usd",
+            "transaction_id": None,
+            "wallet_address": None,
+            "wallet_addresses": wallet_addresses,
+        },
+    }
+
+
+def _b58encode(raw: bytes) -> str:
+    number, out = int.from_bytes(raw, "big"), ""
+    while number:
+        number, digit = divmod(number, 58)
+        out = _B58[digit] + out
+    return "1" * (len(raw) - len(raw.lstrip(b"\0"))) + out
+
+
+def fake_transaction_id(session_id: str, network: str) -> str:
+    """A deterministic on-chain hash in the network's usual format."""
+    digest = hashlib.sha256(session_id.encode()).digest()
+    if network == "solana":
+        return _b58encode(digest + hashlib.sha256(digest).digest())
+    if network in ("bitcoin", "stellar"):
+        return digest.hex()
+    return "0x" + digest.hex()
+
+
+class SessionStore:
+    """Every session the emulator knows, in creation order; ``on_change(session)`` runs after each status change."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time, on_change: Callable[[dict], None] | None = None,
+                 public_url: Callable[[], str] = lambda: "http://127.0.0.1"):
+        self.clock = clock
+        self.on_change = on_change or (lambda session: None)
+        self.public_url = public_url
+        self.sessions: dict[str, dict[str, Any]] = {}
+
+    def create(self, params: Mapping[str, Any], unsupported_ips: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Validate and store a new session in ``initialized``; returns a copy of the object."""
+        details = validate_create(params, unsupported_ips)
+        session_id = random_id("cos_")
+        session = {
+            "id": session_id,
+            "object": "crypto.onramp_session",
+            "client_secret": f"{session_id}_secret_{random_id('', 32)}",
+            "created": int(self.clock()),
+            "kyc_details_provided": details["kyc_details_provided"],
+            "livemode": False,
+            "metadata": details["metadata"],
+            "redirect_url": f"{self.public_url()}/checkout/{session_id}",
+            "status": "initialized",
+            "transaction_details": details["transaction_details"],
+        }
+        self.sessions[session_id] = session
+        return copy.deepcopy(session)
+
+    def get(self, session_id: str) -> dict[str, Any]:
+        """A copy of one session, or a Stripe 404."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise ApiError(404, f"No such crypto.onramp_session: '{session_id}'", code="resource_missing", param="id")
+        return copy.deepcopy(session)
+
+    def newest_first(self) -> list[dict[str, Any]]:
+        """Every session, newest first (creation order breaks ties within a second)."""
+        return list(reversed(self.sessions.values()))
+
+    def set_status(self, session_id: str, status: str, *, destination_amount: str | None = None,
+                   wallet_address: str | None = None) -> dict[str, Any]:
+        """Move a session to ``status`` (any string: tests may use statuses Stripe adds later), then notify."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise ApiError(404, f"No such crypto.onramp_session: '{session_id}'", code="resource_missing")
+        details = session["transaction_details"]
+        if status == "fulfillment_processing":
+            self._settle_terms(session, destination_amount, wallet_address)
+        if status == "fulfillment_complete":
+            if details["destination_amount"] is None:
+                self._settle_terms(session, destination_amount, wallet_address)
+            details["transaction_id"] = fake_transaction_id(session_id, details["destination_network"])
+        session["status"] = status
+        snapshot = copy.deepcopy(session)
+        self.on_change(snapshot)
+        return snapshot
+
+    def _settle_terms(self, session: dict, destination_amount: str | None, wallet_address: str | None) -> None:
+        """Fix what the buyer chose at checkout: network, currency, amount, wallet, fees."""
+        d = session["transaction_details"]
+        network = d["destination_network"] or (d["destination_networks"] or ["ethereum"])[0]
+        currency = d["destination_currency"] or next(
+            (c for c in (d["destination_currencies"] or ["usdc"]) if c in SUPPORTED_PAIRS.get(network, ())), "usdc")
+        address = d["wallet_addresses"].get(wallet_key(network))
+        if wallet_address is not None:
+            if d["lock_wallet_address"] and address and wallet_address != address:
+                raise ApiError(400, "The wallet address cannot be changed when locked.",
+                               code="crypto_onramp_invalid_parameter", param="wallet_address")
+            address = wallet_address
+        if address is None:
+            raise ApiError(400, "No wallet address for the destination network: enter one at checkout.",
+                           code="crypto_onramp_invalid_parameter", param="wallet_address")
+        rate = Decimal(RATE_USD.get(currency, "1"))
+        places = Decimal(1).scaleb(-CURRENCY_DECIMALS.get(currency, 18))
+        if destination_amount is not None:
+            amount = _decimal(destination_amount, "crypto_onramp_invalid_destination_amount", "destination_amount")
+            d["destination_amount"] = destination_amount.strip()
+            d["source_amount"] = None
+        elif d["destination_amount"] is not None:
+            amount = Decimal(d["destination_amount"])
+        elif d["source_amount"] is not None:
+            amount = (Decimal(d["source_amount"]) / rate).quantize(places, rounding=ROUND_DOWN)
+            d["destination_amount"] = str(amount)
+        else:
+            raise ApiError(400, "No amount: enter an amount at checkout.", code="crypto_onramp_invalid_amount",
+                           param="destination_amount")
+        if d["source_amount"] is None:
+            d["source_amount"] = str((amount * rate).quantize(Decimal("0.01"), rounding=ROUND_UP))
+        source = Decimal(d["source_amount"])
+        d["fees"] = {"network_fee_amount": "0.01",
+                     "transaction_fee_amount": str(max(Decimal("0.01"), (source * Decimal("0.015")).quantize(
+                         Decimal("0.01"), rounding=ROUND_UP)))}
+        d["destination_network"], d["destination_currency"], d["wallet_address"] = network, currency, address
+
+    def complete(self, session_id: str, *, destination_amount: str | None = None,
+                 wallet_address: str | None = None) -> dict[str, Any]:
+        """Walk a session through payment to ``fulfillment_complete``, one status change (and webhook) per step."""
+        session = self.get(session_id)
+        path = {"initialized": ["requires_payment", "fulfillment_processing", "fulfillment_complete"],
+                "requires_payment": ["fulfillment_processing", "fulfillment_complete"],
+                "fulfillment_processing": ["fulfillment_complete"]}.get(session["status"])
+        if path is None:
+            raise ApiError(409, f"Session {session_id} is {session['status']}: it cannot be paid.",
+                           code="crypto_onramp_session_error")
+        if "fulfillment_processing" in path:
+            # Check the buyer's terms before the first status change, so a bad form changes nothing.
+            trial = copy.deepcopy(self.sessions[session_id])
+            self._settle_terms(trial, destination_amount, wallet_address)
+        for status in path:
+            session = self.set_status(session_id, status, destination_amount=destination_amount,
+                                      wallet_address=wallet_address)
+        return session
+
+    def reject(self, session_id: str) -> dict[str, Any]:
+        """Move a session to ``rejected`` (Stripe declined the buyer), unless it was already fulfilled."""
+        session = self.get(session_id)
+        if session["status"] in ("fulfillment_complete", "rejected"):
+            raise ApiError(409, f"Session {session_id} is {session['status']}: it cannot be rejected.",
+                           code="crypto_onramp_session_error")
+        return self.set_status(session_id, "rejected")
+
+
+LIST_PARAMS = frozenset({"created", "destination_currency", "destination_network", "ending_before", "expand",
+                         "limit", "starting_after", "status"})
+
+
+def _int(value: Any, param: str) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        raise ApiError(400, f"Invalid integer: {value}", code="parameter_invalid_integer", param=param) from None
+
+
+def _created_filter(raw: Any) -> Callable[[int], bool]:
+    """``created=N`` or ``created[gt|gte|lt|lte]=N`` as a predicate."""
+    if not isinstance(raw, dict):
+        exact = _int(raw, "created")
+        return lambda t: t == exact
+    tests = {"gt": lambda t, v: t > v, "gte": lambda t, v: t >= v, "lt": lambda t, v: t < v, "lte": lambda t, v: t <= v}
+    bounds = []
+    for op, value in raw.items():
+        if op not in tests:
+            raise ApiError(400, f"Received unknown parameter: created[{op}]", code="parameter_unknown",
+                           param=f"created[{op}]")
+        bounds.append((tests[op], _int(value, f"created[{op}]")))
+    return lambda t: all(test(t, v) for test, v in bounds)
+
+
+def list_page(store: SessionStore, query: Mapping[str, Any], url: str) -> dict[str, Any]:
+    """One page of ``GET /v1/crypto/onramp_sessions``: filters, newest first, ``starting_after``/``ending_before``."""
+    check_params(query, LIST_PARAMS)
+    limit = _int(query.get("limit", "10"), "limit")
+    if not 1 <= limit <= 100:
+        raise ApiError(400, f"This value must be between 1 and 100 (it currently is {limit}).",
+                       code="parameter_invalid_integer", param="limit")
+    status = query.get("status")
+    if status is not None and status not in STATUSES:
+        raise ApiError(400, f"Invalid status: must be one of {', '.join(STATUSES)}", param="status")
+    created = _created_filter(query["created"]) if "created" in query else (lambda t: True)
+    rows = [s for s in store.newest_first()
+            if created(s["created"]) and (status is None or s["status"] == status)
+            and query.get("destination_currency") in (None, s["transaction_details"]["destination_currency"])
+            and query.get("destination_network") in (None, s["transaction_details"]["destination_network"])]
+    if "starting_after" in query and "ending_before" in query:
+        raise ApiError(400, "You may only specify one of these parameters: starting_after, ending_before.",
+                       code="parameters_exclusive")
+    for cursor in ("starting_after", "ending_before"):
+        if cursor in query and query[cursor] not in store.sessions:
+            raise ApiError(400, f"No such crypto.onramp_session: '{query[cursor]}'", code="resource_missing",
+                           param=cursor)
+    if "starting_after" in query:
+        # A cursor filtered out by the other params still marks a place in the full order.
+        order = [s["id"] for s in store.newest_first()]
+        after = order.index(query["starting_after"])
+        rows = [s for s in rows if order.index(s["id"]) > after]
+        page, has_more = rows[:limit], len(rows) > limit
+    elif "ending_before" in query:
+        order = [s["id"] for s in store.newest_first()]
+        before = order.index(query["ending_before"])
+        rows = [s for s in rows if order.index(s["id"]) < before]
+        page, has_more = rows[-limit:], len(rows) > limit
+    else:
+        page, has_more = rows[:limit], len(rows) > limit
+    return {"object": "list", "data": copy.deepcopy(page), "has_more": has_more, "url": url}
