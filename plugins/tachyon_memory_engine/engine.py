@@ -1,0 +1,88 @@
+"""MemoryEngine: the shared matching core plus a bounded in-memory event log; nothing survives a restart."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from tachyond.engine import Depth, EngineContext, EngineOrder, Event, MarketSpec
+from tachyond.errors import EngineError
+from tachyond.matching import Matcher
+
+DEFAULT_LOG_LIMIT = 10_000
+
+
+class MemoryEngine:
+    """Matches in process memory. Methods never block, so they never yield to the trio scheduler.
+
+    ``events_after`` serves a log of at most ``log_limit`` events (``[engines.memory] log_limit``); older
+    events, and those ``compact`` was told the core applied, are dropped.
+    """
+
+    durable = False
+
+    def __init__(self, ctx: EngineContext):
+        self.name = ctx.name
+        self._matcher = Matcher()
+        self._log: list[Event] = []
+        self._log_floor = 0  # events_after(seq) is answerable for seq >= _log_floor; _log[0].seq == floor + 1
+        limit = ctx.config.get("log_limit", DEFAULT_LOG_LIMIT)
+        if type(limit) is not int or limit < 1:
+            raise EngineError("engines.memory.log_limit must be a positive integer")
+        self._log_limit = limit
+        self._closed = False
+
+    async def start(self, markets: Sequence[MarketSpec]) -> None:
+        for spec in markets:
+            self._matcher.add_market(spec.symbol)
+
+    async def submit(self, order: EngineOrder) -> list[Event]:
+        if self._closed:
+            raise EngineError("memory engine is closed")
+        events = self._matcher.submit(order)
+        self._record(events)
+        return events
+
+    async def cancel(self, market: str, order_id: str) -> list[Event]:
+        if self._closed:
+            raise EngineError("memory engine is closed")
+        events = self._matcher.cancel(market, order_id)
+        if events:
+            self._record(events)
+        return events
+
+    def _record(self, events: list[Event]) -> None:
+        log = self._log
+        log.extend(events)
+        # Trim in chunks so the cost of del log[:n] is amortised over many events.
+        if len(log) > self._log_limit + (self._log_limit >> 2) + 16:
+            self._drop_through(log[-1].seq - self._log_limit)
+
+    def _drop_through(self, seq: int) -> None:
+        """Forget events with a sequence number <= ``seq``."""
+        n = seq - self._log_floor
+        if n > 0:
+            del self._log[:n]
+            self._log_floor = seq
+
+    async def depth(self, market: str, levels: int) -> Depth:
+        return self._matcher.depth(market, levels)
+
+    async def open_orders(self, market: str) -> list[EngineOrder]:
+        return self._matcher.open_orders(market)
+
+    async def events_after(self, seq: int, limit: int = 1000) -> list[Event]:
+        if seq < self._log_floor:
+            raise EngineError(
+                f"memory engine events after seq {seq} are gone: its log starts after seq {self._log_floor}")
+        start = seq - self._log_floor
+        return self._log[start:start + max(0, limit)]
+
+    async def last_seq(self) -> int:
+        return self._matcher.last_seq
+
+    async def compact(self, applied_seq: int) -> None:
+        """Drop logged events the core has applied (the memory engine keeps no retention window)."""
+        self._drop_through(min(applied_seq, self._matcher.last_seq))
+
+    async def aclose(self) -> None:
+        self._closed = True

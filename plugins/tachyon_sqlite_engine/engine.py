@@ -1,0 +1,214 @@
+"""SqliteEngine: the shared matching core, with every event durable in an encrypted SQLite log before it is returned.
+
+Matching happens in memory (``tachyond.matching``); the events of concurrent submits are committed together
+(group commit: whoever finds no write in progress writes everything pending, in a worker thread, while the
+others wait for it). A write failure stops the engine: a new instance rebuilds from the file.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import trio
+
+from tachyond.engine import Depth, EngineContext, EngineOrder, Event, MarketSpec
+from tachyond.errors import EngineError
+from tachyond.matching import Matcher
+
+from .store import BatchItem, EventStore
+
+DB_NAME = "engine-sqlite.db"
+DEFAULT_SNAPSHOT_EVERY = 10_000
+DEFAULT_RETAIN_EVENTS = 10_000
+
+
+def _positive_int(config: dict, key: str, default: int, minimum: int) -> int:
+    value = config.get(key, default)
+    if type(value) is not int or value < minimum:
+        raise EngineError(f"engines.sqlite.{key} must be an integer >= {minimum}")
+    return value
+
+
+class SqliteEngine:
+    """Durable matching engine. Config (``[engines.sqlite]``): ``snapshot_every`` events between snapshots,
+    ``retain_events`` applied events kept in the log below the snapshot for ``events_after``."""
+
+    durable = True
+
+    def __init__(self, ctx: EngineContext):
+        if ctx.cipher is None:
+            raise EngineError("the sqlite engine encrypts what it stores: it needs the wallet's cipher")
+        self.name = ctx.name
+        self._store = EventStore(ctx.data_dir / DB_NAME, ctx.cipher)
+        self._snapshot_every = _positive_int(ctx.config, "snapshot_every", DEFAULT_SNAPSHOT_EVERY, 1)
+        self._retain_events = _positive_int(ctx.config, "retain_events", DEFAULT_RETAIN_EVENTS, 0)
+        self._matcher: Matcher | None = None
+        self._closed = False
+        self._failure: str | None = None
+        # Group commit state.
+        self._pending: list[BatchItem] = []
+        self._durable_seq = 0
+        self._writing = False
+        self._write_done = trio.Event()
+        self._db_lock = trio.Lock()       # one connection, used by one worker thread at a time
+        # Compaction state.
+        self._snapshot_seq = 0
+        self._log_floor = 0
+        self._applied_seq = 0
+        self._compact_requested = 0
+        self._compact_done = 0
+        self._force_snapshot = False
+
+    # --- protocol -----------------------------------------------------------------------------------------
+
+    async def start(self, markets: Sequence[MarketSpec]) -> None:
+        if self._matcher is None:
+            async with self._db_lock:
+                loaded = await trio.to_thread.run_sync(self._store.load)
+            self._matcher = loaded.matcher
+            self._durable_seq = loaded.matcher.last_seq
+            self._snapshot_seq = loaded.snapshot_seq
+            self._log_floor = loaded.log_floor
+        for spec in markets:
+            self._matcher.add_market(spec.symbol)
+
+    async def submit(self, order: EngineOrder) -> list[Event]:
+        matcher = self._ready()
+        events = matcher.submit(order)
+        last = events[-1]
+        rest = (order.owner, order.side, order.price_ticks, order.post_only) if last.kind == "rested" else None
+        self._pending.append((matcher.id_key(order.order_id), events, rest))
+        await self._wait_durable(last.seq)
+        return events
+
+    async def cancel(self, market: str, order_id: str) -> list[Event]:
+        matcher = self._ready()
+        events = matcher.cancel(market, order_id)
+        if events:
+            self._pending.append((None, events, None))
+            await self._wait_durable(events[-1].seq)
+        return events
+
+    async def depth(self, market: str, levels: int) -> Depth:
+        return self._ready().depth(market, levels)
+
+    async def open_orders(self, market: str) -> list[EngineOrder]:
+        return self._ready().open_orders(market)
+
+    async def events_after(self, seq: int, limit: int = 1000) -> list[Event]:
+        self._ready()
+        if limit <= 0:
+            return []
+        async with self._db_lock:
+            if seq < self._log_floor:
+                raise EngineError(
+                    f"sqlite engine events after seq {seq} were compacted away: its log starts after seq "
+                    f"{self._log_floor}; the books are intact, but events below that cannot be replayed")
+            return await trio.to_thread.run_sync(self._store.read_events, seq, limit)
+
+    async def last_seq(self) -> int:
+        self._ready()
+        return self._durable_seq
+
+    async def compact(self, applied_seq: int) -> None:
+        """Record that the core applied every event <= applied_seq; snapshot and trim the log when due.
+
+        Events the core has not applied are never dropped, nor any the latest snapshot does not cover;
+        ``retain_events`` more are kept below that line.
+        """
+        matcher = self._ready()
+        self._applied_seq = max(self._applied_seq, min(applied_seq, self._durable_seq))
+        snapshot_due = matcher.last_seq - self._snapshot_seq >= self._snapshot_every
+        if snapshot_due or self._cutoff(self._snapshot_seq) is not None:
+            await self._run_compaction()
+
+    async def aclose(self) -> None:
+        """Commit what is pending, write a snapshot so the next start replays little, close the file."""
+        if self._closed:
+            return
+        try:
+            if self._matcher is not None and self._failure is None and self._matcher.last_seq > self._snapshot_seq:
+                self._force_snapshot = True
+                await self._run_compaction()
+        finally:
+            self._closed = True
+            with trio.CancelScope(shield=True):
+                async with self._db_lock:
+                    await trio.to_thread.run_sync(self._store.close)
+
+    # --- group commit -------------------------------------------------------------------------------------
+
+    def _ready(self) -> Matcher:
+        if self._failure is not None:
+            raise EngineError(self._failure)
+        if self._closed or self._matcher is None:
+            raise EngineError("the sqlite engine is not running (start() it first; it was not closed?)")
+        return self._matcher
+
+    def _cutoff(self, snapshot_seq: int) -> int | None:
+        """The highest seq that may be dropped from the log, if above what was already dropped."""
+        cutoff = min(self._applied_seq, snapshot_seq) - self._retain_events
+        return cutoff if cutoff > self._log_floor else None
+
+    async def _wait_durable(self, seq: int) -> None:
+        # Shielded: the events are already in the in-memory book, so they must reach the disk even if the
+        # caller is cancelled; the wait is one bounded write.
+        with trio.CancelScope(shield=True):
+            while self._durable_seq < seq:
+                if self._failure is not None:
+                    raise EngineError(self._failure)
+                if self._writing:
+                    await self._write_done.wait()
+                else:
+                    await self._write()
+
+    async def _run_compaction(self) -> None:
+        self._compact_requested += 1
+        request = self._compact_requested
+        with trio.CancelScope(shield=True):
+            while self._compact_done < request:
+                if self._failure is not None:
+                    raise EngineError(self._failure)
+                if self._writing:
+                    await self._write_done.wait()
+                else:
+                    await self._write()
+
+    async def _write(self) -> None:
+        """Be the writer: commit every pending event, and a requested compaction, in one transaction."""
+        matcher = self._matcher
+        assert matcher is not None
+        self._writing = True
+        done = self._write_done
+        committed = False
+        try:
+            batch, self._pending = self._pending, []
+            upto_seq = matcher.last_seq  # no await since the batch was taken: the books are exactly at upto_seq
+            request = self._compact_requested
+            snapshot = None
+            cutoff = None
+            if request > self._compact_done:
+                if self._force_snapshot or upto_seq - self._snapshot_seq >= self._snapshot_every:
+                    if upto_seq > self._snapshot_seq:
+                        snapshot = (upto_seq, matcher.dump())
+                cutoff = self._cutoff(snapshot[0] if snapshot else self._snapshot_seq)
+            async with self._db_lock:
+                await trio.to_thread.run_sync(self._store.write, batch, snapshot, cutoff)
+                committed = True
+                self._durable_seq = upto_seq
+                if snapshot is not None:
+                    self._snapshot_seq = snapshot[0]
+                    self._force_snapshot = False
+                if cutoff is not None:
+                    self._log_floor = cutoff
+                self._compact_done = request
+        except Exception as exc:
+            self._failure = (f"the sqlite engine could not write {self._store.path.name} ({type(exc).__name__}: "
+                             f"{exc}); it stopped: restart it to rebuild from the file")
+            raise EngineError(self._failure) from exc
+        finally:
+            if not committed and self._failure is None:
+                self._failure = "the sqlite engine stopped during a write: restart it to rebuild from the file"
+            self._writing = False
+            self._write_done = trio.Event()
+            done.set()
