@@ -246,6 +246,7 @@ async def test_create_retrieve_list_match_schema(nursery):
     (create_form(**{"destination_currency": "eth"}), "crypto_onramp_conflicting_destination_currency",
      "destination_currency"),
     ({"lock_wallet_address": "true"}, "crypto_onramp_no_wallet_address_to_lock", "lock_wallet_address"),
+    ({"destination_currency[x]": "usdc", "destination_network": "ethereum"}, None, "destination_currency"),
     ({"wallet_addresses[solana]": "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v", "destination_networks[0]": "ethereum"},
      "crypto_onramp_wallet_addresses_not_all_networks_supported", "wallet_addresses"),
 ])
@@ -256,7 +257,7 @@ async def test_create_errors_use_stripe_codes(nursery, form, code, param):
             response = await http.post("/v1/crypto/onramp_sessions", data=form)
         assert response.status_code == 400
         error = response.json()["error"]
-        assert error["type"] == "invalid_request_error" and error["code"] == code and error["message"]
+        assert error["type"] == "invalid_request_error" and error.get("code") == code and error["message"]
         assert error.get("param") == param
         assert emu.store.sessions == {}
 
@@ -336,9 +337,10 @@ async def test_list_filters_and_paging(nursery):
             assert [s["id"] for s in complete["data"]] == [ids[6]]
             for params, code in [({"limit": 0}, "parameter_invalid_integer"), ({"limit": 101}, "parameter_invalid_integer"),
                                  ({"created[gte]": "soon"}, "parameter_invalid_integer"),
-                                 ({"starting_after": "cos_missing"}, "resource_missing"), ({"colour": "red"}, "parameter_unknown")]:
+                                 ({"starting_after": "cos_missing"}, "resource_missing"), ({"colour": "red"}, "parameter_unknown"),
+                                 ({"starting_after[x]": "cos_1"}, None)]:
                 response = await http.get("/v1/crypto/onramp_sessions", params=params)
-                assert response.status_code == 400 and response.json()["error"]["code"] == code
+                assert response.status_code == 400 and response.json()["error"].get("code") == code
 
 
 # ---- errors on demand ----

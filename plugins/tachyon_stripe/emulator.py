@@ -226,6 +226,11 @@ class StripeEmulator:
                 status, out_headers, payload = self._api(method, path, query, headers, body)
             except ApiError as exc:
                 status, out_headers, payload = _json(exc.status, exc.body())
+            except Exception:
+                # An emulator bug answers like Stripe's own 500s, and is logged, rather than dropping the connection.
+                log.exception("emulator failed on %s %s", method, path)
+                status, out_headers, payload = _json(500, ApiError(500, "An unknown error occurred in the emulator.",
+                                                                   type_="api_error").body())
             out_headers.setdefault("request-id", request_id)
             out_headers["stripe-version"] = API_VERSION
             return status, out_headers, payload

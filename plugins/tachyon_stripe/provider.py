@@ -39,6 +39,16 @@ def request_wallet_key(network: str) -> str:
     return "base_network" if network == "base" else network
 
 
+class _HTTPXClient(stripe.HTTPXClient):
+    """stripe's HTTPXClient, handing the encoded form body to httpx as ``content`` (``data=str`` is deprecated)."""
+
+    def _get_request_args_kwargs(self, method: str, url: str, headers: Mapping[str, str], post_data: Any):
+        args, kwargs = super()._get_request_args_kwargs(method, url, headers, post_data)
+        if isinstance(kwargs.get("data"), (str, bytes)):
+            kwargs["content"] = kwargs.pop("data")
+        return args, kwargs
+
+
 class _Settings:
     """Validates the ``[onramp.stripe]`` table; every error names its dotted key and never a secret's value."""
 
@@ -138,7 +148,7 @@ class StripeOnrampProvider:
         if not all(w.startswith("whsec_") for w in self._webhook_secrets):
             where = "webhook_secret_file" if "webhook_secret_file" in config else "webhook_secret_env"
             raise ConfigError(s._key(where), "every webhook secret must start with whsec_")
-        self._http = stripe.HTTPXClient(timeout=self.timeout_s)
+        self._http = _HTTPXClient(timeout=self.timeout_s)
         self._client = stripe.StripeClient(self._secret_key, base_addresses={"api": self.api_base},
                                            http_client=self._http, max_network_retries=self.max_network_retries)
 

@@ -118,11 +118,13 @@ def _string_list(value: Any, param: str) -> list[str]:
     return value
 
 
-def check_params(params: Mapping[str, Any], allowed: frozenset[str]) -> None:
-    """Reject unknown top-level params the way Stripe does (``parameter_unknown``)."""
+def check_params(params: Mapping[str, Any], allowed: frozenset[str], strings: frozenset[str] = frozenset()) -> None:
+    """Reject unknown top-level params (``parameter_unknown``) and hashes or lists where a string belongs."""
     for name in params:
         if name not in allowed:
             raise ApiError(400, f"Received unknown parameter: {name}", code="parameter_unknown", param=name)
+        if name in strings and not isinstance(params[name], str):
+            raise ApiError(400, f"Invalid string: {name} must be a string, not a hash or an array.", param=name)
 
 
 def _wallet_addresses(raw: Any) -> tuple[dict[str, str], str | None]:
@@ -151,7 +153,9 @@ def _wallet_addresses(raw: Any) -> tuple[dict[str, str], str | None]:
 
 def validate_create(params: Mapping[str, Any], unsupported_ips: tuple[str, ...] = ()) -> dict[str, Any]:
     """Check create params with Stripe's rules and codes; returns the session's transaction details and extras."""
-    check_params(params, CREATE_PARAMS)
+    check_params(params, CREATE_PARAMS, frozenset({
+        "customer_ip_address", "destination_amount", "destination_currency", "destination_network",
+        "lock_wallet_address", "settlement_speed", "source_amount", "source_currency"}))
     p = dict(params)
     currency, network = p.get("destination_currency"), p.get("destination_network")
     currencies = _string_list(p["destination_currencies"], "destination_currencies") \
@@ -430,7 +434,7 @@ def _created_filter(raw: Any) -> Callable[[int], bool]:
 
 def list_page(store: SessionStore, query: Mapping[str, Any], url: str) -> dict[str, Any]:
     """One page of ``GET /v1/crypto/onramp_sessions``: filters, newest first, ``starting_after``/``ending_before``."""
-    check_params(query, LIST_PARAMS)
+    check_params(query, LIST_PARAMS, LIST_PARAMS - {"created", "expand"})
     limit = _int(query.get("limit", "10"), "limit")
     if not 1 <= limit <= 100:
         raise ApiError(400, f"This value must be between 1 and 100 (it currently is {limit}).",
@@ -450,16 +454,15 @@ def list_page(store: SessionStore, query: Mapping[str, Any], url: str) -> dict[s
         if cursor in query and query[cursor] not in store.sessions:
             raise ApiError(400, f"No such crypto.onramp_session: '{query[cursor]}'", code="resource_missing",
                            param=cursor)
+    # A cursor filtered out by the other params still marks a place in the full order.
+    position = {s["id"]: i for i, s in enumerate(store.newest_first())}
     if "starting_after" in query:
-        # A cursor filtered out by the other params still marks a place in the full order.
-        order = [s["id"] for s in store.newest_first()]
-        after = order.index(query["starting_after"])
-        rows = [s for s in rows if order.index(s["id"]) > after]
+        after = position[query["starting_after"]]
+        rows = [s for s in rows if position[s["id"]] > after]
         page, has_more = rows[:limit], len(rows) > limit
     elif "ending_before" in query:
-        order = [s["id"] for s in store.newest_first()]
-        before = order.index(query["ending_before"])
-        rows = [s for s in rows if order.index(s["id"]) < before]
+        before = position[query["ending_before"]]
+        rows = [s for s in rows if position[s["id"]] < before]
         page, has_more = rows[-limit:], len(rows) > limit
     else:
         page, has_more = rows[:limit], len(rows) > limit
