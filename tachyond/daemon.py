@@ -95,6 +95,12 @@ class Daemon:
             raise PluginLoadError(f"plugin {plugin!r}: {what} {name!r} is already registered by plugin {table[name][0]!r}")
         table[name] = (plugin, value)
 
+    def prepare_services_for_check(self) -> None:
+        """Build what start-up would build from the config (provider configs included), without running."""
+        for name, table in self.config.onramp.items():
+            _plugin, factory = self.provider_factories[name]
+            factory(table)
+
     # --- state for RPC and HTTP -----------------------------------------------------------------
 
     def uptime_s(self) -> int:
@@ -142,30 +148,33 @@ class Daemon:
             self.nursery = nursery
             nursery.start_soon(self._signals)
             await self._start_services(nursery)
-            try:
-                await nursery.start(rpc.serve, cfg.daemon.socket, cfg.daemon.socket_mode, cfg.daemon.socket_group, self.shutdown)
-            except (SocketInUse, OSError) as exc:
-                raise StartupError(f"daemon.socket: {exc}") from None
-            if cfg.http is not None:
-                from .http import serve_http
-
+            # The servers watch the shutdown event themselves and drain in-flight work before returning;
+            # only the auxiliary tasks (signals, watchdog, plugin tasks) are cancelled afterwards.
+            async with trio.open_nursery() as servers:
                 try:
-                    self.http_binds = await nursery.start(serve_http, self, self.shutdown)
-                except OSError as exc:
-                    raise StartupError(f"http.listen: cannot listen on {', '.join(cfg.http.listen)}: {exc.strerror or exc}") from None
-            for plugin, name, fn in self.background_tasks:
-                nursery.start_soon(self._plugin_task, plugin, name, fn)
-            interval = watchdog_interval_s()
-            if interval:
-                await nursery.start(serve_watchdog, self.notifier, interval, lambda: not self.shutdown.is_set())
-            status = f"serving on {cfg.daemon.socket}" + (f" and {', '.join(self.http_binds)}" if self.http_binds else "")
-            self.notifier.ready(status)
-            log.info("tachyond %s %s (wallet %s)", self.version, status, self.wallet_state())
-            self.plugins.notify("daemon_started", daemon=self)
-            task_status.started(self)
-            await self.shutdown.wait()
-            self.notifier.stopping("draining")
-            self.plugins.notify("daemon_stopping", daemon=self)
+                    await servers.start(rpc.serve, cfg.daemon.socket, cfg.daemon.socket_mode, cfg.daemon.socket_group, self.shutdown)
+                except (SocketInUse, OSError) as exc:
+                    raise StartupError(f"daemon.socket: {exc}") from None
+                if cfg.http is not None:
+                    from .http import serve_http
+
+                    try:
+                        self.http_binds = await servers.start(serve_http, self, self.shutdown)
+                    except OSError as exc:
+                        raise StartupError(f"http.listen: cannot listen on {', '.join(cfg.http.listen)}: {exc.strerror or exc}") from None
+                for plugin, name, fn in self.background_tasks:
+                    nursery.start_soon(self._plugin_task, plugin, name, fn)
+                interval = watchdog_interval_s()
+                if interval:
+                    await nursery.start(serve_watchdog, self.notifier, interval, lambda: not self.shutdown.is_set())
+                status = f"serving on {cfg.daemon.socket}" + (f" and {', '.join(self.http_binds)}" if self.http_binds else "")
+                self.notifier.ready(status)
+                log.info("tachyond %s %s (wallet %s)", self.version, status, self.wallet_state())
+                self.plugins.notify("daemon_started", daemon=self)
+                task_status.started(self)
+                await self.shutdown.wait()
+                self.notifier.stopping("draining")
+                self.plugins.notify("daemon_stopping", daemon=self)
             await self._stop_services()
             nursery.cancel_scope.cancel()
         log.info("tachyond stopped")

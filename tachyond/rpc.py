@@ -370,8 +370,8 @@ class RpcServer:
                     await self._wait_idle()
                 conns.cancel_scope.cancel()
         finally:
-            await listener.aclose()
             _unlink(path)
+            sock.close()
 
     async def _wait_idle(self) -> None:
         while self.in_flight:

@@ -1,0 +1,193 @@
+"""The daemon as a process: --dev, graceful stop under load, systemd notify, socket ownership, bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DaemonProc, base_document, run_ctl, write_config
+
+
+def test_dev_mode_starts_and_ctl_status_reaches_it(sockdir):
+    d = DaemonProc(sockdir, {}, args=["--dev"], cwd=sockdir)
+    d.start(timeout_s=60)
+    try:
+        r = run_ctl("--json", "status", socket_path=str(sockdir / ".tachyon-dev" / "rpc.sock"))
+        assert r.returncode == 0, r.stderr
+        info = json.loads(r.stdout)
+        assert info["dev"] is True and info["version"]
+        env_line = f"export TACHYON_SOCKET={(sockdir / '.tachyon-dev' / 'rpc.sock').resolve()}"
+        assert d.stderr().count(env_line) == 1
+        assert "NOT FOR REAL MONEY" in d.stderr()
+        r2 = run_ctl("status", env={"TACHYON_SOCKET": str(sockdir / ".tachyon-dev" / "rpc.sock")})
+        assert r2.returncode == 0
+    finally:
+        assert d.stop() == 0
+    assert not (sockdir / ".tachyon-dev" / "rpc.sock").exists()
+
+
+def test_sigterm_while_20_clients_are_mid_call(daemon_factory):
+    d = daemon_factory(test_plugin=True).start()
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    started = threading.Barrier(21)
+
+    def client(i: int) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(d.socket)
+            started.wait()
+            s.sendall(json.dumps({"jsonrpc": "2.0", "method": "test.sleep", "params": [1.5], "id": i}).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        with lock:
+            if not buf:
+                outcomes.append("closed")
+            else:
+                msg = json.loads(buf)
+                assert msg["id"] == i
+                outcomes.append("answered" if msg.get("result") == {"slept": 1.5} else f"refused {msg['error']['code']}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    started.wait()
+    time.sleep(0.3)
+    d.signal(signal.SIGTERM)
+    for t in threads:
+        t.join(30)
+    assert d.wait(30) == 0
+    assert len(outcomes) == 20
+    # In-flight calls are drained, not dropped: every one of them is answered.
+    assert outcomes == ["answered"] * 20, outcomes
+    assert not os.path.exists(d.socket)
+
+
+def test_calls_arriving_during_the_drain_are_refused_cleanly(daemon_factory):
+    d = daemon_factory(test_plugin=True).start()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(d.socket)
+        s.sendall(b'{"jsonrpc":"2.0","method":"test.sleep","params":[1.5],"id":"slow"}\n')
+        time.sleep(0.3)
+        d.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        s.sendall(b'{"jsonrpc":"2.0","method":"spec.get_data","id":"late"}\n')
+        buf = b""
+        while buf.count(b"\n") < 2:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    answers = {m["id"]: m for m in map(json.loads, buf.splitlines())}
+    assert answers["slow"]["result"] == {"slept": 1.5}
+    assert answers["late"]["error"]["code"] == -32050 and "stopping" in answers["late"]["error"]["message"]
+    assert d.wait(30) == 0
+
+
+def test_sigint_and_daemon_stop_exit_zero(daemon_factory):
+    d = daemon_factory().start()
+    d.signal(signal.SIGINT)
+    assert d.wait(30) == 0
+    d2 = daemon_factory().start()
+    assert run_ctl("stop", socket_path=d2.socket).returncode == 0
+    assert d2.wait(30) == 0 and not os.path.exists(d2.socket)
+
+
+def test_systemd_notify_datagrams(daemon_factory, sockdir):
+    notify_path = str(sockdir / "notify.sock")
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(notify_path)
+    rx.settimeout(20)
+    d = daemon_factory(env={"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "200000"})
+    d.start()
+    messages = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and sum("WATCHDOG=1" in m for m in messages) < 2:
+        messages.append(rx.recv(4096).decode())
+    d.signal(signal.SIGTERM)
+    while not any("STOPPING=1" in m for m in messages):
+        messages.append(rx.recv(4096).decode())
+    assert d.wait(30) == 0
+    rx.close()
+    ready = next(m for m in messages if "READY=1" in m)
+    assert "STATUS=serving on" in ready and f"MAINPID={d.proc.pid}" in ready
+    assert sum("WATCHDOG=1" in m for m in messages) >= 2
+    assert messages.index(ready) < max(i for i, m in enumerate(messages) if "WATCHDOG=1" in m)
+
+
+def test_second_daemon_on_a_live_socket_is_refused(daemon_factory, sockdir):
+    first = daemon_factory().start()
+    second = DaemonProc(sockdir, first.doc)
+    second.stderr_path = sockdir / "second.stderr"
+    second.start(wait=False)
+    assert second.wait(30) == 1
+    assert "already running" in second.stderr()
+    assert first.call("daemon.info")["version"]
+
+
+def test_stale_socket_file_is_removed(daemon_factory, sockdir):
+    d = daemon_factory().start()
+    d.kill()
+    assert os.path.exists(d.socket)  # SIGKILL leaves the file behind
+    d2 = daemon_factory(d.doc).start()
+    assert d2.call("daemon.info")["version"]
+
+
+@pytest.mark.parametrize("patch,key", [
+    ({"daemon": {"bindd": "x"}}, "daemon.bindd"),
+    ({"daemon": {"log_level": 3}}, "daemon.log_level"),
+    ({"http": {"listen": ["127.0.0.1:99999"]}}, "http.listen[0]"),
+    ({"http": {"listen": ["not-an-address"]}}, "http.listen[0]"),
+    ({"tokens": [{"symbol": "USDC", "decimals": 6}], "markets": [{"symbol": "ZEC/USDC", "tick": "0.01", "lot": "1", "min_notional": "1"}]}, "markets[0].symbol"),
+    ({"tokens": [{"symbol": "USDC", "decimals": 2}, {"symbol": "ZEC", "decimals": 8}],
+      "markets": [{"symbol": "ZEC/USDC", "tick": "0.01", "lot": "0.0001", "min_notional": "1"}]}, "markets[0].lot"),
+    ({"tokens": [{"symbol": "USDC", "decimals": 6}, {"symbol": "ZEC", "decimals": 8}],
+      "markets": [{"symbol": "ZEC/USDC", "engine": "quantum", "tick": "0.01", "lot": "0.0001", "min_notional": "1"}]}, "markets[0].engine"),
+])
+def test_bad_config_stops_start_with_the_dotted_key(sockdir, patch, key):
+    doc = base_document(sockdir)
+    for section, value in patch.items():
+        doc[section] = {**doc[section], **value} if isinstance(value, dict) and section in doc else value
+    path = write_config(sockdir, doc)
+    r = subprocess.run([sys.executable, "-m", "tachyond", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode in (1, 2)
+    lines = [line for line in r.stderr.splitlines() if line.startswith("tachyond:")]
+    assert len(lines) == 1 and key in lines[0], r.stderr
+    check = subprocess.run([sys.executable, "-m", "tachyond", "--check-config", "--config", str(path)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode != 0 and key in check.stderr
+
+
+def test_print_default_config_round_trips(sockdir):
+    r = subprocess.run([sys.executable, "-m", "tachyond", "--print-default-config"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    import tomllib
+
+    doc = tomllib.loads(r.stdout)
+    assert doc["daemon"]["socket_mode"] == "0600" and doc["onramp"]["stripe"]["secret_key_env"] == "STRIPE_SECRET_KEY"
+    path = sockdir / "default.toml"
+    path.write_text(r.stdout)
+    check = subprocess.run([sys.executable, "-m", "tachyond", "--check-config", "--config", str(path)],
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "STRIPE_SECRET_KEY": "sk_test_check", "STRIPE_WEBHOOK_SECRET": "whsec_check"})
+    assert check.returncode == 0, check.stderr
+    assert "sk_test_check" not in check.stdout + check.stderr
+
+
+def test_missing_config_file_is_one_clear_line(sockdir):
+    r = subprocess.run([sys.executable, "-m", "tachyond", "--config", str(sockdir / "nope.toml")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "does not exist" in r.stderr

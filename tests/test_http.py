@@ -1,0 +1,36 @@
+"""The HTTP side: /healthz, /metrics and the webhook route's refusals that need no provider."""
+
+from __future__ import annotations
+
+import httpx
+
+
+def http_base(d) -> str:
+    return d.call("daemon.info")["http"][0]
+
+
+def test_healthz_ok(daemon_factory):
+    d = daemon_factory().start()
+    r = httpx.get(http_base(d) + "/healthz", timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_metrics_count_rpc_calls_and_errors_by_method(daemon_factory):
+    d = daemon_factory(test_plugin=True).start()
+    for _ in range(3):
+        d.call("daemon.info")
+    d.raw(b'{"jsonrpc":"2.0","method":"test.boom","id":1}\n')
+    r = httpx.get(http_base(d) + "/metrics", timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    lines = r.text.splitlines()
+    calls = [line for line in lines if line.startswith('tachyon_rpc_calls_total{method="daemon.info"}')]
+    assert calls and float(calls[0].split()[-1]) >= 4  # three here, one or more by the fixture's readiness probe
+    assert 'tachyon_rpc_errors_total{code="-32040",method="test.boom"} 1.0' in lines
+
+
+def test_unknown_provider_is_404_and_wrong_method_405(daemon_factory):
+    d = daemon_factory().start()
+    base = http_base(d)
+    assert httpx.post(base + "/webhook/nosuch", json={}, timeout=10).status_code == 404
+    assert httpx.get(base + "/webhook/stripe", timeout=10).status_code == 405
+    assert httpx.get(base + "/nothing-here", timeout=10).status_code == 404
