@@ -180,7 +180,8 @@ class StripeOnrampProvider:
         if not isinstance(raw, Mapping) or not isinstance(raw.get("id"), str) or raw.get("object") not in (
                 None, "crypto.onramp_session"):
             raise OnrampError("Stripe returned something that is not an onramp session")
-        details = raw.get("transaction_details") or {}
+        details = raw.get("transaction_details")
+        details = details if isinstance(details, Mapping) else {}
         metadata = raw.get("metadata") or {}
         created = raw.get("created")
         status = raw.get("status")
