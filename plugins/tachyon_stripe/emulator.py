@@ -15,7 +15,7 @@ import signal
 import string
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from functools import partial
 from importlib import resources
 from typing import Any, Awaitable, Callable, Mapping
