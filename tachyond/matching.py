@@ -302,7 +302,8 @@ class OrderBook:
     def depth(self, levels: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Aggregated (price_ticks, qty_lots) per level, best first, at most ``levels`` per side."""
         n = max(0, levels)
-        bids = [(p, self._bids[p].qty_lots) for p in self._bids.islice(0, n, reverse=True)] if n else []
+        bids = [(p, self._bids[p].qty_lots)
+                for p in self._bids.islice(max(0, len(self._bids) - n), reverse=True)] if n else []
         asks = [(p, self._asks[p].qty_lots) for p in self._asks.islice(0, n)] if n else []
         return bids, asks
 

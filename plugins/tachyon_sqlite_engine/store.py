@@ -7,6 +7,7 @@ the engine calls them through ``trio.to_thread.run_sync``, one at a time.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -70,6 +71,7 @@ class EventStore:
         self.path = path
         self._cipher = cipher
         self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
         self._mac_key = b""
 
     def mac(self, order_id: str) -> bytes:
@@ -78,7 +80,15 @@ class EventStore:
 
     def load(self) -> Loaded:
         """Open (creating if new) the file and rebuild the books: the latest snapshot, then the log after it."""
+        try:
+            return self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self) -> Loaded:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock()
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._conn = conn
         conn.execute("PRAGMA journal_mode=WAL")
@@ -154,6 +164,19 @@ class EventStore:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _lock(self) -> None:
+        """Hold an exclusive lock beside the file: two live instances would issue the same sequence numbers."""
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise EngineError(f"{self.path.name} is in use by another engine instance (another daemon?)") from None
+        self._lock_fd = fd
 
     def _require(self) -> sqlite3.Connection:
         if self._conn is None:
