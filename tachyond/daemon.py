@@ -14,11 +14,13 @@ from typing import Any, Callable
 import trio
 
 from . import __version__, logs
+from .errors import TachyonError
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_document_toml, load
 from .metrics import Metrics
 from .plugins import PluginLoadError, Plugins
 from .rpc import Dispatcher, Param, Registry, RpcServer, SocketInUse
 from .systemd import Notifier, serve_watchdog, watchdog_interval_s
+from .wallet_api import register_wallet_methods
 
 log = logging.getLogger("tachyond")
 
@@ -70,7 +72,9 @@ class Daemon:
                 self._claim(self.address_validators, "address validator for network", plugin, name, args[1] if len(args) > 1 else kw["fn"])
             for plugin, name, args, kw in self.plugins.collect("register_background_tasks"):
                 self.background_tasks.append((plugin, name, args[1] if len(args) > 1 else kw["fn"]))
+            self.build_services()
             register_core_methods(self)
+            register_wallet_methods(self)
             for plugin, _name, args, kw in self.plugins.collect("register_rpc_methods"):
                 try:
                     self.registry.add(*args, **kw, plugin=plugin)
@@ -96,10 +100,9 @@ class Daemon:
         table[name] = (plugin, value)
 
     def prepare_services_for_check(self) -> None:
-        """Build what start-up would build from the config (provider configs included), without running."""
-        for name, table in self.config.onramp.items():
-            _plugin, factory = self.provider_factories[name]
-            factory(table)
+        """Build what start-up would build from the config (services, provider configs), without running."""
+        if self.wallet is None:
+            self.build_services()
 
     # --- state for RPC and HTTP -----------------------------------------------------------------
 
@@ -179,11 +182,58 @@ class Daemon:
             nursery.cancel_scope.cancel()
         log.info("tachyond stopped")
 
+    def build_services(self) -> None:
+        """Construct the wallet and ledger (and register their schemas) before anything runs."""
+        from .ledger import Ledger
+        from .wallet.store import Wallet
+
+        self.wallet = Wallet(self.config.daemon.data_dir)
+        self.ledger = Ledger(self.wallet, self.config.token_map())
+        # Each service registers its wallet schema and its RPC methods in its constructor.
+        if self.config.markets:
+            from .dex import DexService
+
+            self.dex = DexService(self)
+        if self.config.onramp:
+            from .onramp import OnrampService
+
+            self.onramp = OnrampService(self)
+
     async def _start_services(self, nursery: trio.Nursery) -> None:
-        """Open the wallet and start the services configured; later issues add to this."""
+        """Open the wallet file (and unlock it from password_file); start the services that need it."""
+        await nursery.start(self.wallet.serve)
+        pw_file = self.config.wallet.password_file
+        if pw_file is not None and self.wallet.state == "locked":
+            try:
+                password = pw_file.read_text().rstrip("\n")
+            except OSError as exc:
+                raise StartupError(f"wallet.password_file: cannot read {pw_file}: {exc.strerror}") from None
+            logs.add_secret(password)
+            try:
+                await self.wallet.unlock(password, self.config.wallet.unlock_timeout_s)
+            except TachyonError as exc:
+                raise StartupError(f"wallet.password_file: {exc.message}") from None
+            log.info("wallet unlocked from %s", pw_file)
+        for service in (self.dex, self.onramp):
+            if service is not None:
+                await nursery.start(service.serve)
+        await self.on_unlocked()
+
+    async def on_unlocked(self) -> None:
+        """Tell the services that need the key (engines, the onramp inbox worker) that the wallet is unlocked."""
+        if self.wallet.state != "unlocked":
+            return
+        for service in (self.dex, self.onramp):
+            if service is not None:
+                await service.on_unlocked()
 
     async def _stop_services(self) -> None:
-        """Close services in reverse order, each within the drain deadline."""
+        """Close services in reverse order (the servers have drained): onramp, dex; the wallet closes last."""
+        for service in (self.onramp, self.dex):
+            if service is not None:
+                with trio.move_on_after(DRAIN_TIMEOUT_S) as scope:
+                    scope.shield = True
+                    await service.aclose()
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

@@ -1,0 +1,162 @@
+"""The wallet and ledger through the real socket: CLI passwords, locking, idempotency under concurrency, SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from conftest import base_document, ctl_json, run_ctl
+
+TOKENS = [{"symbol": "USDC", "decimals": 6, "networks": ["ethereum"]}, {"symbol": "ZEC", "decimals": 8}]
+PASSWORD = "correct horse battery staple"
+
+
+def ledger_doc(dir_, **extra):
+    pw = dir_ / "pw"
+    pw.write_text(PASSWORD + "\n")
+    return base_document(dir_, tokens=TOKENS, wallet={"password_file": str(pw)}, **extra)
+
+
+def test_create_unlock_lock_through_tachyon_ctl(daemon_factory, sockdir):
+    d = daemon_factory(base_document(sockdir, tokens=TOKENS)).start()
+    s = d.socket
+    assert ctl_json("status", socket_path=s)["wallet"] == "absent"
+    r = run_ctl("balance", socket_path=s)
+    assert r.returncode == 1 and "no wallet" in r.stderr
+    created = ctl_json("wallet", "create", "--password-stdin", socket_path=s, input_text=PASSWORD + "\n")
+    assert created["created"] is True
+    assert ctl_json("wallet", "lock", socket_path=s) == {"locked": True}
+    r = run_ctl("balance", socket_path=s)
+    assert r.returncode == 1 and "wallet is locked" in r.stderr
+    r = run_ctl("wallet", "unlock", "--password-stdin", socket_path=s, input_text="wrong\n")
+    assert r.returncode == 1 and "wrong password" in r.stderr
+    unlocked = ctl_json("wallet", "unlock", "--password-stdin", "--timeout", "600", socket_path=s, input_text=PASSWORD + "\n")
+    assert unlocked["unlocked"] is True and unlocked["until"] > time.time() + 590
+    assert ctl_json("status", socket_path=s)["unlocked_until"] == pytest.approx(unlocked["until"])
+    balances = ctl_json("balance", socket_path=s)
+    assert {(b["account"], b["token"], b["available"]) for b in balances} == {("default", "USDC", "0.00"), ("default", "ZEC", "0.00")}
+    r = run_ctl("wallet", "create", "--password-stdin", socket_path=s, input_text="another\n")
+    assert r.returncode == 1 and "already exists" in r.stderr
+    changed = ctl_json("wallet", "change-password", "--password-stdin", socket_path=s, input_text=f"{PASSWORD}\nnew-secret-words\n")
+    assert changed == {"changed": True}
+    ctl_json("wallet", "lock", socket_path=s)
+    assert run_ctl("wallet", "unlock", "--password-stdin", socket_path=s, input_text=PASSWORD + "\n").returncode == 1
+    assert ctl_json("wallet", "unlock", "--password-stdin", socket_path=s, input_text="new-secret-words\n")["unlocked"]
+    logs = d.stderr()
+    for secret in (PASSWORD, "new-secret-words"):
+        assert secret not in logs
+
+
+def test_password_file_unlocks_at_start_and_money_moves(daemon_factory, sockdir):
+    d = daemon_factory(ledger_doc(sockdir)).start()
+    d.call("wallet.create", {"password": PASSWORD}) if d.call("daemon.info")["wallet"] == "absent" else None
+    s = d.socket
+    ctl_json("accounts", "create", "alice", socket_path=s)
+    dep = ctl_json("ledger", "deposit", "--account", "alice", "--token", "USDC", "--amount", "120", "--reference", "tx-1", socket_path=s)
+    assert dep["kind"] == "deposit"
+    again = ctl_json("ledger", "deposit", "--account", "alice", "--token", "USDC", "--amount", "120", "--reference", "tx-1", socket_path=s)
+    assert again["id"] == dep["id"]
+    r = run_ctl("ledger", "transfer", "--from", "alice", "--to", "default", "--token", "USDC", "--amount", "500", socket_path=s)
+    assert r.returncode == 1 and "insufficient available USDC: need 500.00, have 120.00" in r.stderr
+    r = run_ctl("ledger", "transfer", "--from", "alice", "--to", "default", "--token", "USDC", "--amount", "0.0000001", socket_path=s)
+    assert r.returncode == 1 and "finer than USDC's 6 decimals" in r.stderr
+    ctl_json("ledger", "transfer", "--from", "alice", "--to", "default", "--token", "USDC", "--amount", "20.5", socket_path=s)
+    bal = {(b["account"], b["token"]): b for b in ctl_json("balance", socket_path=s)}
+    assert bal[("alice", "USDC")]["available"] == "99.50" and bal[("alice", "USDC")]["available_minor"] == 99_500_000
+    assert bal[("default", "USDC")]["available"] == "20.50"
+    assert ctl_json("ledger", "verify", socket_path=s)["ok"] is True
+    history = ctl_json("ledger", "history", "--account", "alice", socket_path=s)
+    assert [e["kind"] for e in history] == ["transfer", "deposit"]
+
+
+def _wallet_daemon(daemon_factory, sockdir):
+    d = daemon_factory(ledger_doc(sockdir))
+    d.start()
+    if d.call("daemon.info")["wallet"] == "absent":
+        d.call("wallet.create", {"password": PASSWORD})
+    return d
+
+
+def test_same_idempotency_key_from_50_concurrent_clients_is_one_entry(daemon_factory, sockdir):
+    d = _wallet_daemon(daemon_factory, sockdir)
+    barrier = threading.Barrier(50)
+    ids = []
+    lock = threading.Lock()
+
+    def client():
+        with d.client() as c:
+            barrier.wait()
+            entry = c.call("ledger.deposit", {"token": "ZEC", "amount": "1.5", "reference": "same-ref"})
+        with lock:
+            ids.append(entry["id"])
+
+    threads = [threading.Thread(target=client) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(ids) == 50 and len(set(ids)) == 1
+    bal = {b["token"]: b for b in d.call("ledger.balances", {"account": "default"})}
+    assert bal["ZEC"]["available_minor"] == 150_000_000
+    assert len(d.call("ledger.history")) == 1
+
+
+def test_sigkill_while_8_clients_write_loses_no_acknowledged_write(daemon_factory, sockdir):
+    d = _wallet_daemon(daemon_factory, sockdir)
+    acked: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(w: int):
+        n = 0
+        try:
+            with d.client() as c:
+                while not stop.is_set():
+                    ref = f"w{w}-{n}"
+                    c.call("ledger.deposit", {"token": "USDC", "amount": "0.01", "reference": ref})
+                    with lock:
+                        acked.append(ref)
+                    n += 1
+        except Exception:
+            pass  # the daemon died under us: only acknowledged writes count
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    d.signal(signal.SIGKILL)
+    d.proc.wait(10)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert len(acked) > 50
+    d2 = daemon_factory(d.doc).start()
+    verify = d2.call("ledger.verify")
+    assert verify["ok"] is True, verify["problems"]
+    total = {b["token"]: b for b in d2.call("ledger.balances", {"account": "default"})}["USDC"]["available_minor"]
+    assert total >= len(acked) * 10_000
+    # Every acknowledged reference is in the journal: a repeat returns the same entry, not a new one.
+    entries_before = verify["entries"]
+    for ref in acked[:: max(1, len(acked) // 40)]:
+        assert d2.call("ledger.deposit", {"token": "USDC", "amount": "0.01", "reference": ref})["repeated"] is True
+    assert d2.call("ledger.verify")["entries"] == entries_before
+
+
+def test_backup_while_running_opens_with_the_password(daemon_factory, sockdir):
+    d = _wallet_daemon(daemon_factory, sockdir)
+    d.call("ledger.deposit", {"token": "USDC", "amount": "42", "reference": "before-backup"})
+    backup = d.call("wallet.backup", {"path": str(sockdir / "copy.db")})
+    assert backup["bytes"] > 0
+    assert d.stop() == 0
+    restored = sockdir / "restored"
+    (restored / "data").mkdir(parents=True)
+    os.replace(sockdir / "copy.db", restored / "data" / "wallet.db")
+    d2 = daemon_factory(ledger_doc(restored)).start()
+    bal = {b["token"]: b for b in d2.call("ledger.balances", {"account": "default"})}
+    assert bal["USDC"]["available"] == "42.00"
+    assert d2.call("ledger.verify")["ok"] is True
