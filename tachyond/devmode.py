@@ -79,11 +79,56 @@ def print_banner(daemon: Any) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
+# What the maker rests on the books so USDC bought through the emulator can trade at once:
+# (market, client_order_id, price, qty). Deposits and orders are idempotent, so restarts add nothing.
+DEV_MAKER = "maker"
+DEV_DEPOSITS = (("ZEC", "100", "dev-seed-zec"), ("BASE", "50000", "dev-seed-base"))
+DEV_ASKS = (
+    ("ZEC/USDC", "dev-ask-zec-1", "30.00", "2"),
+    ("ZEC/USDC", "dev-ask-zec-2", "30.50", "5"),
+    ("ZEC/USDC", "dev-ask-zec-3", "31.25", "10"),
+    ("BASE/USDC", "dev-ask-base-1", "1.0000", "1000"),
+    ("BASE/USDC", "dev-ask-base-2", "1.0100", "5000"),
+)
+
+
+async def call(daemon: Any, method: str, params: dict[str, Any]) -> Any:
+    """Call a method through the daemon's own dispatcher (the public API); raise on an error answer."""
+    answer = await daemon.dispatcher.handle_request({"jsonrpc": "2.0", "method": method, "params": params, "id": "dev"})
+    if "error" in answer:
+        raise RuntimeError(f"{method}: {answer['error']['message']}")
+    return answer["result"]
+
+
+async def seed(daemon: Any, password: str) -> None:
+    """Create and unlock the dev wallet on first start; fund the maker and rest its asks."""
+    if daemon.wallet.state == "absent":
+        await call(daemon, "wallet.create", {"password": password})
+        await daemon.on_unlocked()
+        log.info("created the development wallet")
+    accounts = {a["name"] for a in await call(daemon, "accounts.list", {})}
+    if DEV_MAKER not in accounts:
+        await call(daemon, "accounts.create", {"name": DEV_MAKER})
+    tokens = {t["symbol"] for t in await call(daemon, "tokens.list", {})}
+    for token, amount, ref in DEV_DEPOSITS:
+        if token in tokens:
+            await call(daemon, "ledger.deposit", {"account": DEV_MAKER, "token": token, "amount": amount, "reference": ref})
+    markets = {m.symbol for m in daemon.config.markets}
+    for market, coid, price, qty in DEV_ASKS:
+        if market in markets:
+            await call(daemon, "dex.place_order", {"account": DEV_MAKER, "market": market, "side": "sell", "type": "limit",
+                                                   "price": price, "qty": qty, "client_order_id": coid})
+
+
 async def run_dev(daemon: Any) -> None:
-    """Run the daemon on the embedded default; later issues start the emulator and seed the maker here."""
+    """Run the daemon on the embedded default: wallet created and unlocked, maker seeded, emulator up."""
     dir_ = daemon.config.daemon.data_dir
-    _secret_file(dir_, DEV_PASSWORD_FILE, lambda: "dev-" + secrets.token_hex(8))
+    pw_file = _secret_file(dir_, DEV_PASSWORD_FILE, lambda: "dev-" + secrets.token_hex(8))
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.run)
+        try:
+            await seed(daemon, pw_file.read_text().strip())
+        except Exception:
+            log.exception("seeding the development wallet failed; the daemon runs on without the maker's orders")
         print_banner(daemon)
         await daemon.shutdown.wait()

@@ -1,0 +1,42 @@
+"""Durable ledger transfers through the real socket (synchronous=FULL, group commit), 1 and 32 clients."""
+
+from __future__ import annotations
+
+import argparse
+
+import trio
+
+from common import Daemon, emit, load
+
+TOKENS = [{"symbol": "USDC", "decimals": 6, "networks": ["ethereum"]}]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--pipeline", type=int, default=1, help="requests in flight per client")
+    args = ap.parse_args()
+    seconds = 1.5 if args.quick else args.seconds
+    with Daemon({"tokens": TOKENS}, password="bench-password") as d:
+        if d.call("daemon.info")["wallet"] == "absent":
+            d.call("wallet.create", {"password": "bench-password"})
+        accounts = [f"a{i}" for i in range(64)]
+        for a in accounts:
+            d.call("accounts.create", {"name": a})
+            d.call("ledger.deposit", {"account": a, "token": "USDC", "amount": "1000000", "reference": f"seed-{a}"})
+
+        def transfer(cid: int, n: int) -> dict:
+            # Each client moves between its own pair of accounts, so no transfer is refused for funds.
+            return {"method": "ledger.transfer", "params": {"from": accounts[(2 * cid) % 64], "to": accounts[(2 * cid + 1) % 64],
+                                                            "token": "USDC", "amount": "0.01"}}
+
+        for clients in (1, 32):
+            r = trio.run(load, d.socket, clients, seconds, transfer, args.pipeline)
+            emit({"bench": "ledger_transfer_rpc", "pipeline": args.pipeline, "synchronous": "FULL", **r})
+        verify = d.call("ledger.verify")
+        assert verify["ok"], verify["problems"]
+
+
+if __name__ == "__main__":
+    main()
