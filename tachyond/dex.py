@@ -1,0 +1,363 @@
+"""The DEX service: validates orders, locks holds, hands orders to engines and settles their events exactly once.
+
+Engines match (``tachyond.engine``); this core owns balances. Per market a lock serialises
+check -> record+lock -> submit -> settle, so post-only checks and market-order bounds see the book the
+order meets. Per engine a second lock keeps settlement in the engine's sequence order, which is what makes
+"store the last applied seq with the settlement" enough for exactly-once after a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from typing import Any
+
+import trio
+
+from .dex_market import Market
+from .dex_store import (DEX_SCHEMA, engine_seqs_read, open_orders_read, order_public, order_read, orders_read,
+                        record_order_op, set_engine_seq_op, settle_op, trade_public, trades_read)
+from .engine import DONE_CANCELED, EngineContext, EngineOrder, Event, MarketSpec
+from .errors import (EngineError, InvalidParams, NotFound, OrderNotOpen, OrderRejected, UnknownMarket,
+                     WalletLocked)
+from .ledger import check_user_account
+
+log = logging.getLogger("tachyond.dex")
+
+FAULT_ENV = "TACHYON_TEST_FAULT"  # test-only: "after_match" exits right after a submit, before settlement
+DEFAULT_DEPTH = 20
+MAX_TRADES_LIMIT = 1000
+EVENTS_PAGE = 1000
+
+
+class DexService:
+    """Markets, orders and settlement; registered RPC methods ``dex.*``."""
+
+    def __init__(self, daemon: Any):
+        self.daemon = daemon
+        self.wallet = daemon.wallet
+        self.metrics = daemon.metrics
+        tokens = daemon.config.token_map()
+        self.markets: dict[str, Market] = {c.symbol: Market.from_config(c, tokens) for c in daemon.config.markets}
+        self.engine_names = sorted({m.engine for m in self.markets.values()})
+        self.engines: dict[str, Any] = {}
+        self.failures: dict[str, str] = {}        # engine -> why it cannot serve
+        self._base_seq: dict[str, int] = {}       # engine -> offset making its seqs unique across restarts
+        self._market_locks = {s: trio.Lock() for s in self.markets}
+        self._engine_locks = {e: trio.Lock() for e in self.engine_names}
+        self._open: dict[str, dict] = {}          # open orders by id (the ledger's view)
+        self._open_coids: dict[tuple[str, str], str] = {}
+        self._owners: dict[str, str] = {}
+        self._opened = False
+        self._opening = trio.Lock()
+        daemon.wallet.add_schema("dex", DEX_SCHEMA)
+        from .dex_api import register_dex_methods
+
+        register_dex_methods(daemon, self)
+
+    # ----- lifecycle -----
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Nothing runs in the background: engines open at the first unlock. Runs until cancelled."""
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def on_unlocked(self) -> None:
+        """Open every engine (they need the wallet's cipher), then recover each: replay or re-seed."""
+        async with self._opening:
+            if self._opened:
+                return
+            for order in await self.wallet.read(open_orders_read):
+                self._remember(order)
+            seqs = await self.wallet.read(engine_seqs_read)
+            for name in self.engine_names:
+                try:
+                    await self._open_engine(name, *seqs.get(name, (0, 0)))
+                except Exception as exc:  # one engine failing leaves the others serving; /healthz names it
+                    log.exception("engine %s could not start or recover", name)
+                    self.failures[name] = f"could not start or recover: {type(exc).__name__}: {exc}"
+            self._opened = True
+
+    async def aclose(self) -> None:
+        """Close every engine (the sqlite engine writes a snapshot)."""
+        for name, engine in list(self.engines.items()):
+            try:
+                await engine.aclose()
+            except Exception:
+                log.exception("engine %s failed to close", name)
+        self.engines.clear()
+
+    def refresh_gauges(self) -> None:
+        self.metrics.orders_open.set(len(self._open))
+
+    async def health(self) -> dict[str, str]:
+        problems = {f"engine:{name}": why for name, why in self.failures.items()}
+        for name, engine in self.engines.items():
+            if name not in self.failures:
+                try:
+                    await engine.last_seq()
+                except Exception as exc:
+                    problems[f"engine:{name}"] = f"{type(exc).__name__}: {exc}"
+        return problems
+
+    # ----- engines and recovery -----
+    async def _open_engine(self, name: str, base_seq: int, applied_seq: int) -> None:
+        _plugin, factory = self.daemon.engine_factories[name]
+        cfg = self.daemon.config
+        ctx = EngineContext(name, cfg.daemon.data_dir, self.wallet.cipher, config=dict(cfg.engines.get(name, {})))
+        engine = factory(ctx)
+        await engine.start([MarketSpec(m.symbol, m.base, m.quote, str(m.tick), str(m.lot))
+                            for m in self.markets.values() if m.engine == name])
+        self.engines[name] = engine
+        async with self._engine_locks[name]:
+            if engine.durable and await engine.last_seq() >= applied_seq:
+                self._base_seq[name] = base_seq
+                await self._replay(name, engine, applied_seq)
+            else:
+                # The engine forgot (memory, or a lost file): its seqs restart at 1, so later ones are offset
+                # past everything applied, and the ledger's open orders are re-seeded in their time order.
+                self._base_seq[name] = base_seq + applied_seq
+                await self.wallet.write(set_engine_seq_op, name, base_seq + applied_seq, 0)
+            resting: set[str] = set()
+            for m in self.markets.values():
+                if m.engine == name:
+                    resting.update(o.order_id for o in await engine.open_orders(m.symbol))
+            for order in sorted(self._open.values(), key=lambda o: o["rowid"]):
+                if self.markets[order["market"]].engine == name and order["id"] not in resting:
+                    await self._settle(name, await engine.submit(self._engine_order(order)))
+        log.info("engine %s ready (%d open orders)", name, len(self._open))
+
+    async def _replay(self, name: str, engine: Any, applied_seq: int) -> None:
+        """Apply what a durable engine did after the last settled seq (a crash between match and settle)."""
+        while True:
+            events = await engine.events_after(applied_seq, EVENTS_PAGE)
+            if not events:
+                return
+            await self._settle(name, events)
+            applied_seq = events[-1].seq
+
+    def _engine_order(self, order: dict) -> EngineOrder:
+        return EngineOrder(order["id"], order["market"], self._owner(order["account"]), order["side"],
+                           order["price_ticks"], order["qty_lots"] - order["filled_lots"], order["time_in_force"],
+                           order["post_only"])
+
+    def _owner(self, account: str) -> str:
+        """An opaque owner id for self-trade prevention (engines never see account names)."""
+        owner = self._owners.get(account)
+        if owner is None:
+            owner = self._owners[account] = self.wallet.keys.lookup("dex-owner", account).hex()[:32]
+        return owner
+
+    def _remember(self, order: dict) -> None:
+        if order["status"] == "open":
+            self._open[order["id"]] = order
+            if order["client_order_id"] is not None:
+                self._open_coids[(order["account"], order["client_order_id"])] = order["id"]
+        else:
+            self._open.pop(order["id"], None)
+            if order["client_order_id"] is not None:
+                self._open_coids.pop((order["account"], order["client_order_id"]), None)
+
+    async def _settle(self, engine_name: str, events: list[Event], store_seq: bool = True) -> dict:
+        """Apply one batch of events in one wallet write (caller holds the engine lock)."""
+        if not events:
+            return {"orders": {}, "trades": []}
+        ids = {ev.order_id for ev in events} | {ev.maker_order_id for ev in events if ev.maker_order_id}
+        orders = {i: {**self._open[i], "trades": list(self._open[i]["trades"])} for i in ids if i in self._open}
+        try:
+            result = await self.wallet.write(settle_op, engine_name, self._base_seq[engine_name], events, orders,
+                                             self.markets, store_seq)
+        except Exception as exc:
+            # The engine moved on but the ledger did not: stop using the engine; a restart replays or re-seeds.
+            self.failures[engine_name] = f"settlement failed ({type(exc).__name__}: {exc}); restart the daemon"
+            log.exception("settlement of %s events failed", engine_name)
+            raise EngineError(self.failures[engine_name]) from exc
+        for order in result["orders"].values():
+            self._remember(order)
+            if order["status"] == "canceled":
+                self.metrics.orders_canceled.labels(order["market"]).inc()
+        for trade in result["trades"]:
+            self.metrics.orders_filled.labels(trade["market"]).inc()
+            self.daemon.plugins.notify("order_filled", trade=trade_public(trade, self.markets[trade["market"]]))
+        engine = self.engines.get(engine_name)
+        if store_seq and hasattr(engine, "compact"):
+            await engine.compact(events[-1].seq)
+        return result
+
+    # ----- orders -----
+    def market(self, symbol: object) -> Market:
+        m = self.markets.get(symbol) if isinstance(symbol, str) else None
+        if m is None:
+            raise UnknownMarket(f"unknown market {symbol!r}; known: {', '.join(sorted(self.markets))}")
+        return m
+
+    async def _ensure_open(self, m: Market) -> Any:
+        """The market's engine; opens the engines first if the wallet was unlocked without telling us (create)."""
+        if not self._opened and self.wallet.state == "unlocked":
+            await self.on_unlocked()
+        return self._ready(m)
+
+    def _ready(self, m: Market) -> Any:
+        if self.wallet.state != "unlocked":
+            raise WalletLocked()
+        if m.engine in self.failures:
+            raise EngineError(f"engine {m.engine} is not serving: {self.failures[m.engine]}")
+        engine = self.engines.get(m.engine)
+        if engine is None:
+            raise EngineError(f"engine {m.engine} is not open yet")
+        return engine
+
+    async def place_order(self, market: str, side: str, type_: str, qty: str, price: str | None = None,
+                          time_in_force: str | None = None, post_only: bool = False,
+                          client_order_id: str | None = None, account: str = "default") -> dict:
+        """Check, record and lock, match, settle; every refusal happens before anything is recorded."""
+        m = self.market(market)
+        check_user_account(account)
+        if side not in ("buy", "sell"):
+            raise InvalidParams("side must be buy or sell")
+        if type_ == "limit":
+            if price is None:
+                raise InvalidParams("a limit order needs a price")
+            tif = time_in_force or "gtc"
+        elif type_ == "market":
+            if price is not None:
+                raise InvalidParams("a market order takes no price (it fills within protection_bps of the best price)")
+            if post_only:
+                raise InvalidParams("post_only is for limit orders")
+            tif = time_in_force or "ioc"
+            if tif == "gtc":
+                raise InvalidParams("a market order is ioc or fok, never gtc")
+        else:
+            raise InvalidParams("type must be limit or market")
+        if tif not in ("gtc", "ioc", "fok"):
+            raise InvalidParams("time_in_force must be gtc, ioc or fok")
+        if client_order_id is not None and not (isinstance(client_order_id, str) and 0 < len(client_order_id) <= 64):
+            raise InvalidParams("client_order_id must be a string of 1 to 64 characters")
+        qty_lots = m.qty_lots(qty)
+        price_ticks = m.price_ticks(price) if type_ == "limit" else 0
+        engine = await self._ensure_open(m)
+        async with self._market_locks[m.symbol]:
+            if client_order_id is not None:
+                first = await self._find_by_coid(account, client_order_id)
+                if first is not None:
+                    return first
+            if type_ == "market":
+                depth = await engine.depth(m.symbol, 1)
+                best = depth.asks if side == "buy" else depth.bids
+                if not best:
+                    raise OrderRejected("no asks to buy from" if side == "buy" else "no bids to sell to")
+                m.check_min_notional(best[0][0], qty_lots)
+                price_ticks = m.protection_ticks(side, best[0][0])
+            else:
+                m.check_min_notional(price_ticks, qty_lots)
+                if post_only:
+                    await self._check_post_only(engine, m, side, price_ticks)
+            token, hold_minor = m.hold(side, price_ticks, qty_lots, post_only)
+            order = {"id": "o" + secrets.token_hex(8), "client_order_id": client_order_id, "account": account,
+                     "market": m.symbol, "side": side, "type": type_, "time_in_force": tif, "post_only": post_only,
+                     "price_ticks": price_ticks, "qty_lots": qty_lots, "filled_lots": 0, "cost_minor": 0,
+                     "fee_minor": 0, "status": "open", "created_at": time.time(), "trades": []}
+            kind, order = await self.wallet.write(record_order_op, order, token, hold_minor)
+            if kind == "repeat":
+                return await self._public(order)
+            self._remember(order)
+            self.metrics.orders_placed.labels(m.symbol).inc()
+            with trio.CancelScope(shield=True):  # once matched, settlement must not be abandoned half-way
+                async with self._engine_locks[m.engine]:
+                    self._ready(m)
+                    events = await engine.submit(self._engine_order(order))
+                    if os.environ.get(FAULT_ENV) == "after_match":
+                        os._exit(1)  # test-only fault hook: the engine matched, the ledger has not settled
+                    result = await self._settle(m.engine, events)
+        final = result["orders"].get(order["id"], order)
+        trades = [t for t in result["trades"] if order["id"] in (t["taker_order_id"], t["maker_order_id"])]
+        return order_public(final, trades, m)
+
+    async def _check_post_only(self, engine: Any, m: Market, side: str, price_ticks: int) -> None:
+        depth = await engine.depth(m.symbol, 1)
+        if side == "buy" and depth.asks and depth.asks[0][0] <= price_ticks:
+            raise OrderRejected(f"post-only buy at {m.fmt_price(price_ticks)} would take the ask at "
+                                f"{m.fmt_price(depth.asks[0][0])}")
+        if side == "sell" and depth.bids and depth.bids[0][0] >= price_ticks:
+            raise OrderRejected(f"post-only sell at {m.fmt_price(price_ticks)} would take the bid at "
+                                f"{m.fmt_price(depth.bids[0][0])}")
+
+    async def _find_by_coid(self, account: str, client_order_id: str) -> dict | None:
+        oid = self._open_coids.get((account, client_order_id))
+        if oid is not None:
+            return await self._public(self._open[oid])
+        stored = await self.wallet.read(order_read, None, account, client_order_id)
+        return None if stored is None else self._public_with(stored)
+
+    async def _public(self, order: dict) -> dict:
+        stored = await self.wallet.read(order_read, order["id"])
+        return self._public_with(stored if stored is not None else {**order, "trade_rows": []})
+
+    def _public_with(self, stored: dict) -> dict:
+        return order_public(stored, stored["trade_rows"], self.markets[stored["market"]])
+
+    async def cancel_order(self, order_id: str | None = None, client_order_id: str | None = None,
+                           account: str | None = None) -> dict:
+        """Take an open order off the book and release the rest of its hold."""
+        if (order_id is None) == (client_order_id is None):
+            raise InvalidParams("give order_id, or client_order_id (with account when not default)")
+        if self.wallet.state != "unlocked":
+            raise WalletLocked()
+        if not self._opened:
+            await self.on_unlocked()
+        if order_id is None:
+            account = account or "default"
+            order_id = self._open_coids.get((account, client_order_id))
+            if order_id is None:
+                stored = await self.wallet.read(order_read, None, account, client_order_id)
+                if stored is None:
+                    raise NotFound(f"no order with client_order_id {client_order_id!r} in account {account!r}")
+                order_id = stored["id"]
+        order = self._open.get(order_id)
+        if order is None:
+            await self._raise_not_open(order_id)
+        m = self.markets[order["market"]]
+        engine = await self._ensure_open(m)
+        async with self._market_locks[m.symbol]:
+            if order_id not in self._open:
+                await self._raise_not_open(order_id)
+            with trio.CancelScope(shield=True):
+                async with self._engine_locks[m.engine]:
+                    self._ready(m)
+                    events = await engine.cancel(m.symbol, order_id)
+                    if events:
+                        await self._settle(m.engine, events)
+                    else:  # open in the ledger but not on the book (should not happen): close it here
+                        left = order["qty_lots"] - order["filled_lots"]
+                        await self._settle(m.engine, [Event(0, m.symbol, "done", order_id, left, reason=DONE_CANCELED)],
+                                           store_seq=False)
+        return await self._public({"id": order_id, "market": m.symbol})
+
+    async def _raise_not_open(self, order_id: str) -> None:
+        stored = await self.wallet.read(order_read, order_id)
+        if stored is None:
+            raise NotFound(f"no order {order_id!r}")
+        raise OrderNotOpen(f"order {order_id} is {stored['status']}, not open")
+
+    async def orders(self, account: str | None, market: str | None, status: str | None) -> list[dict]:
+        if market is not None:
+            self.market(market)
+        rows = await self.wallet.read(orders_read, account, market, status)
+        return [self._public_with(r) for r in rows]
+
+    async def order_book(self, market: str, depth: int = DEFAULT_DEPTH) -> dict:
+        m = self.market(market)
+        engine = await self._ensure_open(m)
+        d = await engine.depth(m.symbol, depth)
+        return {"market": m.symbol, "seq": self._base_seq.get(m.engine, 0) + d.seq,
+                "bids": [[m.fmt_price(p), m.fmt_qty(q)] for p, q in d.bids],
+                "asks": [[m.fmt_price(p), m.fmt_qty(q)] for p, q in d.asks]}
+
+    async def trades(self, market: str | None, account: str | None, limit: int) -> list[dict]:
+        if market is not None:
+            self.market(market)
+        if not 1 <= limit <= MAX_TRADES_LIMIT:
+            raise InvalidParams(f"limit must be from 1 to {MAX_TRADES_LIMIT}")
+        rows = await self.wallet.read(trades_read, market, account, limit)
+        return [trade_public(t, self.markets[t["market"]]) for t in rows]

@@ -1,0 +1,67 @@
+"""RPC methods of the DEX: dex.markets, dex.place_order, dex.cancel_order, dex.orders, dex.order_book, dex.trades."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .rpc import Param
+
+ORDER = ("{id, client_order_id, account, market, side, type, time_in_force, post_only, price, qty, filled, remaining, "
+         "cost, fee, status, created_at, trades} with *_minor ints")
+STATUSES = ("open", "closed", "canceled", "expired", "rejected")
+
+
+def register_dex_methods(d: Any, dex: Any) -> None:
+    r = d.registry
+
+    @r.method("dex.markets", result="[{symbol, base, quote, engine, tick, lot, min_notional, maker_fee_bps, "
+                                    "taker_fee_bps, protection_bps}]")
+    async def markets(p: dict[str, Any]) -> Any:
+        """The markets of this daemon, from [[markets]]."""
+        return [m.describe() for m in dex.markets.values()]
+
+    @r.method("dex.place_order", [
+        Param("market", description="BASE/QUOTE, e.g. ZEC/USDC"),
+        Param("side", enum=("buy", "sell")),
+        Param("type", enum=("limit", "market")),
+        Param("qty", description="base quantity in whole tokens, a whole number of lots"),
+        Param("price", required=False, description="limit orders only: quote per base unit, a whole number of ticks"),
+        Param("time_in_force", required=False, enum=("gtc", "ioc", "fok"),
+              description="default gtc for limit, ioc for market (gtc is refused for market)"),
+        Param("post_only", "boolean", required=False, description="limit only: refused if it would take"),
+        Param("client_order_id", required=False, description="unique per account: a repeat returns the first order"),
+        Param("account", required=False, description="default: default"),
+    ], result=ORDER)
+    async def place_order(p: dict[str, Any]) -> Any:
+        """Place an order; the answer carries its fills. Refusals happen before anything is recorded or locked."""
+        return await dex.place_order(p["market"], p["side"], p["type"], p["qty"], p.get("price"),
+                                     p.get("time_in_force"), p.get("post_only", False), p.get("client_order_id"),
+                                     p.get("account", "default"))
+
+    @r.method("dex.cancel_order", [
+        Param("order_id", required=False), Param("client_order_id", required=False),
+        Param("account", required=False, description="with client_order_id; default: default"),
+    ], result=ORDER)
+    async def cancel_order(p: dict[str, Any]) -> Any:
+        """Cancel an open order by order_id, or by client_order_id (and account); its hold is released."""
+        return await dex.cancel_order(p.get("order_id"), p.get("client_order_id"), p.get("account"))
+
+    @r.method("dex.orders", [Param("account", required=False), Param("market", required=False),
+                             Param("status", required=False, enum=STATUSES)], result=f"[{ORDER}]")
+    async def orders(p: dict[str, Any]) -> Any:
+        """Orders, oldest first, optionally filtered by account, market and status."""
+        return await dex.orders(p.get("account"), p.get("market"), p.get("status"))
+
+    @r.method("dex.order_book", [Param("market"), Param("depth", "integer", required=False, minimum=1)],
+              result="{market, seq, bids: [[price, qty]...], asks: [[price, qty]...]} best first")
+    async def order_book(p: dict[str, Any]) -> Any:
+        """Aggregated price levels, best first (default depth 20)."""
+        return await dex.order_book(p["market"], p.get("depth", 20))
+
+    @r.method("dex.trades", [Param("market", required=False), Param("account", required=False),
+                             Param("limit", "integer", required=False, minimum=1)],
+              result="[{id, seq, market, price, qty, maker_order_id, taker_order_id, taker_side, maker_fee, "
+                     "taker_fee, ts}] newest first")
+    async def trades(p: dict[str, Any]) -> Any:
+        """Trades, newest first (default limit 100), optionally for one market or one account (either side)."""
+        return await dex.trades(p.get("market"), p.get("account"), p.get("limit", 100))
