@@ -1,0 +1,452 @@
+"""The onramp service: webhook inbox (durable, deduped, sealed while locked), confirmation worker, claims, reconciler.
+
+create session -> user pays -> webhook (verified, deduped, sealed into the inbox, 200) -> the worker retrieves the
+session from the provider (the truth) -> a pending topup -> ``onramp.claim`` credits it in one ledger entry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import time
+from decimal import Decimal, InvalidOperation
+from typing import Any, Mapping
+
+import trio
+
+from . import onramp_store as store
+from .amounts import Token, fmt_minor, to_minor
+from .config import ConfigError
+from .ledger import check_user_account
+from .errors import (AmountError, InvalidParams, OnrampError, PluginError, ProviderNotConfigured,
+                     RegionNotAllowed, ShuttingDown, TachyonError, WalletAbsent, WalletLocked)
+from .providers import SessionInfo, SessionRequest, WebhookRejected
+
+log = logging.getLogger("tachyond.onramp")
+
+SESSION_EVENT_TYPES = frozenset({"crypto.onramp_session_updated", "crypto.onramp_session.updated",
+                                 "checkout.session.completed"})
+NON_FINAL = frozenset({"initialized", "requires_payment", "fulfillment_processing"})
+COMPLETE = "fulfillment_complete"
+RETRY_BASE_S = 1.0
+RETRY_MAX_S = 60.0
+INBOX_BATCH = 200
+MAX_REASON_CHARS = 500
+
+
+def retry_delay_s(failures: int) -> float:
+    """Backoff after the n-th consecutive failure to confirm an event: 1 s doubling, capped at 60 s."""
+    return min(RETRY_MAX_S, RETRY_BASE_S * 2 ** max(0, failures - 1))
+
+
+class OnrampService:
+    """Owns the providers, the webhook inbox, the confirmation worker, the reconciler and the onramp.* methods."""
+
+    def __init__(self, daemon: Any):
+        self.daemon = daemon
+        self.wallet = daemon.wallet
+        self.metrics = daemon.metrics
+        self.tokens: dict[str, Token] = {t.symbol.lower(): t for t in daemon.config.tokens}
+        self.providers: dict[str, Any] = {}
+        for name, table in daemon.config.onramp.items():
+            plugin, factory = daemon.provider_factories[name]
+            try:
+                self.providers[name] = factory(dict(table))
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise ConfigError(f"onramp.{name}", f"plugin {plugin!r} failed to build the provider: "
+                                  f"{type(exc).__name__}: {exc}") from None
+        self.wallet.add_schema("onramp", store.SCHEMA)
+        self._wake = trio.Event()
+        self._failures: dict[int, tuple[int, float]] = {}  # inbox id -> (consecutive failures, retry at, monotonic)
+        self._pending_count = 0
+        self._cancel: trio.CancelScope | None = None
+        self._running = False
+        self.last_reconcile: dict[str, dict] = {}
+        from .onramp_rpc import register_onramp_methods
+
+        register_onramp_methods(daemon, self)
+
+    # ----- the daemon's hooks ----------------------------------------------------------------
+
+    def has_provider(self, name: str) -> bool:
+        return name in self.providers
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the inbox worker and one reconciler timer per provider until cancelled."""
+        with trio.CancelScope() as self._cancel:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._worker)
+                for name, provider in self.providers.items():
+                    nursery.start_soon(self._reconcile_timer, name, provider)
+                self._running = True
+                task_status.started()
+        self._running = False
+
+    async def on_unlocked(self) -> None:
+        """The wallet was unlocked: wake the worker to open and process what the inbox holds."""
+        self._wake.set()
+
+    async def aclose(self) -> None:
+        """Stop the worker and timers, then close the providers (their HTTP pools)."""
+        if self._cancel is not None:
+            self._cancel.cancel()
+        for name, provider in self.providers.items():
+            try:
+                await provider.aclose()
+            except Exception:
+                log.exception("onramp provider %s failed to close", name)
+
+    def refresh_gauges(self) -> None:
+        self.metrics.topups_pending.set(self._pending_count)
+
+    async def health(self) -> dict[str, str]:
+        if self.providers and not self._running:
+            return {"onramp": "the onramp inbox worker is not running"}
+        return {}
+
+    # ----- webhooks ---------------------------------------------------------------------------
+
+    async def receive_webhook(self, provider_name: str, body: bytes, headers: Mapping[str, str],
+                              client_ip: str) -> tuple[int, dict]:
+        """Verify, dedupe and durably record one webhook; answer without calling the provider's API."""
+        metrics = self.metrics
+        metrics.webhook_received.labels(provider_name).inc()
+        provider = self.providers.get(provider_name)
+        if provider is None:
+            return 404, {"error": f"no onramp provider named {provider_name!r} is configured"}
+        try:
+            event = provider.verify_webhook(body, headers)
+        except WebhookRejected as exc:
+            metrics.webhook_rejected.labels(provider_name, exc.reason).inc()
+            log.info("webhook from %s rejected (%s): %s", client_ip, exc.reason, exc.message)
+            return exc.status or 400, {"error": exc.message}
+        metrics.webhook_verified.labels(provider_name).inc()
+        if event.session_id is None or event.type not in SESSION_EVENT_TYPES:
+            metrics.webhook_ignored.labels(provider_name, "event_type").inc()
+            return 200, {"ignored": f"event type {event.type} carries no onramp session"}
+        wallet_id = self.wallet.public_id if self.wallet is not None and self.wallet.state != "absent" else None
+        if wallet_id is None:
+            metrics.webhook_rejected.labels(provider_name, "no_wallet").inc()
+            return 503, {"error": "no wallet yet: events cannot be recorded; retry later"}
+        if event.wallet_tag != wallet_id:
+            metrics.webhook_ignored.labels(provider_name, "foreign").inc()
+            return 200, {"ignored": "session belongs to another wallet or app"}
+        try:
+            fresh = await self.enqueue(provider_name, event.event_id, event.session_id, event.session_status,
+                                       {"source": "webhook", "type": event.type, "event": dict(event.raw)})
+        except (ShuttingDown, WalletAbsent, sqlite3.Error) as exc:
+            metrics.webhook_rejected.labels(provider_name, "unavailable").inc()
+            log.warning("webhook %s could not be recorded: %s", event.event_id, exc)
+            return 503, {"error": "the event could not be recorded; retry later"}
+        if not fresh:
+            metrics.webhook_duplicates.labels(provider_name).inc()
+            return 200, {"duplicate": True}
+        return 200, {"received": True}
+
+    async def enqueue(self, provider_name: str, event_id: str, session_id: str, status: str | None,
+                      extra: dict) -> bool:
+        """Seal an event to the wallet and queue it, deduped on event id and (session, status); works while locked."""
+        wallet_id = self.wallet.public_id
+        keys = [store.dedupe_key(wallet_id, provider_name, "event", event_id),
+                store.dedupe_key(wallet_id, provider_name, "session", f"{session_id}\x00{status or ''}")]
+        received_at = time.time()
+        payload = {"provider": provider_name, "event_id": event_id, "session_id": session_id, "status": status,
+                   "received_at": received_at, **extra}
+        sealed = self.wallet.seal_to_wallet(json.dumps(payload, separators=(",", ":")).encode())
+        fresh = await self.wallet.write(store.enqueue_op, keys, sealed, received_at)
+        if fresh:
+            self.metrics.webhook_enqueued.labels(provider_name).inc()
+            self._wake.set()
+        return fresh
+
+    # ----- the worker -------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        try:
+            self._pending_count = await self.wallet.read(store.count_pending_sync)
+        except TachyonError:
+            pass
+        while True:
+            self._wake = trio.Event()
+            wait_s = await self.process_inbox()
+            with trio.move_on_after(wait_s):
+                await self._wake.wait()
+
+    async def process_inbox(self) -> float:
+        """Confirm every due inbox event (the wallet must be unlocked); seconds until the next retry is due."""
+        if self.wallet.state != "unlocked":
+            return math.inf
+        next_due = math.inf
+        after_id = 0
+        while True:
+            rows = await self.wallet.read(store.due_inbox_sync, after_id, INBOX_BATCH)
+            if not rows:
+                return next_due
+            for inbox_id, sealed, received_at in rows:
+                after_id = inbox_id
+                failures, retry_at = self._failures.get(inbox_id, (0, 0.0))
+                now = trio.current_time()
+                if retry_at > now:
+                    next_due = min(next_due, retry_at - now)
+                    continue
+                try:
+                    await self._confirm(inbox_id, sealed)
+                except WalletLocked:
+                    return math.inf
+                except ShuttingDown:
+                    return math.inf
+                except OnrampError as exc:
+                    failures += 1
+                    delay = retry_delay_s(failures)
+                    self._failures[inbox_id] = (failures, trio.current_time() + delay)
+                    next_due = min(next_due, delay)
+                    log.warning("onramp inbox event %d: provider error (attempt %d, retry in %.0f s): %s",
+                                inbox_id, failures, delay, exc.message)
+                except Exception:
+                    # A bug or bad data must not stop the queue: the event stays, retried with backoff.
+                    failures += 1
+                    delay = retry_delay_s(failures)
+                    self._failures[inbox_id] = (failures, trio.current_time() + delay)
+                    next_due = min(next_due, delay)
+                    log.exception("onramp inbox event %d failed (attempt %d, retry in %.0f s)",
+                                  inbox_id, failures, delay)
+                else:
+                    self._failures.pop(inbox_id, None)
+
+    async def _confirm(self, inbox_id: int, sealed: bytes) -> None:
+        """Open one inbox event, fetch its session from the provider, decide and record the outcome."""
+        event = json.loads(self.wallet.open_sealed(sealed))
+        name, session_id = event["provider"], event["session_id"]
+        provider = self.providers.get(name)
+        if provider is None:
+            # The provider's table was removed from the config: keep the event for when it comes back.
+            raise OnrampError(f"onramp provider {name!r} is no longer configured")
+        try:
+            info = await provider.retrieve_session(session_id)
+        except OnrampError as exc:
+            self.metrics.provider_api_errors.labels(name).inc()
+            if isinstance(exc.data, dict) and exc.data.get("http_status") == 404:
+                info = None  # the provider does not know this session: park it rather than retry for ever
+            else:
+                raise
+        except TachyonError:
+            raise
+        except Exception as exc:
+            self.metrics.provider_api_errors.labels(name).inc()
+            raise OnrampError(f"onramp provider {name!r} failed: {type(exc).__name__}: {exc}") from exc
+        decision = self.decide(name, provider, info, session_id, event["received_at"])
+        wallet_id = self.wallet.public_id
+        seen = []
+        if info is not None and info.status:
+            # The truth's status counts as seen: a later event with that status is answered as a duplicate.
+            seen.append(store.dedupe_key(wallet_id, name, "session", f"{session_id}\x00{info.status}"))
+        result = await self.wallet.write(store.confirm_op, inbox_id, session_id, decision, seen)
+        if result == "pending":
+            self._pending_count += 1
+            log.info("onramp session %s confirmed: pending topup", session_id)
+        elif result in ("parked", "rejected"):
+            log.warning("onramp session %s %s: %s", session_id, result, decision["reason"])
+
+    def decide(self, name: str, provider: Any, info: SessionInfo | None, session_id: str,
+               received_at: float) -> dict:
+        """What the provider's session means for this wallet: pending, parked, rejected or nothing yet."""
+        base = {"provider": name}
+        if info is None:
+            return {**base, "kind": "parked", "reason": f"{name} does not know session {session_id}"}
+        if info.wallet_tag != self.wallet.public_id:
+            return {**base, "kind": "parked", "reason": "the provider's session does not carry this wallet's tag"}
+        if info.status in NON_FINAL:
+            return {**base, "kind": "none"}
+        if info.status == "rejected":
+            return {**base, "kind": "rejected", "reason": "the provider rejected the session"}
+        if info.status != COMPLETE:
+            return {**base, "kind": "parked", "reason": f"unknown status {info.status!r}: kept for review"}
+        token = self.tokens.get((info.currency or "").lower())
+        if token is None:
+            return {**base, "kind": "parked", "reason": f"currency {info.currency!r} is not a configured token"}
+        allowed = getattr(provider, "allowed", None)
+        if allowed is not None and (info.currency or "").lower() not in [c.lower() for c in allowed.get(info.network or "", ())]:
+            return {**base, "kind": "parked", "reason": f"{info.currency} on {info.network} is not allowed by "
+                                                       f"onramp.{name}.allowed"}
+        if token.networks and info.network not in token.networks:
+            return {**base, "kind": "parked", "reason": f"{token.symbol} is not configured on network {info.network!r}"}
+        try:
+            amount_minor = to_minor(info.amount, token.decimals, token.symbol)
+        except AmountError as exc:
+            return {**base, "kind": "parked", "reason": f"amount {info.amount!r}: {exc.message}"}
+        return {**base, "kind": "pending", "token": token.symbol, "amount_minor": amount_minor,
+                "network": info.network, "received_at": received_at, "transaction_id": info.transaction_id}
+
+    # ----- the reconciler ---------------------------------------------------------------------
+
+    async def _reconcile_timer(self, name: str, provider: Any) -> None:
+        interval_s = float(getattr(provider, "reconcile_interval_s", 300))
+        lookback_h = float(getattr(provider, "reconcile_lookback_h", 24))
+        while True:
+            await trio.sleep(interval_s)
+            try:
+                result = await self.reconcile_provider(name, lookback_h)
+                if result["enqueued"]:
+                    log.info("reconciler %s: %d session(s) backfilled", name, result["enqueued"])
+            except TachyonError as exc:
+                log.warning("reconciler %s: %s", name, exc.message)
+            except Exception:
+                log.exception("reconciler %s failed; it runs again in %.0f s", name, interval_s)
+
+    async def reconcile(self, lookback_h: float | None = None) -> dict:
+        """List recent sessions of every provider; queue tagged, complete ones no event brought in."""
+        self.require_providers()
+        if self.wallet.state == "absent":
+            raise WalletAbsent()
+        total = {"checked": 0, "enqueued": 0}
+        for name, provider in self.providers.items():
+            hours = lookback_h if lookback_h is not None else float(getattr(provider, "reconcile_lookback_h", 24))
+            result = await self.reconcile_provider(name, hours)
+            total["checked"] += result["checked"]
+            total["enqueued"] += result["enqueued"]
+        return total
+
+    async def reconcile_provider(self, name: str, lookback_h: float) -> dict:
+        provider = self.providers[name]
+        wallet_id = self.wallet.public_id
+        if wallet_id is None:
+            return {"checked": 0, "enqueued": 0}
+        try:
+            sessions = await provider.list_sessions(int(time.time() - lookback_h * 3600))
+        except OnrampError:
+            self.metrics.provider_api_errors.labels(name).inc()
+            raise
+        checked = enqueued = 0
+        for info in sessions:
+            if info.wallet_tag != wallet_id:
+                continue
+            checked += 1
+            if info.status != COMPLETE:
+                continue
+            if await self.enqueue(name, f"reconcile:{info.id}:{info.status}", info.id, info.status,
+                                  {"source": "reconcile"}):
+                enqueued += 1
+        self.last_reconcile[name] = {"at": time.time(), "checked": checked, "enqueued": enqueued}
+        return {"checked": checked, "enqueued": enqueued}
+
+    # ----- RPC operations ---------------------------------------------------------------------
+
+    def require_providers(self) -> None:
+        if not self.providers:
+            raise ProviderNotConfigured("no onramp provider is configured: add an [onramp.<name>] table")
+
+    def provider(self, name: str | None) -> tuple[str, Any]:
+        self.require_providers()
+        if name is None:
+            if len(self.providers) == 1:
+                return next(iter(self.providers.items()))
+            raise InvalidParams(f"several onramp providers are configured ({', '.join(sorted(self.providers))}): "
+                                "name one with 'provider'", data={"param": "provider"})
+        if name not in self.providers:
+            raise ProviderNotConfigured(f"onramp provider {name!r} is not configured "
+                                        f"(configured: {', '.join(sorted(self.providers))})")
+        return name, self.providers[name]
+
+    def validate_address(self, network: str, address: str) -> str:
+        entry = self.daemon.address_validators.get(network)
+        if entry is None:
+            known = ", ".join(sorted(self.daemon.address_validators)) or "none"
+            raise InvalidParams(f"unknown network {network!r} (networks with an address validator: {known})",
+                                data={"param": "network"})
+        plugin, validate = entry
+        try:
+            return validate(address)
+        except TachyonError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin {plugin!r}: address validator for {network} failed: "
+                              f"{type(exc).__name__}") from None
+
+    async def create_session(self, provider_name: str | None, account: str, address: str, network: str | None,
+                             currency: str | None, amount: str) -> dict:
+        """Check everything locally, then create a session tagged with this wallet and remember its account."""
+        self.wallet.keys  # WalletAbsent / WalletLocked before anything else
+        name, provider = self.provider(provider_name)
+        network = network or getattr(provider, "default_network", None)
+        currency = (currency or getattr(provider, "default_currency", None) or "").lower()
+        if not network:
+            raise InvalidParams("network is required (the provider has no default_network)", data={"param": "network"})
+        token = self.tokens.get(currency)
+        if token is None:
+            raise InvalidParams(f"currency {currency!r} is not a configured token "
+                                f"(tokens: {', '.join(sorted(t.symbol for t in self.tokens.values()))})",
+                                data={"param": "currency"})
+        address = self.validate_address(network, address)
+        if token.networks and network not in token.networks:
+            raise InvalidParams(f"{token.symbol} is not configured on network {network!r} "
+                                f"(networks: {', '.join(token.networks)})", data={"param": "network"})
+        allowed = getattr(provider, "allowed", None)
+        if allowed is not None and currency not in [c.lower() for c in allowed.get(network, ())]:
+            raise RegionNotAllowed(f"{currency} on {network} is not allowed by onramp.{name}.allowed")
+        amount_minor = token.to_minor(amount)
+        check_user_account(account)
+        await self.daemon.ledger.balances(account)  # UnknownAccount before a session exists for it
+        info = await provider.create_session(SessionRequest(
+            destination_address=address, network=network, currency=currency,
+            amount=fmt_minor(amount_minor, token.decimals), wallet_tag=self.wallet.public_id))
+        await self.wallet.write(store.remember_session_op, name, info.id, account)
+        return {"id": info.id, "url": info.url, "client_secret": info.client_secret, "status": info.status,
+                "provider": name}
+
+    async def pending(self, provider_name: str | None = None) -> list[dict]:
+        self.require_providers()
+        if provider_name is not None:
+            self.provider(provider_name)
+        rows = await self.wallet.read(store.pending_sync)
+        self._pending_count = len(rows)
+        out = []
+        for row in rows:
+            if provider_name is not None and row["provider"] != provider_name:
+                continue
+            token = self.tokens[row["token"].lower()]
+            out.append({"session_id": row["session_id"], "provider": row["provider"], "account": row["account"],
+                        "token": row["token"], "amount": fmt_minor(row["amount_minor"], token.decimals),
+                        "amount_minor": row["amount_minor"], "network": row["network"],
+                        "received_at": row["received_at"]})
+        return out
+
+    async def claim(self, session_id: str, account: str | None = None) -> dict:
+        self.require_providers()
+        self.wallet.keys
+        if account is not None:
+            check_user_account(account)
+        result = await self.wallet.write(store.claim_op, session_id, account)
+        self._pending_count = max(0, self._pending_count - 1)
+        provider = result.pop("provider")
+        self.metrics.topups_claimed.labels(provider).inc()
+        log.info("onramp topup %s claimed: %s %s to %s", session_id, result["amount"], result["token"],
+                 result["account"])
+        self.daemon.plugins.notify("topup_credited", topup=dict(result))
+        return result
+
+    async def reverse(self, session_id: str, reason: str) -> dict:
+        self.require_providers()
+        self.wallet.keys
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_CHARS:
+            raise InvalidParams(f"reason must be a non-empty string of at most {MAX_REASON_CHARS} characters",
+                                data={"param": "reason"})
+        result = await self.wallet.write(store.reverse_op, session_id, reason.strip())
+        log.warning("onramp topup %s reversed (%s): shortfall %s %s", session_id, reason,
+                    result["reversal"]["shortfall"], result["reversal"]["token"])
+        return result
+
+
+def parse_lookback_h(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        hours = float(Decimal(str(value)))
+    except (InvalidOperation, ValueError):
+        hours = -1.0
+    if not 0 < hours <= 24 * 90:
+        raise InvalidParams("lookback_h must be a number of hours above 0 and at most 2160", data={"param": "lookback_h"})
+    return hours

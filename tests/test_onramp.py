@@ -1,0 +1,345 @@
+"""The onramp service end to end: a real tachyond process, the real Stripe emulator, real webhooks and claims."""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import httpx
+import pytest
+import trio
+
+from conftest import DaemonProc, base_document
+from tachyon_ctl.client import RpcError
+from tachyon_stripe.emulator import EmulatorConfig, StripeEmulator, serve_emulator
+
+WHSEC_A = "whsec_onramp_test_secret_aaaa"
+WHSEC_B = "whsec_onramp_test_secret_bbbb"
+API_KEY = "sk_test_onramp_0123456789"
+PASSWORD = "correct horse battery"
+ETH = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+USDC = {"symbol": "USDC", "decimals": 6, "networks": ["ethereum", "solana", "polygon", "base"]}
+
+
+@dataclass
+class Env:
+    """A running tachyond with an onramp provider pointed at an in-process emulator."""
+
+    daemon: DaemonProc
+    emu: StripeEmulator
+    http: str
+    wallet_id: str | None
+    dir: Path
+
+    async def call(self, method: str, params: Any = None) -> Any:
+        return await trio.to_thread.run_sync(self.daemon.call, method, params)
+
+    async def error(self, method: str, params: Any = None) -> RpcError:
+        with pytest.raises(RpcError) as info:
+            await self.call(method, params)
+        return info.value
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample of /metrics (0 when absent)."""
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(self.http + "/metrics", timeout=10)).text
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        prefix = f"{name}{{{want}}} " if labels else f"{name} "
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+    async def wait_pending(self, count: int = 1) -> list[dict]:
+        """Poll onramp.pending until it lists ``count`` topups (the worker confirms in the background)."""
+        while True:
+            pending = await self.call("onramp.pending")
+            if len(pending) >= count:
+                return pending
+            await trio.sleep(0.05)
+
+    async def create(self, amount: str = "25.5", **params: Any) -> dict:
+        return await self.call("onramp.create_session", {"destination_address": ETH, "amount": amount, **params})
+
+    async def pay_in_page(self, url: str) -> None:
+        """Pay on the hosted checkout page as a browser's form POST would."""
+        async with httpx.AsyncClient() as client:
+            r = await client.post(url, data={"action": "pay"}, timeout=10)
+            assert r.status_code == 200 and "Payment complete" in r.text, r.text
+
+
+@asynccontextmanager
+async def onramp_env(nursery: trio.Nursery, dir_: Path, *, secrets: tuple[str, ...] = (WHSEC_A,),
+                     stripe: dict | None = None, create_wallet: bool = True, test_plugin: bool = False,
+                     env: dict | None = None, http: dict | None = None) -> AsyncIterator[Env]:
+    """Start the emulator (in its own nursery) and a tachyond whose [onramp.stripe] points at it."""
+    (dir_ / "sk").write_text(API_KEY)
+    (dir_ / "whsec").write_text(",".join(secrets))
+    (dir_ / "pw").write_text(PASSWORD)
+    async with trio.open_nursery() as emu_nursery:
+        emu = await emu_nursery.start(serve_emulator, EmulatorConfig(
+            webhook_secrets=secrets, webhook_backoff_s=0.2, webhook_max_backoff_s=1.0))
+        doc = base_document(dir_, tokens=[USDC], wallet={"password_file": str(dir_ / "pw")}, onramp={"stripe": {
+            "secret_key_file": str(dir_ / "sk"), "webhook_secret_file": str(dir_ / "whsec"),
+            "api_base": emu.base_url, "reconcile_interval_s": 3600, "max_network_retries": 0, "timeout_s": 5,
+            **(stripe or {})}})
+        if http:
+            doc["http"].update(http)
+        daemon = DaemonProc(dir_, doc, test_plugin=test_plugin, env=env)
+        try:
+            await trio.to_thread.run_sync(daemon.start)
+            info = await trio.to_thread.run_sync(daemon.call, "daemon.info")
+            base = info["http"][0]
+            emu.set_webhook_endpoint(base + "/webhook/stripe")
+            wallet_id = None
+            if create_wallet:
+                created = await trio.to_thread.run_sync(daemon.call, "wallet.create", {"password": PASSWORD})
+                wallet_id = created["public_id"]
+            yield Env(daemon, emu, base, wallet_id, dir_)
+            assert daemon.proc.poll() is None, daemon.stderr()
+        finally:
+            # The emulator goes first: its keep-alive webhook connection would hold the daemon's HTTP drain.
+            emu_nursery.cancel_scope.cancel()
+            with trio.CancelScope(shield=True):
+                code = await trio.to_thread.run_sync(daemon.stop)
+    assert code in (0, -9), daemon.stderr()
+
+
+async def test_create_pay_webhook_claim_credits_once(nursery, sockdir):
+    with trio.fail_after(40):
+        async with onramp_env(nursery, sockdir) as env:
+            await env.call("accounts.create", {"name": "alice"})
+            session = await env.create("25.5", account="alice")
+            assert session["provider"] == "stripe" and session["status"] == "initialized"
+            assert session["id"].startswith("cos_") and session["url"].endswith("/checkout/" + session["id"])
+            sent = env.emu.requests[-1]["params"]
+            assert sent["metadata"] == {"tachyon_wallet": env.wallet_id}
+            assert sent["destination_amount"] == "25.50" and sent["wallet_addresses"] == {"ethereum": ETH}
+            await env.pay_in_page(session["url"])
+            await env.emu.wait_webhooks_idle()
+            assert all(a.status == 200 for a in env.emu.delivery_attempts)
+            [topup] = await env.wait_pending()
+            assert topup == {"session_id": session["id"], "provider": "stripe", "account": "alice", "token": "USDC",
+                             "amount": "25.50", "amount_minor": 25_500_000, "network": "ethereum",
+                             "received_at": topup["received_at"]}
+            claimed = await env.call("onramp.claim", {"session_id": session["id"]})
+            assert claimed["account"] == "alice" and claimed["amount_minor"] == 25_500_000
+            assert claimed["token"] == "USDC" and claimed["amount"] == "25.50" and claimed["entry_id"] >= 1
+            again = await env.error("onramp.claim", {"session_id": session["id"]})
+            assert again.code == -32005 and again.message == f"not found: no pending topup {session['id']}"
+            balances = await env.call("ledger.balances", {"account": "alice"})
+            assert [b["available_minor"] for b in balances if b["token"] == "USDC"] == [25_500_000]
+            assert await env.call("onramp.pending") == []
+            verify = await env.call("ledger.verify")
+            assert verify["ok"] and verify["problems"] == []
+            [entry] = await env.call("ledger.history", {"account": "alice"})
+            assert entry["key"] == f"onramp:{session['id']}" and entry["kind"] == "onramp"
+            assert {(p["account"], p["amount_minor"]) for p in entry["postings"]} == {
+                ("external:stripe", -25_500_000), ("alice", 25_500_000)}
+            assert await env.metric("tachyon_topups_claimed_total", provider="stripe") == 1
+            # Three status changes: each is queued, or a duplicate of a status the worker already saw at the API.
+            enqueued = await env.metric("tachyon_webhook_events_enqueued_total", provider="stripe")
+            duplicates = await env.metric("tachyon_webhook_events_duplicate_total", provider="stripe")
+            assert enqueued >= 1 and enqueued + duplicates == 3
+            assert await env.metric("tachyon_topups_pending") == 0
+
+
+async def test_webhook_while_locked_is_kept_and_confirmed_after_unlock(nursery, sockdir):
+    with trio.fail_after(40):
+        async with onramp_env(nursery, sockdir) as env:
+            session = await env.create("10")
+            await env.call("wallet.lock")
+            env.emu.complete_session(session["id"])
+            await env.emu.wait_webhooks_idle()
+            # Every delivery was answered 200 on its first attempt, though nothing could be decrypted.
+            assert [a.status for a in env.emu.delivery_attempts] == [200, 200, 200]
+            assert (await env.error("onramp.pending")).code == -32001
+            await trio.sleep(0.3)
+            await env.call("wallet.unlock", {"password": PASSWORD})
+            [topup] = await env.wait_pending()
+            assert topup["session_id"] == session["id"] and topup["account"] == "default"
+            assert topup["amount_minor"] == 10_000_000
+
+
+async def test_fifty_concurrent_claims_credit_exactly_once(nursery, sockdir):
+    with trio.fail_after(40):
+        async with onramp_env(nursery, sockdir) as env:
+            session = await env.create("7.25")
+            env.emu.complete_session(session["id"])
+            await env.wait_pending()
+            results: list[Any] = []
+
+            async def claim() -> None:
+                try:
+                    results.append(await env.call("onramp.claim", {"session_id": session["id"]}))
+                except RpcError as exc:
+                    results.append(exc)
+
+            async with trio.open_nursery() as claims:
+                for _ in range(50):
+                    claims.start_soon(claim)
+            wins = [r for r in results if isinstance(r, dict)]
+            losses = [r for r in results if isinstance(r, RpcError)]
+            assert len(wins) == 1 and len(losses) == 49
+            assert all(e.code == -32005 for e in losses)
+            balances = await env.call("ledger.balances", {"account": "default"})
+            assert [b["available_minor"] for b in balances if b["token"] == "USDC"] == [7_250_000]
+            assert (await env.call("ledger.verify"))["ok"]
+
+
+async def test_foreign_session_is_acknowledged_and_never_pending(nursery, sockdir):
+    with trio.fail_after(40):
+        async with onramp_env(nursery, sockdir) as env:
+            foreign = env.emu.create_foreign_session()
+            env.emu.complete_session(foreign["id"])
+            ours = await env.create("3")
+            env.emu.complete_session(ours["id"])
+            await env.emu.wait_webhooks_idle()
+            assert all(a.status == 200 for a in env.emu.delivery_attempts)
+            pending = await env.wait_pending()
+            assert [p["session_id"] for p in pending] == [ours["id"]]
+            assert await env.metric("tachyon_webhook_events_ignored_total", provider="stripe", reason="foreign") == 3
+            assert (await env.call("onramp.reconcile"))["enqueued"] == 0
+            await trio.sleep(0.3)
+            assert [p["session_id"] for p in await env.call("onramp.pending")] == [ours["id"]]
+            err = await env.error("onramp.claim", {"session_id": foreign["id"]})
+            assert err.code == -32005
+
+
+async def test_reconcile_backfills_sessions_whose_webhooks_never_came(nursery, sockdir):
+    with trio.fail_after(40):
+        async with onramp_env(nursery, sockdir) as env:
+            env.emu.stop_webhooks()
+            session = await env.create("12")
+            env.emu.complete_session(session["id"])
+            unpaid = await env.create("1")
+            assert await env.call("onramp.pending") == []
+            assert await env.call("onramp.reconcile", {"lookback_h": 1}) == {"checked": 2, "enqueued": 1}
+            [topup] = await env.wait_pending()
+            assert topup["session_id"] == session["id"] and topup["amount_minor"] == 12_000_000
+            assert await env.call("onramp.reconcile") == {"checked": 2, "enqueued": 0}
+            # The late webhooks change nothing: the complete one is a duplicate, the others are not final.
+            env.emu.resume_webhooks()
+            await env.emu.wait_webhooks_idle()
+            assert await env.metric("tachyon_webhook_events_duplicate_total", provider="stripe") == 1
+            await env.call("onramp.claim", {"session_id": session["id"]})
+            assert await env.call("onramp.reconcile") == {"checked": 2, "enqueued": 0}
+            await trio.sleep(0.3)
+            assert await env.call("onramp.pending") == []
+            assert unpaid["id"] != session["id"]
+
+
+async def test_provider_api_failure_is_retried_not_lost(nursery, sockdir):
+    with trio.fail_after(40):
+        async with onramp_env(nursery, sockdir) as env:
+            session = await env.create("5")
+            env.emu.inject_errors(500, None)
+            env.emu.complete_session(session["id"])
+            await env.emu.wait_webhooks_idle()
+            while await env.metric("tachyon_onramp_api_errors_total", provider="stripe") < 4:
+                await trio.sleep(0.05)
+            assert await env.call("onramp.pending") == []
+            env.emu.clear_errors()
+            [topup] = await env.wait_pending()
+            assert topup["session_id"] == session["id"]
+
+
+async def test_statuses_rejected_unknown_and_inexact_amounts_are_never_pending(nursery, sockdir):
+    with trio.fail_after(40):
+        async with onramp_env(nursery, sockdir) as env:
+            rejected = await env.create("1")
+            env.emu.reject_session(rejected["id"])
+            odd = await env.create("2")
+            env.emu.set_session_status(odd["id"], "fulfillment_on_hold")
+            inexact = await env.create("3")
+            env.emu.store.sessions[inexact["id"]]["transaction_details"]["destination_amount"] = "3.0000001"
+            env.emu.set_session_status(inexact["id"], "fulfillment_complete")
+            wide = await env.create("4")  # Stripe's 18-place strings are fine when they are exact
+            env.emu.store.sessions[wide["id"]]["transaction_details"]["destination_amount"] = "4.500000000000000000"
+            env.emu.set_session_status(wide["id"], "fulfillment_complete")
+            await env.emu.wait_webhooks_idle()
+            [topup] = await env.wait_pending()
+            assert topup["session_id"] == wide["id"] and topup["amount_minor"] == 4_500_000
+            await trio.sleep(0.3)
+            assert len(await env.call("onramp.pending")) == 1
+            stderr = env.daemon.stderr()
+            assert "unknown status 'fulfillment_on_hold'" in stderr and "3.0000001" in stderr
+            assert f"onramp session {rejected['id']} rejected" in stderr
+
+
+async def test_create_session_checks_everything_before_calling_stripe(nursery, sockdir):
+    with trio.fail_after(40):
+        async with onramp_env(nursery, sockdir, stripe={"allowed": {"ethereum": ["usdc"], "base": ["usdc"]}}) as env:
+            cases = [
+                ({"network": "nosuchchain"}, -32602),
+                ({"destination_address": "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD"}, -32030),  # bad checksum
+                ({"network": "polygon", "destination_address": ETH}, -32033),  # not in allowed
+                ({"amount": "1.0000001"}, -32010),
+                ({"amount": "0"}, -32010),
+                ({"currency": "btc"}, -32602),
+                ({"account": "nobody"}, -32012),
+                ({"provider": "paypal"}, -32032),
+            ]
+            for extra, code in cases:
+                err = await env.error("onramp.create_session", {"destination_address": ETH, "amount": "1", **extra})
+                assert err.code == code, (extra, err.message)
+            await env.call("wallet.lock")
+            assert (await env.error("onramp.create_session", {"destination_address": ETH, "amount": "1"})).code == -32001
+            assert env.emu.requests == []
+            await env.call("wallet.unlock", {"password": PASSWORD})
+            made = await env.create("1", network="base")
+            assert made["status"] == "initialized" and len(env.emu.requests) == 1
+
+
+async def test_reverse_debits_what_is_available_and_records_the_rest_as_debt(nursery, sockdir):
+    with trio.fail_after(40):
+        async with onramp_env(nursery, sockdir) as env:
+            await env.call("accounts.create", {"name": "bob"})
+            session = await env.create("10", account="bob")
+            env.emu.complete_session(session["id"])
+            await env.wait_pending()
+            assert (await env.error("onramp.reverse", {"session_id": session["id"], "reason": "x"})).code == -32005
+            claim = await env.call("onramp.claim", {"session_id": session["id"]})
+            await env.call("ledger.withdraw", {"account": "bob", "token": "USDC", "amount": "6", "reference": "w1"})
+            entry = await env.call("onramp.reverse", {"session_id": session["id"], "reason": "chargeback"})
+            assert entry["key"] == f"reverse:onramp:{session['id']}" and entry["links"] == [claim["entry_id"]]
+            assert "chargeback" in entry["memo"]
+            assert {(p["account"], p["amount_minor"]) for p in entry["postings"]} == {
+                ("external:stripe", 10_000_000), ("bob", -4_000_000), ("debt:bob", -6_000_000)}
+            assert entry["reversal"]["shortfall_minor"] == 6_000_000 and entry["reversal"]["debited"] == "4.00"
+            again = await env.call("onramp.reverse", {"session_id": session["id"], "reason": "chargeback"})
+            assert again["id"] == entry["id"] and again["repeated"] is True
+            balances = await env.call("ledger.balances", {"account": "bob"})
+            assert [b["available_minor"] for b in balances if b["token"] == "USDC"] == [0]
+            assert (await env.call("ledger.verify"))["ok"]
+            assert (await env.error("onramp.reverse", {"session_id": "cos_nosuch", "reason": "x"})).code == -32005
+
+
+async def test_hook_topup_credited(nursery, sockdir):
+    log_path = sockdir / "plugin.log"
+    with trio.fail_after(40):
+        async with onramp_env(nursery, sockdir, test_plugin=True,
+                              env={"TACHYON_TESTPLUGIN_LOG": str(log_path)}) as env:
+            session = await env.create("8")
+            env.emu.complete_session(session["id"])
+            await env.wait_pending()
+            claimed = await env.call("onramp.claim", {"session_id": session["id"]})
+            calls = [json.loads(line) for line in log_path.read_text().splitlines()]
+            [credited] = [c for c in calls if c["hook"] == "topup_credited"]
+            assert credited["topup"] == claimed
+
+
+async def test_onramp_survives_sigkill_with_events_in_the_inbox(nursery, sockdir):
+    """A webhook answered 200 is on disk: after SIGKILL and restart (unlocked from password_file) it is confirmed."""
+    with trio.fail_after(40):
+        async with onramp_env(nursery, sockdir) as env:
+            session = await env.create("9")
+            await env.call("wallet.lock")
+            env.emu.complete_session(session["id"])
+            await env.emu.wait_webhooks_idle()
+            await trio.to_thread.run_sync(env.daemon.kill)
+            await trio.to_thread.run_sync(env.daemon.start)
+            [topup] = await env.wait_pending()
+            assert topup["session_id"] == session["id"] and topup["amount_minor"] == 9_000_000
+            assert os.path.exists(env.daemon.doc["daemon"]["data_dir"])
