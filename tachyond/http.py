@@ -124,7 +124,7 @@ def hypercorn_config(cfg: HttpConfig) -> HypercornConfig:
         hc.keyfile = str(cfg.keyfile)
     hc.accesslog = None
     hc.errorlog = logging.getLogger("tachyond.hypercorn")
-    hc.graceful_timeout = 5.0
+    hc.graceful_timeout = 3.0  # webhooks answer in milliseconds; idle keep-alive connections must not hold a stop
     hc.keep_alive_timeout = 5.0
     hc.h11_max_incomplete_size = 16 * 1024
     return hc
