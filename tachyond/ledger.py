@@ -63,10 +63,16 @@ def release_postings(account: str, token: str, amount_minor: int, hold: str) -> 
 def is_user_account(name: object) -> bool:
     """True for a user account, False for a system account; InvalidParams for a name that is neither."""
     if isinstance(name, str):
-        if USER_ACCOUNT_RE.fullmatch(name):
-            return True
-        if SYSTEM_ACCOUNT_RE.fullmatch(name):
-            return False
+        return _classify(name)
+    raise InvalidParams(f"invalid account name {name!r}: use 1-64 of a-z 0-9 _ . - starting with a letter or digit")
+
+
+@functools.lru_cache(maxsize=4096)
+def _classify(name: str) -> bool:
+    if SYSTEM_ACCOUNT_RE.fullmatch(name):  # first: "fees" is reserved, though it looks like a user name
+        return False
+    if USER_ACCOUNT_RE.fullmatch(name):
+        return True
     raise InvalidParams(f"invalid account name {name!r}: use 1-64 of a-z 0-9 _ . - starting with a letter or digit")
 
 

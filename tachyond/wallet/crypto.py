@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 
@@ -116,11 +115,8 @@ class WalletKeys:
 
     def lookup(self, domain: str, value: str) -> bytes:
         """Deterministic HMAC of a name or key, stored in a UNIQUE column instead of the name itself."""
-        return hmac.new(self._lookup_key, domain.encode() + b"\x00" + value.encode("utf-8"), hashlib.sha256).digest()
+        return hmac.digest(self._lookup_key, domain.encode() + b"\x00" + value.encode("utf-8"), "sha256")
 
     def chain_mac(self, *parts: bytes) -> bytes:
         """HMAC over length-prefixed parts with the journal chain key."""
-        mac = hmac.new(self.chain_key, digestmod=hashlib.sha256)
-        for part in parts:
-            mac.update(len(part).to_bytes(4, "big") + part)
-        return mac.digest()
+        return hmac.digest(self.chain_key, b"".join(len(p).to_bytes(4, "big") + bytes(p) for p in parts), "sha256")

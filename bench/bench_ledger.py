@@ -1,0 +1,74 @@
+"""Ledger transfers per second through the Python API (WAL, synchronous=FULL), 1 and 32 concurrent trio tasks.
+
+Run: .venv/bin/python bench/bench_ledger.py [--ops 2000] [--dir /path/on/the/target/disk]
+Prints one JSON line per run: concurrency, ops, seconds, transfers_per_s, commits, ops_per_commit, p50/p99 latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tachyond.amounts import Token  # noqa: E402
+from tachyond.ledger import Ledger  # noqa: E402
+from tachyond.wallet.store import Wallet  # noqa: E402
+
+TOKENS = {"USDC": Token("USDC", 6)}
+
+
+async def run(concurrency: int, ops: int, data_dir: Path) -> dict:
+    wallet = Wallet(data_dir, scrypt_n=2**12)
+    ledger = Ledger(wallet, TOKENS)
+    async with wallet:
+        await wallet.create("bench")
+        await ledger.create_account("a")
+        await ledger.create_account("b")
+        await ledger.deposit("a", "USDC", 10**15, "seed")
+        await ledger.deposit("b", "USDC", 10**15, "seed-b")
+        latencies: list[float] = []
+        per_task = ops // concurrency
+        before = dict(wallet.stats)
+
+        async def worker(w: int) -> None:
+            for i in range(per_task):
+                t0 = time.perf_counter()
+                src, dst = ("a", "b") if i % 2 else ("b", "a")
+                await ledger.transfer(src, dst, "USDC", 1 + i % 7, f"{w}-{i}")
+                latencies.append(time.perf_counter() - t0)
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for w in range(concurrency):
+                nursery.start_soon(worker, w)
+        seconds = time.perf_counter() - start
+        commits = wallet.stats["transactions"] - before["transactions"]
+        assert (await ledger.verify())["ok"]
+    latencies.sort()
+    done = per_task * concurrency
+    return {"bench": "ledger.transfer", "concurrency": concurrency, "ops": done, "seconds": round(seconds, 3),
+            "transfers_per_s": round(done / seconds, 1), "commits": commits,
+            "ops_per_commit": round(done / commits, 2), "p50_ms": round(latencies[len(latencies) // 2] * 1e3, 3),
+            "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1e3, 3), "synchronous": "FULL"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=2000, help="transfers per run")
+    parser.add_argument("--dir", type=Path, default=None, help="where to put the wallet (default: a temp dir)")
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 32])
+    args = parser.parse_args()
+    for concurrency in args.concurrency:
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            print(json.dumps(trio.run(run, concurrency, args.ops, Path(tmp))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
