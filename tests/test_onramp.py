@@ -343,3 +343,15 @@ async def test_onramp_survives_sigkill_with_events_in_the_inbox(nursery, sockdir
             [topup] = await env.wait_pending()
             assert topup["session_id"] == session["id"] and topup["amount_minor"] == 9_000_000
             assert os.path.exists(env.daemon.doc["daemon"]["data_dir"])
+
+
+async def test_reconciler_timer_backfills_without_being_asked(nursery, sockdir):
+    with trio.fail_after(40):
+        async with onramp_env(nursery, sockdir, stripe={"reconcile_interval_s": 0.5}) as env:
+            env.emu.stop_webhooks()
+            session = await env.create("6")
+            env.emu.complete_session(session["id"])
+            [topup] = await env.wait_pending()
+            assert topup["session_id"] == session["id"]
+            assert await env.metric("tachyon_topups_pending") == 1
+            assert not [a for a in env.emu.delivery_attempts]  # no webhook was ever delivered
