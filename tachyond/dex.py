@@ -18,10 +18,10 @@ import trio
 
 from .dex_market import Market
 from .dex_store import (DEX_SCHEMA, engine_seqs_read, open_orders_read, order_public, order_read, orders_read,
-                        record_order_op, set_engine_seq_op, settle_op, trade_public, trades_read)
+                        record_orders_op, set_engine_seq_op, settle_op, trade_public, trades_read)
 from .engine import DONE_CANCELED, EngineContext, EngineOrder, Event, MarketSpec
-from .errors import (EngineError, InvalidParams, NotFound, OrderNotOpen, OrderRejected, UnknownMarket,
-                     WalletLocked)
+from .errors import (EngineError, InvalidParams, NotFound, OrderNotOpen, OrderRejected, TachyonError,
+                     UnknownMarket, WalletLocked)
 from .ledger import check_user_account
 
 log = logging.getLogger("tachyond.dex")
@@ -52,6 +52,13 @@ class DexService:
         self._owners: dict[str, str] = {}
         self._opened = False
         self._opening = trio.Lock()
+        self._queues: dict[str, list[_Request]] = {s: [] for s in self.markets}
+        self._leading = {s: False for s in self.markets}
+        self._wake = {s: trio.Event() for s in self.markets}
+        self._settle_tail: dict[str, trio.Event] = {}
+        for name in self.engine_names:
+            self._settle_tail[name] = trio.Event()
+            self._settle_tail[name].set()
         daemon.wallet.add_schema("dex", DEX_SCHEMA)
         from .dex_api import register_dex_methods
 
@@ -163,6 +170,8 @@ class DexService:
         """Apply one batch of events in one wallet write (caller holds the engine lock)."""
         if not events:
             return {"orders": {}, "trades": []}
+        if engine_name in self.failures:  # never apply later events over a gap
+            raise EngineError(f"engine {engine_name} is not serving: {self.failures[engine_name]}")
         ids = {ev.order_id for ev in events} | {ev.maker_order_id for ev in events if ev.maker_order_id}
         orders = {i: {**self._open[i], "trades": list(self._open[i]["trades"])} for i in ids if i in self._open}
         try:
@@ -235,47 +244,181 @@ class DexService:
         if client_order_id is not None and not (isinstance(client_order_id, str) and 0 < len(client_order_id) <= 64):
             raise InvalidParams("client_order_id must be a string of 1 to 64 characters")
         qty_lots = m.qty_lots(qty)
-        price_ticks = m.price_ticks(price) if type_ == "limit" else 0
+        price_ticks = 0
+        if type_ == "limit":
+            price_ticks = m.price_ticks(price)
+            m.check_min_notional(price_ticks, qty_lots)
         engine = await self._ensure_open(m)
-        async with self._market_locks[m.symbol]:
-            if client_order_id is not None:
-                first = await self._find_by_coid(account, client_order_id)
-                if first is not None:
-                    return first
-            if type_ == "market":
-                depth = await engine.depth(m.symbol, 1)
-                best = depth.asks if side == "buy" else depth.bids
-                if not best:
-                    raise OrderRejected("no asks to buy from" if side == "buy" else "no bids to sell to")
-                m.check_min_notional(best[0][0], qty_lots)
-                price_ticks = m.protection_ticks(side, best[0][0])
-            else:
-                m.check_min_notional(price_ticks, qty_lots)
-                if post_only:
-                    await self._check_post_only(engine, m, side, price_ticks)
-            token, hold_minor = m.hold(side, price_ticks, qty_lots, post_only)
-            order = {"id": "o" + secrets.token_hex(8), "client_order_id": client_order_id, "account": account,
-                     "market": m.symbol, "side": side, "type": type_, "time_in_force": tif, "post_only": post_only,
-                     "price_ticks": price_ticks, "qty_lots": qty_lots, "filled_lots": 0, "cost_minor": 0,
-                     "fee_minor": 0, "status": "open", "created_at": time.time(), "trades": []}
-            kind, order = await self.wallet.write(record_order_op, order, token, hold_minor)
-            if kind == "repeat":
-                return await self._public(order)
-            self._remember(order)
-            self.metrics.orders_placed.labels(m.symbol).inc()
-            with trio.CancelScope(shield=True):  # once matched, settlement must not be abandoned half-way
-                async with self._engine_locks[m.engine]:
-                    self._ready(m)
-                    events = await engine.submit(self._engine_order(order))
-                    if os.environ.get(FAULT_ENV) == "after_match":
-                        os._exit(1)  # test-only fault hook: the engine matched, the ledger has not settled
-                    result = await self._settle(m.engine, events)
-        final = result["orders"].get(order["id"], order)
-        trades = [t for t in result["trades"] if order["id"] in (t["taker_order_id"], t["maker_order_id"])]
-        return order_public(final, trades, m)
+        req = _Request({"id": "o" + secrets.token_hex(8), "client_order_id": client_order_id, "account": account,
+                        "market": m.symbol, "side": side, "type": type_, "time_in_force": tif,
+                        "post_only": bool(post_only), "price_ticks": price_ticks, "qty_lots": qty_lots,
+                        "filled_lots": 0, "cost_minor": 0, "fee_minor": 0, "status": "open",
+                        "created_at": time.time(), "trades": []})
+        queue = self._queues[m.symbol]
+        queue.append(req)
+        self._wake[m.symbol].set()
+        if not self._leading[m.symbol]:
+            self._leading[m.symbol] = True
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._lead(m, engine)
+            finally:
+                self._leading[m.symbol] = False
+        await req.done.wait()
+        if req.error is not None:
+            raise req.error
+        return req.result
 
-    async def _check_post_only(self, engine: Any, m: Market, side: str, price_ticks: int) -> None:
+    async def _lead(self, m: Market, engine: Any) -> None:
+        """Group commit: the first caller leads, taking every order queued meanwhile as one batch.
+
+        Batches are pipelined: batch k+1 is checked, recorded and submitted while batch k settles (its
+        record write and k's settlement share a wallet commit); settlements still apply in engine order.
+        """
+        queue = self._queues[m.symbol]
+        settling: list[trio.Event] = []
+        async with trio.open_nursery() as nursery:
+            while True:
+                if queue:
+                    batch = _take_batch(queue)
+                    async with self._market_locks[m.symbol]:
+                        await self._contain(batch, self._run_batch(m, engine, batch, nursery, settling))
+                    continue
+                settling[:] = [e for e in settling if not e.is_set()]
+                if not settling:
+                    return
+                # No checkpoint since the checks above: a new order or a finished settlement sets this event.
+                self._wake[m.symbol] = wake = trio.Event()
+                await wake.wait()
+
+    @staticmethod
+    async def _contain(batch: list["_Request"], work: Any) -> None:
+        """Run a batch step; any failure answers its requests instead of leaving them waiting."""
+        try:
+            await work
+        except Exception as exc:
+            log.exception("order batch failed")
+            error = exc if isinstance(exc, TachyonError) else EngineError(f"order processing failed: {exc}")
+            for req in batch:
+                req.finish(error=error)
+
+    async def _run_batch(self, m: Market, engine: Any, batch: list["_Request"], nursery: trio.Nursery,
+                         settling: list[trio.Event]) -> None:
+        """Book checks (first order only), one write recording all, submits; settlement goes on in the nursery."""
+        first = batch[0]
+        if first.book_dependent:
+            try:
+                await self._check_book(engine, m, first.order)
+            except TachyonError as exc:
+                repeat = None
+                if first.order["client_order_id"] is not None:
+                    repeat = await self._find_by_coid(first.order["account"], first.order["client_order_id"])
+                first.finish(result=repeat) if repeat is not None else first.finish(error=exc)
+                batch = batch[1:]
+        if not batch:
+            return
+        self._ready(m)
+        items = [(r.order, *m.hold(r.order["side"], r.order["price_ticks"], r.order["qty_lots"],
+                                   r.order["post_only"])) for r in batch]
+        outcomes = await self.wallet.write(record_orders_op, items)
+        accepted: list[_Request] = []
+        for req, (kind, value) in zip(batch, outcomes):
+            if kind == "refused":
+                req.finish(error=value)
+            elif kind == "repeat":
+                req.finish(result=await self._public(value))
+            else:
+                req.order = value
+                self._remember(value)
+                self.metrics.orders_placed.labels(m.symbol).inc()
+                accepted.append(req)
+        if not accepted:
+            return
+        async with self._engine_locks[m.engine]:
+            self._ready(m)
+            events = await self._submit_all(m, engine, [r.order for r in accepted])
+            if os.environ.get(FAULT_ENV) == "after_match":
+                os._exit(1)  # test-only fault hook: the engine matched, the ledger has not settled
+            slot = self._reserve_settlement(m.engine)
+        done = trio.Event()
+        settling.append(done)
+        nursery.start_soon(self._settle_batch, m, accepted, events, slot, done)
+
+    async def _settle_batch(self, m: Market, accepted: list["_Request"], events: list[Event],
+                            slot: tuple[trio.Event, trio.Event], done: trio.Event) -> None:
+        try:
+            await self._contain(accepted, self._answer_batch(m, accepted, events, slot))
+        finally:
+            for req in accepted:
+                req.finish(error=EngineError("order was not settled"))  # no-op for requests already answered
+            done.set()
+            self._wake[m.symbol].set()
+
+    async def _answer_batch(self, m: Market, accepted: list["_Request"], events: list[Event],
+                            slot: tuple[trio.Event, trio.Event]) -> None:
+        result = await self._settle_in_order(m.engine, events, slot)
+        for req in accepted:
+            oid = req.order["id"]
+            trades = [t for t in result["trades"] if oid in (t["taker_order_id"], t["maker_order_id"])]
+            req.finish(result=order_public(result["orders"].get(oid, self._open.get(oid, req.order)), trades, m))
+
+    def _reserve_settlement(self, engine_name: str) -> tuple[trio.Event, trio.Event]:
+        """Take the next place in the engine's settlement order (call right after the submit, under its lock)."""
+        prev = self._settle_tail[engine_name]
+        mine = self._settle_tail[engine_name] = trio.Event()
+        return prev, mine
+
+    async def _settle_in_order(self, engine_name: str, events: list[Event], slot: tuple[trio.Event, trio.Event],
+                               store_seq: bool = True) -> dict:
+        """Settle after every earlier submit of this engine has settled, so seqs are applied in order."""
+        prev, mine = slot
+        try:
+            await prev.wait()
+            return await self._settle(engine_name, events, store_seq)
+        finally:
+            mine.set()
+
+    async def _submit_all(self, m: Market, engine: Any, orders: list[dict]) -> list[Event]:
+        """Submit in time order; a durable engine gets the plain limits at once so it can group-commit them."""
+        events: list[Event] = []
+        errors: list[Exception] = []
+
+        async def submit(order: dict) -> None:
+            try:
+                events.extend(await engine.submit(self._engine_order(order)))
+            except Exception as exc:  # the order stays open in the ledger; recovery resubmits it after restart
+                errors.append(exc)
+
+        if not engine.durable or len(orders) == 1:
+            for order in orders:
+                await submit(order)
+        else:
+            if orders[0]["type"] == "market" or orders[0]["post_only"]:
+                await submit(orders.pop(0))  # its book check holds only if it matches first
+            async with trio.open_nursery() as nursery:
+                for order in orders:
+                    nursery.start_soon(submit, order)
+        if errors:
+            self.failures[m.engine] = f"submit failed ({type(errors[0]).__name__}: {errors[0]}); restart the daemon"
+            log.error("engine %s: %s", m.engine, self.failures[m.engine])
+        events.sort(key=lambda ev: ev.seq)
+        return events
+
+    async def _check_book(self, engine: Any, m: Market, order: dict) -> None:
+        """A market order's protection price and min notional, or a post-only order's no-take check."""
         depth = await engine.depth(m.symbol, 1)
+        side = order["side"]
+        if order["type"] == "market":
+            best = depth.asks if side == "buy" else depth.bids
+            if not best:
+                raise OrderRejected("no asks to buy from" if side == "buy" else "no bids to sell to")
+            m.check_min_notional(best[0][0], order["qty_lots"])
+            order["price_ticks"] = m.protection_ticks(side, best[0][0])
+        else:
+            await self._check_post_only(depth, m, side, order["price_ticks"])
+
+    @staticmethod
+    async def _check_post_only(depth: Any, m: Market, side: str, price_ticks: int) -> None:
         if side == "buy" and depth.asks and depth.asks[0][0] <= price_ticks:
             raise OrderRejected(f"post-only buy at {m.fmt_price(price_ticks)} would take the ask at "
                                 f"{m.fmt_price(depth.asks[0][0])}")
@@ -326,13 +469,17 @@ class DexService:
                 async with self._engine_locks[m.engine]:
                     self._ready(m)
                     events = await engine.cancel(m.symbol, order_id)
-                    if events:
-                        await self._settle(m.engine, events)
-                    else:  # open in the ledger but not on the book (should not happen): close it here
-                        left = order["qty_lots"] - order["filled_lots"]
-                        await self._settle(m.engine, [Event(0, m.symbol, "done", order_id, left, reason=DONE_CANCELED)],
-                                           store_seq=False)
-        return await self._public({"id": order_id, "market": m.symbol})
+                    slot = self._reserve_settlement(m.engine)
+                if events:
+                    await self._settle_in_order(m.engine, events, slot)
+                else:  # not on the book: filled by a batch still settling, or lost by the engine
+                    left = order["qty_lots"] - order["filled_lots"]
+                    done = Event(0, m.symbol, "done", order_id, left, reason=DONE_CANCELED)
+                    await self._settle_in_order(m.engine, [done], slot, store_seq=False)
+        public = await self._public({"id": order_id, "market": m.symbol})
+        if public["status"] != "canceled":
+            raise OrderNotOpen(f"order {order_id} is {public['status']}, not open")
+        return public
 
     async def _raise_not_open(self, order_id: str) -> None:
         stored = await self.wallet.read(order_read, order_id)
@@ -361,3 +508,35 @@ class DexService:
             raise InvalidParams(f"limit must be from 1 to {MAX_TRADES_LIMIT}")
         rows = await self.wallet.read(trades_read, market, account, limit)
         return [trade_public(t, self.markets[t["market"]]) for t in rows]
+
+
+MAX_BATCH = 256
+
+
+class _Request:
+    """One dex.place_order waiting for its batch: the order, then its answer or error."""
+
+    __slots__ = ("order", "done", "result", "error")
+
+    def __init__(self, order: dict):
+        self.order = order
+        self.done = trio.Event()
+        self.result: dict | None = None
+        self.error: Exception | None = None
+
+    @property
+    def book_dependent(self) -> bool:
+        return self.order["type"] == "market" or self.order["post_only"]
+
+    def finish(self, result: dict | None = None, error: Exception | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+def _take_batch(queue: list[_Request]) -> list[_Request]:
+    """The next batch: orders whose checks need the book it meets (market, post-only) only ever come first."""
+    batch = [queue.pop(0)]
+    while queue and len(batch) < MAX_BATCH and not queue[0].book_dependent:
+        batch.append(queue.pop(0))
+    return batch

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+from .amounts import fmt_minor
 from .engine import DONE_CANCELED, DONE_EXPIRED, DONE_FILLED, DONE_POST_ONLY, DONE_SELF_TRADE, Event
 from .dex_market import Market, fee_minor
+from .errors import InsufficientFunds, UnknownAccount
 from .ledger import LedgerTx, Posting, lock_postings, release_postings
 from .wallet.store import ReadTx
 
@@ -42,22 +44,40 @@ def _seal_order(tx: LedgerTx, order: dict) -> None:
                     (value, 1 if order["status"] == "open" else 0, order["rowid"]))
 
 
-def record_order_op(tx: LedgerTx, order: dict, token: str, hold_minor: int) -> tuple[str, dict]:
-    """Store a new order and lock its hold in one entry keyed order:<id>; a repeated client_order_id returns the first."""
-    coid_hash = None
-    if order["client_order_id"] is not None:
-        coid_hash = coid_lookup(tx, order["account"], order["client_order_id"])
-        row = tx.conn.execute("SELECT id, value FROM dex_orders WHERE coid_hash = ?", (coid_hash,)).fetchone()
-        if row is not None:
-            return "repeat", tx.open_json("dex_orders", "value", row[0], row[1])
-    rowid = tx.conn.execute("INSERT INTO dex_orders (oid_hash, coid_hash, is_open, created_at, value)"
-                            " VALUES (?, ?, 1, ?, x'')",
-                            (tx.lookup("dex-order", order["id"]), coid_hash, order["created_at"])).lastrowid
-    order = {**order, "rowid": rowid}
-    _seal_order(tx, order)
-    hold = hold_name(order["id"])
-    tx.post_entry(hold, "order", lock_postings(order["account"], token, hold_minor, hold))
-    return "new", order
+def record_orders_op(tx: LedgerTx, items: list[tuple[dict, str, int]]) -> list[tuple[str, Any]]:
+    """Store new orders and lock each hold in an entry keyed order:<id>, in the given (time) order.
+
+    Per item: ("new", order), ("repeat", first order) for a client_order_id already used by the account, or
+    ("refused", error) for an unknown account or short funds, checked before anything of it is written.
+    """
+    out: list[tuple[str, Any]] = []
+    for order, token, hold_minor in items:
+        account = order["account"]
+        coid_hash = None
+        if order["client_order_id"] is not None:
+            coid_hash = coid_lookup(tx, account, order["client_order_id"])
+            row = tx.conn.execute("SELECT id, value FROM dex_orders WHERE coid_hash = ?", (coid_hash,)).fetchone()
+            if row is not None:
+                out.append(("repeat", tx.open_json("dex_orders", "value", row[0], row[1])))
+                continue
+        if account != "default" and not tx.account_exists(account):
+            out.append(("refused", UnknownAccount(f"unknown account {account!r}")))
+            continue
+        available = tx.balance(account, token)[0]
+        if available < hold_minor:
+            dec = tx.tokens[token].decimals
+            out.append(("refused", InsufficientFunds(f"insufficient available {token}: need "
+                                                     f"{fmt_minor(hold_minor, dec)}, have {fmt_minor(available, dec)}")))
+            continue
+        rowid = tx.conn.execute("INSERT INTO dex_orders (oid_hash, coid_hash, is_open, created_at, value)"
+                                " VALUES (?, ?, 1, ?, x'')",
+                                (tx.lookup("dex-order", order["id"]), coid_hash, order["created_at"])).lastrowid
+        order = {**order, "rowid": rowid}
+        _seal_order(tx, order)
+        hold = hold_name(order["id"])
+        tx.post_entry(hold, "order", lock_postings(account, token, hold_minor, hold))
+        out.append(("new", order))
+    return out
 
 
 def set_engine_seq_op(tx: LedgerTx, engine: str, base_seq: int, applied_seq: int) -> None:
