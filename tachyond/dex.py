@@ -54,6 +54,7 @@ class DexService:
         self._opening = trio.Lock()
         self._queues: dict[str, list[_Request]] = {s: [] for s in self.markets}
         self._leading = {s: False for s in self.markets}
+        self._nursery: trio.Nursery | None = None
         self._wake = {s: trio.Event() for s in self.markets}
         self._settle_tail: dict[str, trio.Event] = {}
         for name in self.engine_names:
@@ -66,9 +67,14 @@ class DexService:
 
     # ----- lifecycle -----
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Nothing runs in the background: engines open at the first unlock. Runs until cancelled."""
-        task_status.started()
-        await trio.sleep_forever()
+        """Host the per-market order workers (engines open at the first unlock). Runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
 
     async def on_unlocked(self) -> None:
         """Open every engine (they need the wallet's cipher), then recover each: replay or re-seed."""
@@ -259,18 +265,28 @@ class DexService:
         self._wake[m.symbol].set()
         if not self._leading[m.symbol]:
             self._leading[m.symbol] = True
-            try:
-                with trio.CancelScope(shield=True):
-                    await self._lead(m, engine)
-            finally:
-                self._leading[m.symbol] = False
+            if self._nursery is not None:
+                self._nursery.start_soon(self._lead_task, m, engine)
+            else:  # serve() is not running (an embedding that drives the service directly): the caller leads
+                await self._lead_task(m, engine)
         await req.done.wait()
         if req.error is not None:
             raise req.error
         return req.result
 
+    async def _lead_task(self, m: Market, engine: Any) -> None:
+        """Process the market's queue until it is empty and everything has settled, then stand down."""
+        try:
+            while True:
+                with trio.CancelScope(shield=True):  # a batch, once recorded, is submitted and settled
+                    await self._lead(m, engine)
+                if not self._queues[m.symbol]:  # no checkpoint between this check and standing down
+                    return
+        finally:
+            self._leading[m.symbol] = False
+
     async def _lead(self, m: Market, engine: Any) -> None:
-        """Group commit: the first caller leads, taking every order queued meanwhile as one batch.
+        """Group commit: each round takes every order queued meanwhile as one batch.
 
         Batches are pipelined: batch k+1 is checked, recorded and submitted while batch k settles (its
         record write and k's settlement share a wallet commit); settlements still apply in engine order.

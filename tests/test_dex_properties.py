@@ -145,6 +145,7 @@ async def _run(engine: str, ops: list, dir_: Path) -> dict:
     outcomes, fills, coid_of = [], [], {}
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.wallet.serve)
+        await nursery.start(dex.serve)
         await daemon.wallet.create("pw")
         await dex.on_unlocked()
         for account in ACCOUNTS:
