@@ -26,8 +26,6 @@ from .providers import SessionInfo, SessionRequest, WebhookRejected
 
 log = logging.getLogger("tachyond.onramp")
 
-SESSION_EVENT_TYPES = frozenset({"crypto.onramp_session_updated", "crypto.onramp_session.updated",
-                                 "checkout.session.completed"})
 NON_FINAL = frozenset({"initialized", "requires_payment", "fulfillment_processing"})
 COMPLETE = "fulfillment_complete"
 RETRY_BASE_S = 1.0
@@ -125,7 +123,9 @@ class OnrampService:
             log.info("webhook from %s rejected (%s): %s", client_ip, exc.reason, exc.message)
             return exc.status or 400, {"error": exc.message}
         metrics.webhook_verified.labels(provider_name).inc()
-        if event.session_id is None or event.type not in SESSION_EVENT_TYPES:
+        # The provider decides which event types carry a session (Stripe: crypto.onramp_session_updated and
+        # the dotted spelling); anything else is acknowledged so the provider stops retrying it.
+        if event.session_id is None:
             metrics.webhook_ignored.labels(provider_name, "event_type").inc()
             return 200, {"ignored": f"event type {event.type} carries no onramp session"}
         wallet_id = self.wallet.public_id if self.wallet is not None and self.wallet.state != "absent" else None

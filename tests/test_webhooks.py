@@ -90,6 +90,8 @@ async def test_replays_and_duplicates_have_no_second_effect_and_either_secret_ve
             assert replay.status_code == 200 and replay.json() == {"duplicate": True}
             other_id = event_body(target)  # the same session and status under another event id
             assert (await post(env, other_id, sign(other_id, WHSEC_B))).json() == {"duplicate": True}
+            dotted = event_body(target, type_="crypto.onramp_session.updated")  # the other spelling is a session event
+            assert (await post(env, dotted, sign(dotted, WHSEC_A))).json() == {"duplicate": True}
             rolled = sign(body, "whsec_retired_secret", WHSEC_B)  # one v1 per secret during a roll
             assert (await post(env, body, rolled)).json() == {"duplicate": True}
             ping = event_body(target, type_="customer.created")
@@ -97,7 +99,7 @@ async def test_replays_and_duplicates_have_no_second_effect_and_either_secret_ve
             assert answer.status_code == 200 and "ignored" in answer.json()
             [topup] = await env.wait_pending()
             assert topup["session_id"] == target["id"]
-            assert await env.metric("tachyon_webhook_events_duplicate_total", provider="stripe") == 3
+            assert await env.metric("tachyon_webhook_events_duplicate_total", provider="stripe") == 4
             assert await env.metric("tachyon_webhook_events_enqueued_total", provider="stripe") == 1
             await env.call("onramp.claim", {"session_id": target["id"]})
             again = await post(env, body, sign(body, WHSEC_A))
@@ -127,9 +129,9 @@ async def test_a_flood_is_rate_limited_and_the_daemon_keeps_serving(nursery, soc
 
             async with httpx.AsyncClient(limits=httpx.Limits(max_connections=20)) as client:
                 async with trio.open_nursery() as flood:
-                    for _ in range(200):
+                    for _ in range(120):
                         flood.start_soon(forged, client)
-            assert statuses.count(429) >= 100 and set(statuses) <= {400, 429}
+            assert statuses.count(429) >= 50 and set(statuses) <= {400, 429}
             assert await env.metric("tachyon_webhook_events_rejected_total", provider="stripe",
                                     reason="rate_limited") == statuses.count(429)
             assert (await env.call("daemon.info"))["wallet"] == "unlocked"
