@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from tachyon_ctl.client import DaemonNotRunning
-from test_dex_helpers import balances, fund, order, rpc, start_dex_daemon, state_snapshot
+from test_dex_helpers import PASSWORD, balances, fund, order, rpc, rpc_error, start_dex_daemon, state_snapshot
 
 ENGINES = ["memory", "sqlite"]
 
@@ -103,5 +103,23 @@ async def test_hook_order_filled(sockdir):
             records = [json.loads(line) for line in log_path.read_text().splitlines()]
             filled = [r for r in records if r["hook"] == "order_filled"]
             assert filled == [{"hook": "order_filled", "trade": trade}]
+        finally:
+            d.kill()
+
+
+async def test_orders_need_an_unlocked_wallet_and_resume_after_unlock(sockdir):
+    with trio.fail_after(60):
+        d = await trio.to_thread.run_sync(start_dex_daemon, sockdir, "sqlite")
+        try:
+            await fund(d, "maker", ZEC="1")
+            resting = await order(d, "maker", "sell", "1", "50.00")
+            await rpc(d, "wallet.lock")
+            err = await rpc_error(d, "dex.place_order", {"account": "maker", "market": "ZEC/USDC", "side": "sell",
+                                                         "type": "limit", "price": "51.00", "qty": "0.5"})
+            assert err.code == -32001
+            assert (await rpc_error(d, "dex.cancel_order", {"order_id": resting["id"]})).code == -32001
+            await rpc(d, "wallet.unlock", {"password": PASSWORD})
+            assert (await rpc(d, "dex.cancel_order", {"order_id": resting["id"]}))["status"] == "canceled"
+            assert (await balances(d, "maker"))["ZEC"] == (100_000_000, 0)
         finally:
             d.kill()
