@@ -32,6 +32,10 @@ async def test_lifecycle_states_and_reopen(tmp_path):
             assert wallet.state == "absent"
             with pytest.raises(errors.WalletAbsent):
                 await wallet.unlock(PW)
+            with pytest.raises(errors.WalletAbsent):
+                await ledger.deposit("default", "USDC", 1, "too-early")
+            with pytest.raises(errors.WalletAbsent):
+                await ledger.balances()
             await wallet.create(PW)
             assert wallet.state == "unlocked" and wallet.unlocked_until is None
             assert wallet.public_id.startswith("tw_") and len(wallet.public_id) == 27
@@ -290,12 +294,13 @@ async def test_failing_op_rolls_back_only_itself_with_module_tables(tmp_path):
             await ledger.deposit("default", "USDC", 1_000, "seed")
             results = await _queue_behind_gate(wallet, [(_module_op, 1, False), (_module_op, 2, True),
                                                         (_module_op, 3, False)])
-            assert results[0] == ("ok", (2, (900, 0)))
             assert results[1][0] == "error" and isinstance(results[1][1], errors.OrderRejected)
-            assert results[2] == ("ok", (3, (800, 0)))  # op 2's balance change was undone in the cache too
+            # trio starts tasks in any order, so ops 1 and 3 commit as entries 2 and 3 either way round; whichever
+            # ran after op 2 sees 800, not 700: the failed op's balance change was undone in the cache too.
+            assert sorted([results[0][1], results[2][1]]) == [(2, (900, 0)), (3, (800, 0))]
             notes = await wallet.read(lambda rtx: [r[0] for r in rtx.conn.execute("SELECT n FROM dex_notes")])
             assert sorted(notes) == [1, 3]
-            assert [e["key"] for e in await ledger.history()] == ["fill:3", "fill:1", "deposit:seed"]
+            assert {e["key"] for e in await ledger.history()} == {"fill:3", "fill:1", "deposit:seed"}
             [fees] = [b for b in await ledger.balances("fees") if b["token"] == "USDC"]
             assert fees["available_minor"] == 200
             assert (await ledger.verify())["ok"]
@@ -308,6 +313,28 @@ async def test_failing_op_rolls_back_only_itself_with_module_tables(tmp_path):
             assert cols == ["n", "note"]
             with pytest.raises(RuntimeError):
                 migrated.add_schema("late", ["CREATE TABLE late (x)"])
+
+
+def _sabotage_op(tx):
+    tx.conn.execute("ROLLBACK")  # ends the writer's transaction under it: SQLite itself fails for the batch
+
+
+async def test_broken_batch_fails_every_op_and_the_writer_survives(tmp_path):
+    with trio.fail_after(30):
+        wallet, ledger = open_wallet(tmp_path)
+        async with wallet:
+            await wallet.create(PW)
+            await ledger.deposit("default", "USDC", 1_000, "seed")
+            deposit = (lambda tx: tx.post_entry("deposit:x", "deposit", [Posting("external:chain", "USDC", -5),
+                                                                         Posting("default", "USDC", 5)]),)
+            results = await _queue_behind_gate(wallet, [deposit, (_sabotage_op,)])
+            assert [kind for kind, _ in results] == ["error", "error"]
+            assert all("nothing was written" in str(exc) for _, exc in results)
+            assert (await ledger.balances("default"))[0]["available_minor"] == 1_000
+            again = await ledger.deposit("default", "USDC", 5, "x")  # the writer still works; the key is free
+            assert again["repeated"] is False and again["id"] == 2
+            assert await wallet.write(lambda tx: tx.balance("default", "USDC")) == (1_005, 0)
+            assert (await ledger.verify())["ok"]
 
 
 async def test_lock_clears_writer_cache_and_reads_never_wait(tmp_path):

@@ -86,6 +86,8 @@ class UnlockTimer:
 class _Access:
     """What reads and writes share: the connection, the keys (or WalletLocked) and sealed JSON values."""
 
+    absent = False  # set by the wallet when no wallet exists yet, so key use says WalletAbsent, not WalletLocked
+
     def __init__(self, conn: sqlite3.Connection, keys: WalletKeys | None):
         self.conn = conn
         self._keys = keys
@@ -93,7 +95,7 @@ class _Access:
     @property
     def keys(self) -> WalletKeys:
         if self._keys is None:
-            raise WalletLocked()
+            raise WalletAbsent() if self.absent else WalletLocked()
         return self._keys
 
     @property
@@ -143,10 +145,10 @@ class Tx(_Access):
 
 
 class _Op:
-    __slots__ = ("fn", "args", "task", "token", "keys")
+    __slots__ = ("fn", "args", "task", "token", "keys", "absent")
 
-    def __init__(self, fn, args, task, token, keys):
-        self.fn, self.args, self.task, self.token, self.keys = fn, args, task, token, keys
+    def __init__(self, fn, args, task, token, keys, absent):
+        self.fn, self.args, self.task, self.token, self.keys, self.absent = fn, args, task, token, keys, absent
 
 
 def _reschedule_all(pairs: list) -> None:
@@ -334,7 +336,8 @@ class Wallet:
         return await self._submit(fn, args, self._current_keys())
 
     async def _submit(self, fn, args, keys) -> Any:
-        op = _Op(fn, args, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token(), keys)
+        op = _Op(fn, args, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token(), keys,
+                 keys is None and "wrapped_key" not in self._meta)
         self._queue.put(op)
         # Once queued the op will run; like trio.to_thread.run_sync, waiting for its answer is not cancellable.
         return await trio.lowlevel.wait_task_rescheduled(lambda _raise_cancel: trio.lowlevel.Abort.FAILED)
@@ -361,16 +364,28 @@ class Wallet:
             conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[outcome.Outcome]:
+        """One transaction for the whole batch; if SQLite itself fails, every op fails and nothing is written."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            return [outcome.Error(sqlite3.OperationalError(f"cannot begin a write transaction: {exc}")) for _ in batch]
+            return self._run_batch_ops(conn, batch)
+        except BaseException as exc:  # the writer thread must survive to answer everyone
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the connection is beyond use for this batch; the next BEGIN reports it
+            self._cache.clear()
+            return [outcome.Error(sqlite3.OperationalError(f"write failed, nothing was written: {exc}"))
+                    for _ in batch]
+
+    def _run_batch_ops(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[outcome.Outcome]:
+        conn.execute("BEGIN IMMEDIATE")
         results: list[outcome.Outcome] = []
         for op in batch:
             if op.keys is not self._cache_keys:
                 self._cache.clear()
                 self._cache_keys = op.keys
             tx = self.tx_factory(conn, op.keys, self._cache)
+            tx.absent = op.absent
             conn.execute("SAVEPOINT op")
             try:
                 value = op.fn(tx, *op.args)
@@ -382,14 +397,7 @@ class Wallet:
             else:
                 conn.execute("RELEASE op")
                 results.append(outcome.Value(value))
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._cache.clear()
-            return [outcome.Error(sqlite3.OperationalError(f"commit failed, nothing was written: {exc}"))
-                    for _ in batch]
+        conn.execute("COMMIT")
         self.stats["transactions"] += 1
         self.stats["ops"] += len(batch)
         self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
@@ -411,9 +419,10 @@ class Wallet:
         """Run fn(rtx, *args) on a reader connection in a worker thread, in one consistent snapshot."""
         self._require_started()
         keys = self._current_keys()
-        return await trio.to_thread.run_sync(self._read_sync, fn, args, keys)
+        absent = keys is None and "wrapped_key" not in self._meta
+        return await trio.to_thread.run_sync(self._read_sync, fn, args, keys, absent)
 
-    def _read_sync(self, fn, args, keys):
+    def _read_sync(self, fn, args, keys, absent):
         try:
             conn = self._readers.pop()
         except IndexError:
@@ -422,7 +431,9 @@ class Wallet:
         try:
             conn.execute("BEGIN")
             try:
-                return fn(ReadTx(conn, keys), *args)
+                rtx = ReadTx(conn, keys)
+                rtx.absent = absent
+                return fn(rtx, *args)
             finally:
                 conn.execute("ROLLBACK")
         finally:
