@@ -146,7 +146,7 @@ async def _state(ledger: Ledger, wallet: Wallet) -> dict:
     return state
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(seed=st.lists(st.integers(min_value=0, max_value=10), min_size=len(USERS) * len(TOKENS),
                      max_size=len(USERS) * len(TOKENS)),
        ops=st.lists(operation, min_size=8, max_size=30))
