@@ -146,6 +146,32 @@ async def _state(ledger: Ledger, wallet: Wallet) -> dict:
     return state
 
 
+async def _check_final(ledger: Ledger, wallet: Wallet, model: Model, accepted: int) -> None:
+    """Journal sums to zero per token, replay gives the balances, locked equals open holds, verify agrees."""
+    entries = await ledger.history(limit=1000)
+    assert len(entries) == accepted
+    replayed: dict = defaultdict(lambda: [0, 0])
+    for entry in entries:
+        per_token: dict = defaultdict(int)
+        for p in entry["postings"]:
+            per_token[p["token"]] += p["amount_minor"]
+            replayed[(p["account"], p["token"])][p["bucket"] == "locked"] += p["amount_minor"]
+        assert set(per_token.values()) <= {0}
+    final = await _state(ledger, wallet)
+    for key, value in final.items():
+        if isinstance(key, tuple):
+            assert replayed.get(key, [0, 0]) == value, key
+    locked_by_pair: dict = defaultdict(int)
+    for name, (acct, tok, remaining) in model.holds.items():
+        assert final["holds"][name] == remaining
+        assert await wallet.write(lambda tx: tx.hold_remaining(name)) == remaining
+        locked_by_pair[(acct, tok)] += remaining
+    for (acct, tok), (_, locked) in model.bal.items():
+        assert locked == locked_by_pair.get((acct, tok), 0)
+    check = await ledger.verify()
+    assert check == {"ok": True, "entries": accepted, "problems": []}
+
+
 @settings(max_examples=60, deadline=None)
 @given(seed=st.lists(st.integers(min_value=0, max_value=10), min_size=len(USERS) * len(TOKENS),
                      max_size=len(USERS) * len(TOKENS)),
@@ -182,25 +208,4 @@ async def test_random_operations_keep_invariants(seed, ops):
                 for key, value in after.items():
                     if isinstance(key, tuple) and key[0] in USERS:
                         assert min(value) >= 0, key
-            entries = await ledger.history(limit=1000)
-            assert len(entries) == accepted
-            replayed: dict = defaultdict(lambda: [0, 0])
-            for entry in entries:
-                per_token: dict = defaultdict(int)
-                for p in entry["postings"]:
-                    per_token[p["token"]] += p["amount_minor"]
-                    replayed[(p["account"], p["token"])][p["bucket"] == "locked"] += p["amount_minor"]
-                assert set(per_token.values()) <= {0}
-            final = await _state(ledger, wallet)
-            for key, value in final.items():
-                if isinstance(key, tuple):
-                    assert replayed.get(key, [0, 0]) == value, key
-            locked_by_pair: dict = defaultdict(int)
-            for name, (acct, tok, remaining) in model.holds.items():
-                assert final["holds"][name] == remaining
-                assert await wallet.write(lambda tx: tx.hold_remaining(name)) == remaining
-                locked_by_pair[(acct, tok)] += remaining
-            for (acct, tok), (_, locked) in model.bal.items():
-                assert locked == locked_by_pair.get((acct, tok), 0)
-            check = await ledger.verify()
-            assert check == {"ok": True, "entries": accepted, "problems": []}
+            await _check_final(ledger, wallet, model, accepted)
