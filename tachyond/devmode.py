@@ -129,6 +129,9 @@ async def run_dev(daemon: Any) -> None:
         try:
             await seed(daemon, pw_file.read_text().strip())
         except Exception:
-            log.exception("seeding the development wallet failed; the daemon runs on without the maker's orders")
+            if daemon.shutdown.is_set():
+                log.info("seeding the development wallet was interrupted by the stop; the next start finishes it")
+            else:
+                log.exception("seeding the development wallet failed; the daemon runs on without the maker's orders")
         print_banner(daemon)
         await daemon.shutdown.wait()

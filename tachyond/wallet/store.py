@@ -179,6 +179,7 @@ class Wallet:
         self._cache: dict = {}
         self._cache_keys: WalletKeys | None = None
         self._closing = False
+        self._submit_lock = threading.Lock()
 
     # ----- extension points (call before start) -----
     def add_schema(self, name: str, statements: list[str]) -> None:
@@ -269,8 +270,9 @@ class Wallet:
         """Finish queued writes, stop the writer, close every connection, drop the keys."""
         if self._thread is None or self._closing:
             return
-        self._closing = True
-        self._queue.put(_STOP)
+        with self._submit_lock:
+            self._closing = True
+            self._queue.put(_STOP)
         await trio.to_thread.run_sync(self._thread.join)
         while self._readers:
             self._readers.pop().close()
@@ -336,9 +338,13 @@ class Wallet:
         return await self._submit(fn, args, self._current_keys())
 
     async def _submit(self, fn, args, keys) -> Any:
-        op = _Op(fn, args, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token(), keys,
-                 keys is None and "wrapped_key" not in self._meta)
-        self._queue.put(op)
+        op = _Op(fn, args, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token(), keys)
+        # Checked and queued under one lock with aclose(), so no op can land behind the writer's stop
+        # marker (it would wait forever: waiting for the answer is not cancellable).
+        with self._submit_lock:
+            if self._thread is None or self._closing:
+                raise ShuttingDown()
+            self._queue.put(op)
         # Once queued the op will run; like trio.to_thread.run_sync, waiting for its answer is not cancellable.
         return await trio.lowlevel.wait_task_rescheduled(lambda _raise_cancel: trio.lowlevel.Abort.FAILED)
 
@@ -362,6 +368,15 @@ class Wallet:
         finally:
             self._cache.clear()
             conn.close()
+            leftover = []
+            while True:  # defence in depth: nothing queued is ever left waiting
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if op is not _STOP:
+                    leftover.append(op)
+            self._deliver(leftover, [outcome.Error(ShuttingDown()) for _ in leftover])
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[outcome.Outcome]:
         """One transaction for the whole batch; if SQLite itself fails, every op fails and nothing is written."""
