@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from .dex_batch import Request as _Request, take_batch as _take_batch
 from .dex_market import Market
 from .dex_store import (DEX_SCHEMA, engine_seqs_read, open_orders_read, order_public, order_read, orders_read,
                         record_orders_op, set_engine_seq_op, settle_op, trade_public, trades_read)
@@ -525,34 +526,3 @@ class DexService:
         rows = await self.wallet.read(trades_read, market, account, limit)
         return [trade_public(t, self.markets[t["market"]]) for t in rows]
 
-
-MAX_BATCH = 256
-
-
-class _Request:
-    """One dex.place_order waiting for its batch: the order, then its answer or error."""
-
-    __slots__ = ("order", "done", "result", "error")
-
-    def __init__(self, order: dict):
-        self.order = order
-        self.done = trio.Event()
-        self.result: dict | None = None
-        self.error: Exception | None = None
-
-    @property
-    def book_dependent(self) -> bool:
-        return self.order["type"] == "market" or self.order["post_only"]
-
-    def finish(self, result: dict | None = None, error: Exception | None = None) -> None:
-        if not self.done.is_set():
-            self.result, self.error = result, error
-            self.done.set()
-
-
-def _take_batch(queue: list[_Request]) -> list[_Request]:
-    """The next batch: orders whose checks need the book it meets (market, post-only) only ever come first."""
-    batch = [queue.pop(0)]
-    while queue and len(batch) < MAX_BATCH and not queue[0].book_dependent:
-        batch.append(queue.pop(0))
-    return batch
