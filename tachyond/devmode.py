@@ -126,12 +126,13 @@ async def run_dev(daemon: Any) -> None:
     pw_file = _secret_file(dir_, DEV_PASSWORD_FILE, lambda: "dev-" + secrets.token_hex(8))
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.run)
+        print_banner(daemon)
         try:
             await seed(daemon, pw_file.read_text().strip())
+            log.info("development wallet ready: the maker's asks rest on %s", ", ".join(m.symbol for m in daemon.config.markets))
         except Exception:
             if daemon.shutdown.is_set():
                 log.info("seeding the development wallet was interrupted by the stop; the next start finishes it")
             else:
                 log.exception("seeding the development wallet failed; the daemon runs on without the maker's orders")
-        print_banner(daemon)
         await daemon.shutdown.wait()
