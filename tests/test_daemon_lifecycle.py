@@ -30,6 +30,19 @@ def test_dev_mode_starts_and_ctl_status_reaches_it(sockdir):
         assert "NOT FOR REAL MONEY" in d.stderr()
         r2 = run_ctl("status", env={"TACHYON_SOCKET": str(sockdir / ".tachyon-dev" / "rpc.sock")})
         assert r2.returncode == 0
+        # The embedded default: wallet created and unlocked, the maker's asks resting on both markets.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            books = [d.call("dex.order_book", {"market": m}) for m in ("ZEC/USDC", "BASE/USDC")]
+            if all(b["asks"] for b in books):
+                break
+            time.sleep(0.2)
+        assert all(b["asks"] and not b["bids"] for b in books), books
+        info = d.call("daemon.info")
+        assert info["wallet"] == "unlocked" and info["onramp_providers"] == ["stripe"]
+        assert set(info["markets"]) == {"ZEC/USDC", "BASE/USDC"}
+        maker = {b["token"]: b for b in d.call("ledger.balances", {"account": "maker"})}
+        assert maker["ZEC"]["locked_minor"] > 0 and maker["BASE"]["locked_minor"] > 0
     finally:
         assert d.stop() == 0
     assert not (sockdir / ".tachyon-dev" / "rpc.sock").exists()

@@ -338,7 +338,8 @@ class Wallet:
         return await self._submit(fn, args, self._current_keys())
 
     async def _submit(self, fn, args, keys) -> Any:
-        op = _Op(fn, args, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token(), keys)
+        op = _Op(fn, args, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token(), keys,
+                 keys is None and "wrapped_key" not in self._meta)
         # Checked and queued under one lock with aclose(), so no op can land behind the writer's stop
         # marker (it would wait forever: waiting for the answer is not cancellable).
         with self._submit_lock:
