@@ -18,7 +18,9 @@ def register_wallet_methods(d: Any) -> None:
     async def create(p: dict[str, Any]) -> Any:
         """Create the wallet (left unlocked); an error if one exists in data_dir."""
         logs.add_secret(p["password"])
-        return await wallet.create(p["password"])
+        result = await wallet.create(p["password"])
+        await d.on_unlocked()  # a new wallet is unlocked: engines open, the onramp inbox is worked
+        return result
 
     @r.method("wallet.unlock", [Param("password", description=PASSWORD),
                                 Param("timeout_s", ("integer", "number"), required=False,

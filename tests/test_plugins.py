@@ -126,24 +126,30 @@ def test_hook_register_address_validators(plugged):
 
 def test_hook_register_background_tasks(plugged):
     d, log = plugged
-    import time
-
-    for _ in range(100):
-        if any(r["hook"] == "background_task_started" for r in records(log)):
-            break
-        time.sleep(0.05)
+    wait_for(log, "background_task_started")
     assert any(r["hook"] == "background_task_started" for r in records(log))
     assert d.call("daemon.info")["version"]
 
 
+def wait_for(log: Path, hook: str, timeout_s: float = 10) -> None:
+    """The hook runs just after READY, so a client may get in first: wait for its record."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not any(r["hook"] == hook for r in records(log)):
+        time.sleep(0.05)
+
+
 def test_hook_daemon_started(plugged):
     d, log = plugged
+    wait_for(log, "daemon_started")
     started = [r for r in records(log) if r["hook"] == "daemon_started"]
     assert started == [{"hook": "daemon_started", "version": d.call("daemon.info")["version"]}]
 
 
 def test_hook_daemon_stopping(plugged):
     d, log = plugged
+    wait_for(log, "daemon_started")
     assert not any(r["hook"] == "daemon_stopping" for r in records(log))
     assert d.stop() == 0
     assert [r["hook"] for r in records(log)].count("daemon_stopping") == 1
