@@ -194,10 +194,10 @@ class Daemon:
             from .dex import DexService
 
             self.dex = DexService(self)
-        if self.config.onramp:
-            from .onramp import OnrampService
+        # Always present: with no [onramp.*] table, onramp.* answers "not configured" rather than "method not found".
+        from .onramp import OnrampService
 
-            self.onramp = OnrampService(self)
+        self.onramp = OnrampService(self)
 
     async def _start_services(self, nursery: trio.Nursery) -> None:
         """Open the wallet file (and unlock it from password_file); start the services that need it."""

@@ -40,10 +40,14 @@ class RateLimiter:
         return True
 
 
-def _json(body: dict[str, Any], status: int) -> Response:
+def _json(body: dict[str, Any], status: int, *, close: bool = False) -> Response:
     import json
 
-    return Response(json.dumps(body), status=status, content_type="application/json")
+    resp = Response(json.dumps(body), status=status, content_type="application/json")
+    if close:
+        # Answered without reading the body: close, or the unread body would stall a keep-alive connection.
+        resp.headers["Connection"] = "close"
+    return resp
 
 
 def make_app(daemon: Any) -> QuartTrio:
@@ -60,7 +64,7 @@ def make_app(daemon: Any) -> QuartTrio:
 
     @app.errorhandler(413)
     async def too_large(_exc: Any) -> Response:
-        return _json({"error": f"body larger than http.max_body_bytes ({cfg.max_body_bytes} bytes)"}, 413)
+        return _json({"error": f"body larger than http.max_body_bytes ({cfg.max_body_bytes} bytes)"}, 413, close=True)
 
     @app.errorhandler(404)
     async def not_found(_exc: Any) -> Response:
@@ -93,17 +97,17 @@ def make_app(daemon: Any) -> QuartTrio:
                 addr = None
             if addr is None or not any(addr in net for net in allowed):
                 daemon.metrics.webhook_rejected.labels(provider, "forbidden_ip").inc()
-                return _json({"error": f"{ip} is not in http.allow_ips"}, 403)
+                return _json({"error": f"{ip} is not in http.allow_ips"}, 403, close=True)
         if not limiter.allow(ip):
             daemon.metrics.webhook_rejected.labels(provider, "rate_limited").inc()
-            return _json({"error": "rate limit exceeded; retry later"}, 429)
+            return _json({"error": "rate limit exceeded; retry later"}, 429, close=True)
         onramp = daemon.onramp
         if onramp is None or not onramp.has_provider(provider):
-            return _json({"error": f"no onramp provider named {provider!r} is configured"}, 404)
+            return _json({"error": f"no onramp provider named {provider!r} is configured"}, 404, close=True)
         ctype = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if ctype != "application/json":
             daemon.metrics.webhook_rejected.labels(provider, "content_type").inc()
-            return _json({"error": "Content-Type must be application/json"}, 415)
+            return _json({"error": "Content-Type must be application/json"}, 415, close=True)
         body = await request.get_data(cache=False, as_text=False)
         status, answer = await onramp.receive_webhook(provider, body, dict(request.headers), ip)
         return _json(answer, status)

@@ -34,3 +34,22 @@ def test_unknown_provider_is_404_and_wrong_method_405(daemon_factory):
     assert httpx.post(base + "/webhook/nosuch", json={}, timeout=10).status_code == 404
     assert httpx.get(base + "/webhook/stripe", timeout=10).status_code == 405
     assert httpx.get(base + "/nothing-here", timeout=10).status_code == 404
+
+
+def test_an_early_refusal_does_not_stall_a_keep_alive_client(daemon_factory):
+    """A webhook refused before its body is read (404 here) closes; the client's next request still works."""
+    d = daemon_factory().start()
+    base = http_base(d)
+    with httpx.Client(timeout=5) as client:
+        r = client.post(base + "/webhook/nosuch", content=b"x" * 30000, headers={"Content-Type": "application/json"})
+        assert r.status_code == 404 and r.headers["connection"] == "close"
+        assert client.get(base + "/healthz").status_code == 200
+
+
+def test_onramp_without_a_provider_says_so(daemon_factory):
+    d = daemon_factory().start()
+    import json
+
+    answer = json.loads(d.raw(b'{"jsonrpc":"2.0","method":"onramp.pending","id":1}\n'))
+    assert answer["error"]["code"] == -32032, answer
+    assert "onramp" in answer["error"]["message"]
