@@ -63,7 +63,7 @@ def http_request(host: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
-async def read_response(stream: trio.SocketStream, buf: bytearray) -> tuple[int, bytes]:
+async def read_response(stream: trio.SocketStream, buf: bytearray) -> tuple[int, bytes, bool]:
     while b"\r\n\r\n" not in buf:
         chunk = await stream.receive_some(65536)
         if not chunk:
@@ -72,17 +72,20 @@ async def read_response(stream: trio.SocketStream, buf: bytearray) -> tuple[int,
     head, _, rest = bytes(buf).partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     length = 0
+    close = False
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
+        elif name.strip().lower() == b"connection" and value.strip().lower() == b"close":
+            close = True
     while len(rest) < length:
         chunk = await stream.receive_some(65536)
         if not chunk:
             raise ConnectionError("server closed the connection")
         rest += chunk
     buf[:] = rest[length:]
-    return status, rest[:length]
+    return status, rest[:length], close
 
 
 async def load(host: str, port: int, requests: list[bytes], connections: int) -> dict:
@@ -93,14 +96,20 @@ async def load(host: str, port: int, requests: list[bytes], connections: int) ->
     async def worker() -> None:
         stream = await trio.open_tcp_stream(host, port)
         buf = bytearray()
-        async with stream:
+        try:
             for req in queue:
                 t0 = time.perf_counter()
                 await stream.send_all(req)
-                status, body = await read_response(stream, buf)
+                status, body, close = await read_response(stream, buf)
                 latencies_ms.append((time.perf_counter() - t0) * 1000)
                 key = f"{status} {body.decode()[:40]}"
                 answers[key] = answers.get(key, 0) + 1
+                if close:  # refusals answered before the body is read close the connection: open another
+                    await stream.aclose()
+                    stream = await trio.open_tcp_stream(host, port)
+                    buf = bytearray()
+        finally:
+            await stream.aclose()
 
     t0 = time.perf_counter()
     async with trio.open_nursery() as nursery:
