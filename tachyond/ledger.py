@@ -13,7 +13,7 @@ from typing import Iterable
 from .amounts import Token, fmt_minor
 from .errors import (AmountError, Conflict, InsufficientFunds, IntegrityError, InvalidParams, UnknownAccount,
                      UnknownToken)
-from .wallet.store import ReadTx, Tx, Wallet
+from .wallet.store import DIRTY, ReadTx, Tx, Wallet, dumps
 
 BUCKETS = ("available", "locked")
 MAX_KEY_CHARS = 256
@@ -74,6 +74,11 @@ def _classify(name: str) -> bool:
     if USER_ACCOUNT_RE.fullmatch(name):
         return True
     raise InvalidParams(f"invalid account name {name!r}: use 1-64 of a-z 0-9 _ . - starting with a letter or digit")
+
+
+@functools.lru_cache(maxsize=1024)
+def _kind_ok(kind: str) -> bool:
+    return _KIND_RE.fullmatch(kind) is not None
 
 
 def check_user_account(name: object) -> str:
@@ -188,7 +193,7 @@ class LedgerTx(Tx):
                    links: list | None = None) -> dict:
         """Record one balanced entry and its balance changes, once per key; a repeat returns the first entry."""
         _check_text("idempotency key", key, MAX_KEY_CHARS)
-        if not isinstance(kind, str) or not _KIND_RE.fullmatch(kind):
+        if not isinstance(kind, str) or not _kind_ok(kind):
             raise InvalidParams(f"invalid entry kind {kind!r}")
         if memo is not None:
             _check_text("memo", memo, MAX_MEMO_CHARS)
@@ -205,19 +210,23 @@ class LedgerTx(Tx):
             raise InvalidParams("an entry needs at least one posting")
         net = self._check_effects(postings)
         self._apply(postings, net)
-        return {**self._append(key, key_hash, kind, postings, memo, links), "repeated": False}
+        result = self._append(key, key_hash, kind, postings, memo, links)
+        result["repeated"] = False
+        return result
 
     def _check_posting(self, p: Posting) -> Posting:
-        if not isinstance(p, Posting):
+        if type(p) is not Posting and not isinstance(p, Posting):
             raise InvalidParams("postings must be Posting objects")
         is_user_account(p.account)
         if p.token not in self.tokens:
             raise UnknownToken(f"unknown token {p.token!r}")
-        if isinstance(p.delta_minor, bool) or not isinstance(p.delta_minor, int) or p.delta_minor == 0:
+        delta = p.delta_minor
+        if type(delta) is not int and (isinstance(delta, bool) or not isinstance(delta, int)) or delta == 0:
             raise AmountError("a posting's delta_minor must be a non-zero integer")
-        if p.bucket not in BUCKETS:
+        bucket = p.bucket
+        if bucket != "available" and bucket != "locked":
             raise InvalidParams(f"bucket must be one of {', '.join(BUCKETS)}")
-        if (p.bucket == "locked") != (p.hold is not None):
+        if (bucket == "locked") != (p.hold is not None):
             raise InvalidParams("locked postings, and only they, name a hold")
         if p.hold is not None:
             _check_text("hold id", p.hold, MAX_KEY_CHARS)
@@ -225,34 +234,40 @@ class LedgerTx(Tx):
 
     def _check_effects(self, postings: list[Posting]) -> dict:
         """Refuse an unbalanced entry, an unknown account, an overdraft or an overdrawn hold, before any write."""
-        per_token: dict[str, int] = defaultdict(int)
-        net: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        per_token: dict[str, int] = {}
+        net: dict[tuple[str, str], list[int]] = {}
         holds: dict[str, list] = {}
         for p in postings:
-            per_token[p.token] += p.delta_minor
-            net[(p.account, p.token)][BUCKETS.index(p.bucket)] += p.delta_minor
-            if p.hold is not None:
-                _, account, token, _ = self._hold_row(p.hold)
-                owner = holds.setdefault(p.hold, [p.account, p.token, 0])
-                if (account is not None and (account, token) != (p.account, p.token)) or owner[:2] != [p.account,
-                                                                                                     p.token]:
-                    raise InvalidParams(f"hold {p.hold!r} belongs to another account or token")
-                owner[2] += p.delta_minor
+            token, delta = p.token, p.delta_minor
+            per_token[token] = per_token.get(token, 0) + delta
+            pair = (p.account, token)
+            deltas = net.get(pair)
+            if deltas is None:
+                deltas = net[pair] = [0, 0]
+            if p.hold is None:  # _check_posting: available legs, and only they, name no hold
+                deltas[0] += delta
+                continue
+            deltas[1] += delta
+            _, account, hold_token, _ = self._hold_row(p.hold)
+            owner = holds.setdefault(p.hold, [p.account, token, 0])
+            if (account is not None and (account, hold_token) != pair) or (owner[0], owner[1]) != pair:
+                raise InvalidParams(f"hold {p.hold!r} belongs to another account or token")
+            owner[2] += delta
         for token, total in per_token.items():
             if total != 0:
                 raise InvalidParams(f"entry does not balance in {token}: postings sum to {total} minor units")
         for account in {a for a, _ in net}:
-            if is_user_account(account) and not self.account_exists(account) and account != "default":
+            if _classify(account) and not self.account_exists(account) and account != "default":
                 raise UnknownAccount(f"unknown account {account!r}")
         for (account, token), deltas in net.items():
-            if not is_user_account(account):
+            if not _classify(account):
                 continue
-            have = self.balance(account, token)
+            have = self._balance_row(account, token)
             for i, bucket in enumerate(BUCKETS):
-                if deltas[i] < 0 and have[i] + deltas[i] < 0:
+                if deltas[i] < 0 and have[i + 1] + deltas[i] < 0:
                     dec = self.tokens[token].decimals
                     raise InsufficientFunds(f"insufficient {bucket} {token}: need {fmt_minor(-deltas[i], dec)}, "
-                                            f"have {fmt_minor(have[i], dec)}")
+                                            f"have {fmt_minor(have[i + 1], dec)}")
         for hold, (account, token, delta) in holds.items():
             remaining = self.hold_remaining(hold)
             if remaining + delta < 0:
@@ -262,26 +277,23 @@ class LedgerTx(Tx):
         return {"balances": net, "holds": holds}
 
     def _apply(self, postings: list[Posting], net: dict) -> None:
+        """Change balances and holds in the cache; their rows are written once per batch by flush()."""
         for account in {p.account for p in postings}:
             self.ensure_account(account)
         for (account, token), (d_available, d_locked) in net["balances"].items():
             rowid, available, locked = self._balance_row(account, token)
-            available, locked = available + d_available, locked + d_locked
             if rowid is None:
                 rowid = self.conn.execute("INSERT INTO ledger_balances (key_hash, value) VALUES (?, x'')",
                                           (self.lookup("balance", f"{account}\x00{token}"),)).lastrowid
-            value = self.seal_json("ledger_balances", "value", rowid, [account, token, available, locked])
-            self.conn.execute("UPDATE ledger_balances SET value = ? WHERE id = ?", (value, rowid))
-            self.cache_put("bal", (account, token), (rowid, available, locked))
+            self.cache_put("bal", (account, token), (rowid, available + d_available, locked + d_locked))
+            self.cache_put(DIRTY, ("bal", account, token), rowid)
         for hold, (account, token, delta) in net["holds"].items():
             rowid, _, _, remaining = self._hold_row(hold)
-            remaining += delta
             if rowid is None:
                 rowid = self.conn.execute("INSERT INTO ledger_holds (hold_hash, value) VALUES (?, x'')",
                                           (self.lookup("hold", hold),)).lastrowid
-            value = self.seal_json("ledger_holds", "value", rowid, [hold, account, token, remaining])
-            self.conn.execute("UPDATE ledger_holds SET value = ? WHERE id = ?", (value, rowid))
-            self.cache_put("hold", hold, (rowid, account, token, remaining))
+            self.cache_put("hold", hold, (rowid, account, token, remaining + delta))
+            self.cache_put(DIRTY, ("hold", hold), rowid)
 
     def _append(self, key: str, key_hash: bytes, kind: str, postings: list[Posting], memo, links) -> dict:
         last_id, last_mac = self._head()
@@ -289,14 +301,43 @@ class LedgerTx(Tx):
         body = {"key": key, "kind": kind, "ts": round(self.now, 6),
                 "postings": [[p.account, p.token, p.bucket, p.delta_minor, p.hold] for p in postings],
                 "memo": memo, "links": links}
-        body_ct = self.seal_json("ledger_journal", "body", entry_id, body)
+        body_ct = self.keys.cipher.seal(b"ledger_journal|body|%d" % entry_id, dumps(body))
         mac = self.keys.chain_mac(last_mac, entry_id.to_bytes(8, "big"), key_hash, body_ct)
         self.conn.execute("INSERT INTO ledger_journal (id, key_hash, body, mac) VALUES (?, ?, ?, ?)",
                           (entry_id, key_hash, body_ct, mac))
-        head_mac = self.keys.chain_mac(b"head", entry_id.to_bytes(8, "big"), mac)
-        self.conn.execute("INSERT OR REPLACE INTO ledger_head VALUES (1, ?, ?, ?)", (entry_id, mac, head_mac))
         self.cache_put("head", 0, (entry_id, mac))
+        self.cache_put(DIRTY, ("head",), entry_id)
         return entry_dict(entry_id, body, self.tokens)
+
+    def flush(self) -> None:
+        """Write the balance rows, holds and journal head the batch's ops changed, once each, before COMMIT."""
+        dirty = self.cache.get(DIRTY)
+        if not dirty:
+            return
+        seal = self.keys.cipher.seal
+        balances, holds, head = [], [], None
+        bal_cache, hold_cache = self.cache.get("bal", {}), self.cache.get("hold", {})
+        for item, rowid in dirty.items():
+            if item[0] == "bal":
+                account, token = item[1], item[2]
+                _, available, locked = bal_cache[(account, token)]
+                balances.append((seal(b"ledger_balances|value|%d" % rowid, dumps([account, token, available, locked])),
+                                 rowid))
+            elif item[0] == "hold":
+                hold = item[1]
+                _, account, token, remaining = hold_cache[hold]
+                holds.append((seal(b"ledger_holds|value|%d" % rowid, dumps([hold, account, token, remaining])), rowid))
+            else:
+                head = self.cache["head"][0]
+        if balances:
+            self.conn.executemany("UPDATE ledger_balances SET value = ? WHERE id = ?", balances)
+        if holds:
+            self.conn.executemany("UPDATE ledger_holds SET value = ? WHERE id = ?", holds)
+        if head is not None:
+            entry_id, mac = head
+            head_mac = self.keys.chain_mac(b"head", entry_id.to_bytes(8, "big"), mac)
+            self.conn.execute("INSERT OR REPLACE INTO ledger_head VALUES (1, ?, ?, ?)", (entry_id, mac, head_mac))
+        dirty.clear()
 
 
 def _post(tx: LedgerTx, key: str, kind: str, postings: list[Posting]) -> dict:

@@ -27,6 +27,7 @@ WRONG_PASSWORD_BASE_DELAY_S = 0.25
 WRONG_PASSWORD_MAX_DELAY_S = 8.0
 _STOP = object()
 _MISSING = object()
+DIRTY = "dirty"  # writer-cache namespace of rows an op changed in the cache only; Tx.flush writes them
 
 CORE_SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
@@ -46,8 +47,31 @@ def aad(table: str, column: str, rowid: object) -> bytes:
     return f"{table}|{column}|{rowid}".encode()
 
 
+def _make_compact_encoder() -> Callable[[object], str]:
+    """One reusable C encoder (json.dumps builds a new encoder per call); same output as dumps(separators=",:")."""
+    reference = json.JSONEncoder(separators=(",", ":"))
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return reference.encode
+    try:  # markers=None: no circular check (our values are trees), so one encoder is safe in every thread
+        c_encoder = make(None, reference.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False,
+                         True)
+        probe = {"a": [1, -2.5, None, True, "\u00e9\n\x00"], "b": {}}
+        if "".join(c_encoder(probe, 0)) != reference.encode(probe):
+            return reference.encode
+    except TypeError:
+        return reference.encode
+    return lambda obj: "".join(c_encoder(obj, 0))
+
+
+_encode_compact = _make_compact_encoder()
+
+
 def dumps(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    """Compact JSON bytes (the sealed form of every stored value)."""
+    if isinstance(obj, str):  # the C encoder only takes containers and scalars nested in them
+        return json.dumps(obj, separators=(",", ":")).encode()
+    return _encode_compact(obj).encode()
 
 
 class UnlockTimer:
@@ -127,13 +151,19 @@ class Tx(_Access):
         self._undo: list[tuple[dict, object, object]] = []
 
     def cache_get(self, namespace: str, key: object, default: object = None) -> Any:
-        return self.cache.get(namespace, {}).get(key, default)
+        space = self.cache.get(namespace)
+        return default if space is None else space.get(key, default)
 
     def cache_put(self, namespace: str, key: object, value: object) -> None:
         """Set a writer-cache entry; undone if this operation's savepoint rolls back."""
-        space = self.cache.setdefault(namespace, {})
+        space = self.cache.get(namespace)
+        if space is None:
+            space = self.cache[namespace] = {}
         self._undo.append((space, key, space.get(key, _MISSING)))
         space[key] = value
+
+    def flush(self) -> None:
+        """Write what ops of this batch left in the cache for the batch's end (called before COMMIT)."""
 
     def rollback_cache(self) -> None:
         for space, key, old in reversed(self._undo):
@@ -394,30 +424,39 @@ class Wallet:
                     for _ in batch]
 
     def _run_batch_ops(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[outcome.Outcome]:
-        conn.execute("BEGIN IMMEDIATE")
+        execute, cache, factory = conn.execute, self._cache, self.tx_factory
+        execute("BEGIN IMMEDIATE")
         results: list[outcome.Outcome] = []
+        append = results.append
         for op in batch:
             if op.keys is not self._cache_keys:
-                self._cache.clear()
+                self._flush(conn)
+                cache.clear()
                 self._cache_keys = op.keys
-            tx = self.tx_factory(conn, op.keys, self._cache)
+            tx = factory(conn, op.keys, cache)
             tx.absent = op.absent
-            conn.execute("SAVEPOINT op")
+            execute("SAVEPOINT op")
             try:
                 value = op.fn(tx, *op.args)
             except BaseException as exc:  # the op's own failure goes to its caller; the batch goes on
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
+                execute("ROLLBACK TO op")
+                execute("RELEASE op")
                 tx.rollback_cache()
-                results.append(outcome.Error(exc))
+                append(outcome.Error(exc))
             else:
-                conn.execute("RELEASE op")
-                results.append(outcome.Value(value))
-        conn.execute("COMMIT")
+                execute("RELEASE op")
+                append(outcome.Value(value))
+        self._flush(conn)
+        execute("COMMIT")
         self.stats["transactions"] += 1
         self.stats["ops"] += len(batch)
         self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
         return results
+
+    def _flush(self, conn: sqlite3.Connection) -> None:
+        """Deferred writes of the ops so far (e.g. balance rows touched many times), in the batch's transaction."""
+        if self._cache.get(DIRTY):
+            self.tx_factory(conn, self._cache_keys, self._cache).flush()
 
     @staticmethod
     def _deliver(batch: list[_Op], results: list[outcome.Outcome]) -> None:
