@@ -53,3 +53,16 @@ def test_onramp_without_a_provider_says_so(daemon_factory):
     answer = json.loads(d.raw(b'{"jsonrpc":"2.0","method":"onramp.pending","id":1}\n'))
     assert answer["error"]["code"] == -32032, answer
     assert "onramp" in answer["error"]["message"]
+
+
+def test_healthz_names_what_does_not_answer(daemon_factory):
+    """With the RPC socket gone (unlinked under the running daemon), /healthz answers 503 naming it."""
+    import os
+
+    d = daemon_factory().start()
+    base = http_base(d)
+    os.unlink(d.socket)
+    r = httpx.get(base + "/healthz", timeout=10)
+    assert r.status_code == 503
+    body = r.json()
+    assert body["status"] == "unavailable" and "rpc_socket" in body["failing"]

@@ -153,3 +153,10 @@ def test_hook_daemon_stopping(plugged):
     assert not any(r["hook"] == "daemon_stopping" for r in records(log))
     assert d.stop() == 0
     assert [r["hook"] for r in records(log)].count("daemon_stopping") == 1
+
+
+def test_rpc_reference_is_generated_from_rpc_discover():
+    """docs/rpc.md is what `python -m tachyond.docgen` writes: no method goes undocumented or stale."""
+    from tachyond.docgen import discover_document, render
+
+    assert (ROOT / "docs" / "rpc.md").read_text() == render(discover_document()), "run `make docs`"
