@@ -34,6 +34,15 @@ def require_tool(name: str) -> str:
     pytest.skip(f"{name} is not installed here (.ci/run installs it)")
 
 
+def require_root() -> None:
+    """Tests that drop to another uid need root: CI runs as root, so there a non-root run fails, never skips."""
+    if os.geteuid() == 0:
+        return
+    if IN_CI:
+        pytest.fail("this test drops to another uid and needs root; CI runs as root")
+    pytest.skip("dropping to another uid needs root (CI runs as root)")
+
+
 @pytest.fixture
 def sockdir() -> Iterator[Path]:
     """A short directory for Unix sockets (paths are limited to 108 bytes)."""

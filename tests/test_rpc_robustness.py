@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from conftest import base_document, run_ctl
+from conftest import base_document, require_root, run_ctl
 
 
 def test_two_mib_line_gets_invalid_request_and_close_while_others_are_served(daemon_factory):
@@ -99,9 +99,9 @@ def _nobody():
     return pw.pw_uid, pw.pw_gid
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another uid needs root (CI runs as root)")
 def test_other_uid_is_refused_by_peer_credentials(daemon_factory, sockdir):
     """nobody can open the socket file (group mode) but SO_PEERCRED refuses it: not us, not root, not the group's primary gid."""
+    require_root()
     group = "tachytest"
     try:
         gid = grp.getgrnam(group).gr_gid
@@ -130,9 +130,9 @@ def test_other_uid_is_refused_by_peer_credentials(daemon_factory, sockdir):
     assert d.call("daemon.info")["version"]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another uid needs root (CI runs as root)")
 def test_other_uid_is_refused_by_socket_mode(daemon_factory, sockdir):
     """With the default 0600 the file mode refuses nobody; tachyon-ctl says so and exits 3."""
+    require_root()
     os.chmod(sockdir, 0o755)
     d = daemon_factory().start()
     assert os.stat(d.socket).st_mode & 0o777 == 0o600
