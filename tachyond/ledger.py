@@ -13,7 +13,7 @@ from typing import Iterable
 from .amounts import Token, fmt_minor
 from .errors import (AmountError, Conflict, InsufficientFunds, IntegrityError, InvalidParams, UnknownAccount,
                      UnknownToken)
-from .wallet.store import DIRTY, ReadTx, Tx, Wallet, dumps
+from .wallet.store import _MISSING, DIRTY, ReadTx, Tx, Wallet, dumps
 
 BUCKETS = ("available", "locked")
 MAX_KEY_CHARS = 256
@@ -99,13 +99,16 @@ def _check_text(what: str, value: object, max_chars: int) -> str:
     return value
 
 
+_fmt_minor = functools.lru_cache(maxsize=4096)(fmt_minor)  # entries repeat the same few amounts
+
+
 def entry_dict(entry_id: int, body: dict, tokens: dict[str, Token]) -> dict:
     """The public shape of a journal entry, amounts as decimal strings plus *_minor ints."""
     postings = []
     for account, token, bucket, delta, hold in body["postings"]:
         tok = tokens.get(token)
         postings.append({"account": account, "token": token, "bucket": bucket,
-                         "amount": fmt_minor(delta, tok.decimals) if tok else None, "amount_minor": delta,
+                         "amount": _fmt_minor(delta, tok.decimals) if tok else None, "amount_minor": delta,
                          "hold": hold})
     return {"id": entry_id, "key": body["key"], "kind": body["kind"], "ts": body["ts"], "postings": postings,
             "memo": body["memo"], "links": body["links"]}
@@ -117,15 +120,26 @@ class LedgerTx(Tx):
     def __init__(self, conn, keys, cache, *, tokens: dict[str, Token]):
         super().__init__(conn, keys, cache)
         self.tokens = tokens
+        # The writer-cache namespaces, held directly: the hot path reads them several times per entry.
+        self._accts = cache.setdefault("acct", {})
+        self._bals = cache.setdefault("bal", {})
+        self._holds = cache.setdefault("hold", {})
+        self._heads = cache.setdefault("head", {})
+        self._dirty = cache.setdefault(DIRTY, {})
+
+    def _put(self, space: dict, key: object, value: object) -> None:
+        """cache_put on a namespace dict: undone if this operation's savepoint rolls back."""
+        self._undo.append((space, key, space.get(key, _MISSING)))
+        space[key] = value
 
     # ----- accounts -----
     def account_exists(self, name: str) -> bool:
-        known = self.cache_get("acct", name)
+        known = self._accts.get(name)
         if known is None:
             row = self.conn.execute("SELECT 1 FROM ledger_accounts WHERE name_hash = ?",
                                     (self.lookup("account", name),)).fetchone()
             known = row is not None
-            self.cache_put("acct", name, known)
+            self._put(self._accts, name, known)
         return known
 
     def ensure_account(self, name: str) -> bool:
@@ -137,12 +151,12 @@ class LedgerTx(Tx):
                                 (self.lookup("account", name),))
         value = self.seal_json("ledger_accounts", "value", cur.lastrowid, {"name": name, "created_at": self.now})
         self.conn.execute("UPDATE ledger_accounts SET value = ? WHERE id = ?", (value, cur.lastrowid))
-        self.cache_put("acct", name, True)
+        self._put(self._accts, name, True)
         return True
 
     # ----- balances and holds (decrypted once, then served from the writer's cache) -----
     def _balance_row(self, account: str, token: str) -> tuple[int | None, int, int]:
-        cached = self.cache_get("bal", (account, token))
+        cached = self._bals.get((account, token))
         if cached is None:
             row = self.conn.execute("SELECT id, value FROM ledger_balances WHERE key_hash = ?",
                                     (self.lookup("balance", f"{account}\x00{token}"),)).fetchone()
@@ -153,7 +167,7 @@ class LedgerTx(Tx):
                 if (acc, tok) != (account, token):
                     raise IntegrityError(f"stored balance at ledger_balances|value|{row[0]} belongs to another row")
                 cached = (row[0], available, locked)
-            self.cache_put("bal", (account, token), cached)
+            self._put(self._bals, (account, token), cached)
         return cached
 
     def balance(self, account: str, token: str) -> tuple[int, int]:
@@ -162,7 +176,7 @@ class LedgerTx(Tx):
         return available, locked
 
     def _hold_row(self, hold: str) -> tuple[int | None, str | None, str | None, int]:
-        cached = self.cache_get("hold", hold)
+        cached = self._holds.get(hold)
         if cached is None:
             row = self.conn.execute("SELECT id, value FROM ledger_holds WHERE hold_hash = ?",
                                     (self.lookup("hold", hold),)).fetchone()
@@ -173,7 +187,7 @@ class LedgerTx(Tx):
                 if name != hold:
                     raise IntegrityError(f"stored hold at ledger_holds|value|{row[0]} belongs to another row")
                 cached = (row[0], account, token, remaining)
-            self.cache_put("hold", hold, cached)
+            self._put(self._holds, hold, cached)
         return cached
 
     def hold_remaining(self, hold: str) -> int:
@@ -182,11 +196,11 @@ class LedgerTx(Tx):
 
     # ----- the journal -----
     def _head(self) -> tuple[int, bytes]:
-        head = self.cache_get("head", 0)
+        head = self._heads.get(0)
         if head is None:
             row = self.conn.execute("SELECT last_id, last_mac FROM ledger_head WHERE one = 1").fetchone()
             head = (row[0], bytes(row[1])) if row else (0, ZERO_MAC)
-            self.cache_put("head", 0, head)
+            self._put(self._heads, 0, head)
         return head
 
     def post_entry(self, key: str, kind: str, postings: Iterable[Posting], memo: str | None = None,
@@ -285,15 +299,15 @@ class LedgerTx(Tx):
             if rowid is None:
                 rowid = self.conn.execute("INSERT INTO ledger_balances (key_hash, value) VALUES (?, x'')",
                                           (self.lookup("balance", f"{account}\x00{token}"),)).lastrowid
-            self.cache_put("bal", (account, token), (rowid, available + d_available, locked + d_locked))
-            self.cache_put(DIRTY, ("bal", account, token), rowid)
+            self._put(self._bals, (account, token), (rowid, available + d_available, locked + d_locked))
+            self._put(self._dirty, ("bal", account, token), rowid)
         for hold, (account, token, delta) in net["holds"].items():
             rowid, _, _, remaining = self._hold_row(hold)
             if rowid is None:
                 rowid = self.conn.execute("INSERT INTO ledger_holds (hold_hash, value) VALUES (?, x'')",
                                           (self.lookup("hold", hold),)).lastrowid
-            self.cache_put("hold", hold, (rowid, account, token, remaining + delta))
-            self.cache_put(DIRTY, ("hold", hold), rowid)
+            self._put(self._holds, hold, (rowid, account, token, remaining + delta))
+            self._put(self._dirty, ("hold", hold), rowid)
 
     def _append(self, key: str, key_hash: bytes, kind: str, postings: list[Posting], memo, links) -> dict:
         last_id, last_mac = self._head()
@@ -305,18 +319,18 @@ class LedgerTx(Tx):
         mac = self.keys.chain_mac(last_mac, entry_id.to_bytes(8, "big"), key_hash, body_ct)
         self.conn.execute("INSERT INTO ledger_journal (id, key_hash, body, mac) VALUES (?, ?, ?, ?)",
                           (entry_id, key_hash, body_ct, mac))
-        self.cache_put("head", 0, (entry_id, mac))
-        self.cache_put(DIRTY, ("head",), entry_id)
+        self._put(self._heads, 0, (entry_id, mac))
+        self._put(self._dirty, ("head",), entry_id)
         return entry_dict(entry_id, body, self.tokens)
 
     def flush(self) -> None:
         """Write the balance rows, holds and journal head the batch's ops changed, once each, before COMMIT."""
-        dirty = self.cache.get(DIRTY)
+        dirty = self._dirty
         if not dirty:
             return
         seal = self.keys.cipher.seal
         balances, holds, head = [], [], None
-        bal_cache, hold_cache = self.cache.get("bal", {}), self.cache.get("hold", {})
+        bal_cache, hold_cache = self._bals, self._holds
         for item, rowid in dirty.items():
             if item[0] == "bal":
                 account, token = item[1], item[2]
@@ -328,7 +342,7 @@ class LedgerTx(Tx):
                 _, account, token, remaining = hold_cache[hold]
                 holds.append((seal(b"ledger_holds|value|%d" % rowid, dumps([hold, account, token, remaining])), rowid))
             else:
-                head = self.cache["head"][0]
+                head = self._heads[0]
         if balances:
             self.conn.executemany("UPDATE ledger_balances SET value = ? WHERE id = ?", balances)
         if holds:

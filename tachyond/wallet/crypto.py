@@ -119,4 +119,4 @@ class WalletKeys:
 
     def chain_mac(self, *parts: bytes) -> bytes:
         """HMAC over length-prefixed parts with the journal chain key."""
-        return hmac.digest(self.chain_key, b"".join(len(p).to_bytes(4, "big") + bytes(p) for p in parts), "sha256")
+        return hmac.digest(self.chain_key, b"".join([len(p).to_bytes(4, "big") + bytes(p) for p in parts]), "sha256")

@@ -424,7 +424,7 @@ class Wallet:
                     for _ in batch]
 
     def _run_batch_ops(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[outcome.Outcome]:
-        execute, cache, factory = conn.execute, self._cache, self.tx_factory
+        execute, cache, factory = conn.cursor().execute, self._cache, self.tx_factory  # one cursor for the batch
         execute("BEGIN IMMEDIATE")
         results: list[outcome.Outcome] = []
         append = results.append
