@@ -18,7 +18,7 @@ from .errors import TachyonError
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_document_toml, load
 from .metrics import Metrics
 from .plugins import PluginLoadError, Plugins
-from .rpc import Dispatcher, Param, Registry, RpcServer, SocketInUse
+from .rpc import Dispatcher, Registry, RpcServer, SocketInUse
 from .systemd import Notifier, serve_watchdog, watchdog_interval_s
 from .wallet_api import register_wallet_methods
 

@@ -410,7 +410,7 @@ class RpcServer:
         room.set()
 
         async def answer(line: bytes) -> None:
-            nonlocal in_flight, room
+            nonlocal in_flight
             try:
                 out = await self.dispatcher.handle_line(line)
                 if out is not None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import PLUGIN_SITE, ROOT, base_document, write_config
+from conftest import PLUGIN_SITE, ROOT, base_document
 from tachyond import hookspecs
 
 HOOKS = sorted(name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)

@@ -19,6 +19,7 @@ from hypercorn.trio import serve
 import tachyon_stripe
 from tachyon_stripe.emulator import EmulatorConfig, StripeEmulator, serve_emulator
 from tachyon_stripe.provider import StripeOnrampProvider
+from webhook_receiver import Receiver
 from tachyond import PROJECT, hookspecs
 from tachyond.config import ConfigError
 from tachyond.errors import OnrampError
@@ -39,36 +40,6 @@ def sign(body: bytes, *secrets: str, timestamp: int | None = None, scheme: str =
     t = int(time.time()) if timestamp is None else timestamp
     sigs = [f"{scheme}={hmac.new(s.encode(), f'{t}.'.encode() + body, hashlib.sha256).hexdigest()}" for s in secrets]
     return ",".join([f"t={t}", *sigs])
-
-
-class Receiver:
-    """A real webhook endpoint: records bodies and headers, answers 200."""
-
-    def __init__(self):
-        self.requests: list[tuple[bytes, dict[str, str]]] = []
-        self._changed = trio.Event()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        self.requests.append((body, {k.decode(): v.decode() for k, v in scope["headers"]}))
-        self._changed.set()
-        self._changed = trio.Event()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    async def wait_for(self, count: int) -> None:
-        while len(self.requests) < count:
-            await self._changed.wait()
 
 
 async def start(nursery, *, secrets=(NEW,), clock=None, **config):

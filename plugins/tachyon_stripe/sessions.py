@@ -220,7 +220,7 @@ def validate_create(params: Mapping[str, Any], unsupported_ips: tuple[str, ...] 
                            "lock_wallet_address is true but no wallet address was provided.", "lock_wallet_address")
     speed = p.get("settlement_speed", "instant")
     if speed not in ("instant", "standard"):
-        raise ApiError(400, f"Invalid settlement_speed: must be one of instant, standard", param="settlement_speed")
+        raise ApiError(400, "Invalid settlement_speed: must be one of instant, standard", param="settlement_speed")
     if "customer_ip_address" in p:
         try:
             ip = ipaddress.ip_address(str(p["customer_ip_address"]).strip())
