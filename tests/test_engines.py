@@ -267,6 +267,19 @@ async def test_memory_engine_compact_drops_applied_events(tmp_path):
         await eng.aclose()
 
 
+async def test_memory_engine_log_is_bounded(tmp_path):
+    eng = make_engine("memory", tmp_path, log_limit=4)
+    with trio.fail_after(TIMEOUT_S):
+        await eng.start(MARKETS)
+        events = await submit_all(eng, *(order(f"o{i}", "buy", 50 + i, 1) for i in range(40)))
+        tail = await eng.events_after(36)
+        assert tail == events[36:]
+        with pytest.raises(EngineError, match="are gone"):
+            await eng.events_after(0)
+        assert await eng.last_seq() == 40
+        await eng.aclose()
+
+
 # --- SQLite engine ----------------------------------------------------------------------------------------
 
 
