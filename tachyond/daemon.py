@@ -72,6 +72,7 @@ class Daemon:
                 self._claim(self.address_validators, "address validator for network", plugin, name, args[1] if len(args) > 1 else kw["fn"])
             for plugin, name, args, kw in self.plugins.collect("register_background_tasks"):
                 self.background_tasks.append((plugin, name, args[1] if len(args) > 1 else kw["fn"]))
+            self._check_config_against_plugins()
             self.build_services()
             register_core_methods(self)
             register_wallet_methods(self)
@@ -82,14 +83,20 @@ class Daemon:
                     raise PluginLoadError(str(exc)) from None
         except PluginLoadError as exc:
             raise StartupError(str(exc)) from None
+
+    def _check_config_against_plugins(self) -> None:
+        """Engines and providers the config names must be provided by a loaded plugin (a ConfigError otherwise)."""
+        engines = ", ".join(sorted(self.engine_factories)) or "none"
         for i, market in enumerate(self.config.markets):
             if market.engine not in self.engine_factories:
-                have = ", ".join(sorted(self.engine_factories)) or "none"
-                raise StartupError(f"markets[{i}].engine: no loaded plugin provides engine {market.engine!r} (available: {have})")
+                raise ConfigError(f"markets[{i}].engine", f"no loaded plugin provides engine {market.engine!r} (available: {engines})")
+        for name in self.config.engines:
+            if name not in self.engine_factories:
+                raise ConfigError(f"engines.{name}", f"no loaded plugin provides engine {name!r} (available: {engines})")
+        providers = ", ".join(sorted(self.provider_factories)) or "none"
         for name in self.config.onramp:
             if name not in self.provider_factories:
-                have = ", ".join(sorted(self.provider_factories)) or "none"
-                raise StartupError(f"onramp.{name}: no loaded plugin provides onramp provider {name!r} (available: {have})")
+                raise ConfigError(f"onramp.{name}", f"no loaded plugin provides onramp provider {name!r} (available: {providers})")
 
     @staticmethod
     def _claim(table: dict[str, Any], what: str, plugin: str, name: Any, value: Any) -> None:
@@ -163,8 +170,10 @@ class Daemon:
 
                     try:
                         self.http_binds = await servers.start(serve_http, self, self.shutdown)
-                    except OSError as exc:
-                        raise StartupError(f"http.listen: cannot listen on {', '.join(cfg.http.listen)}: {exc.strerror or exc}") from None
+                    except* OSError as group:  # hypercorn binds inside its own nursery
+                        exc = _leaves(group)[0]
+                        raise StartupError(f"http.listen: cannot listen on {', '.join(cfg.http.listen)}: "
+                                           f"{getattr(exc, 'strerror', None) or exc}") from None
                 for plugin, name, fn in self.background_tasks:
                     nursery.start_soon(self._plugin_task, plugin, name, fn)
                 interval = watchdog_interval_s()
@@ -190,10 +199,9 @@ class Daemon:
         self.wallet = Wallet(self.config.daemon.data_dir)
         self.ledger = Ledger(self.wallet, self.config.token_map())
         # Each service registers its wallet schema and its RPC methods in its constructor.
-        if self.config.markets:
-            from .dex import DexService
+        from .dex import DexService
 
-            self.dex = DexService(self)
+        self.dex = DexService(self)  # always: with no [[markets]], dex.markets is [] and orders name an unknown market
         # Always present: with no [onramp.*] table, onramp.* answers "not configured" rather than "method not found".
         from .onramp import OnrampService
 
@@ -330,13 +338,39 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tachyond: {config.source}: configuration OK")
             return 0
         trio.run(_run, config)
-    except (StartupError, ConfigError) as exc:
-        log.error("cannot start: %s", exc)
-        print(f"tachyond: cannot start: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
         return 0
+    except BaseException as exc:  # noqa: BLE001 - a start-up failure becomes one line, whatever nursery raised it
+        failure = startup_failure(exc)
+        if failure is None:
+            raise
+        code, message = failure
+        print(f"tachyond: {'config error' if code == 2 else 'cannot start'}: {message}", file=sys.stderr)
+        return code
     return 0
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, in order."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def startup_failure(exc: BaseException) -> tuple[int, str] | None:
+    """(exit code, one line) for a start-up failure, however deep in exception groups trio put it; else None."""
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, ConfigError):
+            return 2, str(leaf)
+    for leaf in leaves:
+        if isinstance(leaf, StartupError):
+            return 1, str(leaf)
+    for leaf in leaves:
+        if isinstance(leaf, OSError) and leaf.errno is not None:
+            where = f" ({leaf.filename})" if leaf.filename else ""
+            return 1, f"{leaf.strerror or leaf}{where}"
+    return None
 
 
 async def _run(config: Config) -> None:

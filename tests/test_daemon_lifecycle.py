@@ -208,3 +208,42 @@ def test_print_default_config_round_trips(sockdir):
 def test_missing_config_file_is_one_clear_line(sockdir):
     r = subprocess.run([sys.executable, "-m", "tachyond", "--config", str(sockdir / "nope.toml")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def _one_line_failure(path, expect_code: int, expect_text: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "tachyond", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == expect_code, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("tachyond: ") and expect_text in lines[0], r.stderr
+
+
+def test_busy_http_port_is_one_line(sockdir):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = write_config(sockdir, base_document(sockdir, http={"listen": [f"127.0.0.1:{port}"]}))
+        _one_line_failure(path, 1, "http.listen")
+
+
+def test_wrong_password_file_is_one_line(sockdir):
+    import trio
+
+    from tachyond.wallet.store import Wallet
+
+    async def create() -> None:
+        async with Wallet(sockdir / "data") as w:
+            await w.create("the right one")
+
+    trio.run(create)
+    (sockdir / "pw").write_text("not it\n")
+    path = write_config(sockdir, base_document(sockdir, wallet={"password_file": str(sockdir / "pw")}))
+    _one_line_failure(path, 1, "wallet.password_file: wrong password")
+
+
+def test_provider_table_without_its_plugin_is_a_config_error(sockdir):
+    path = write_config(sockdir, base_document(sockdir, onramp={"paypal": {"x": 1}}))
+    _one_line_failure(path, 2, "onramp.paypal")
+    path = write_config(sockdir, base_document(sockdir, engines={"quantum": {}}))
+    _one_line_failure(path, 2, "engines.quantum")
