@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
 import re
 
 from .errors import AmountError
 
 _DECIMAL_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+MAX_DECIMAL_CHARS = 64
+
+# Arithmetic on amounts never rounds: the default context keeps 28 significant digits and would silently
+# round "1.0000000000000000000000000000001"; this one is wide enough for any accepted input and raises
+# instead of rounding.
+EXACT = Context(prec=200, traps=[Inexact, Rounded, InvalidOperation, Overflow])
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,8 @@ def parse_decimal(value: object, what: str = "amount") -> Decimal:
             raise AmountError(f"{what} must be finite")
         return value
     text = str(value).strip()
+    if len(text) > MAX_DECIMAL_CHARS:
+        raise AmountError(f"{what} has more than {MAX_DECIMAL_CHARS} characters")
     if not _DECIMAL_RE.match(text):
         raise AmountError(f"{what} {value!r} is not a plain non-negative decimal such as \"12.5\"")
     try:
@@ -46,7 +54,7 @@ def to_minor(value: object, decimals: int, symbol: str, *, allow_zero: bool = Fa
     dec = parse_decimal(value, what)
     if dec < 0:
         raise AmountError(f"{what} {value} is negative")
-    scaled = dec.scaleb(decimals)
+    scaled = dec.scaleb(decimals, context=EXACT)
     if scaled != scaled.to_integral_value():
         raise AmountError(f"{value} is finer than {symbol}'s {decimals} decimals")
     minor = int(scaled)

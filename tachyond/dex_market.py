@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, Inexact, Rounded
 from typing import Mapping
 
-from .amounts import Token, fmt_minor, parse_decimal
+from .amounts import EXACT, Token, fmt_minor, parse_decimal
 from .config import MarketConfig
 from .errors import AmountError, OrderRejected
 
@@ -55,7 +55,10 @@ class Market:
             dec = parse_decimal(value, what)
         except AmountError as exc:
             raise OrderRejected(exc.message) from None
-        steps = dec / step
+        try:
+            steps = EXACT.divide(dec, step)
+        except (Inexact, Rounded):  # an endless quotient is no whole number of steps
+            steps = Decimal("0.5")
         if steps != steps.to_integral_value():
             raise OrderRejected(f"{what} {value} is off the {step_name} {step} of {self.symbol}")
         if steps <= 0:

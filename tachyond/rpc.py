@@ -204,8 +204,8 @@ class Dispatcher:
     async def handle_line(self, line: bytes) -> bytes | None:
         """Answer one line (a request or a batch); None when nothing is to be sent back."""
         try:
-            doc = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            doc = json.loads(line, parse_constant=_no_constant)
+        except (ValueError, RecursionError):  # bad JSON or UTF-8, NaN/Infinity, an integer past Python's digit limit
             return _dump(_error(errors.PARSE_ERROR, "Parse error", None))
         if isinstance(doc, list):
             if not doc:
@@ -271,8 +271,15 @@ class Dispatcher:
             self.metrics.rpc_errors.labels(label, str(code)).inc()
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _dump(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate (e.g. an id of "\ud800") is only expressible escaped
+        return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 # --- the socket server -----------------------------------------------------------------------------

@@ -40,6 +40,10 @@ async def test_qty_off_the_lot_is_refused(dexd):
         err = await rpc_error(dexd, "dex.place_order", {"account": "lot-a", "market": "LOT/USDC", "side": "buy",
                                                         "type": "limit", "price": "10", "qty": "0.00001"})
         assert (err.code, err.message) == (-32021, "qty 0.00001 is off the lot 0.0001 of LOT/USDC")
+        # Past Decimal's default 28 digits the quantity is still refused, never rounded onto the lot.
+        err = await rpc_error(dexd, "dex.place_order", {"account": "lot-a", "market": "LOT/USDC", "side": "buy",
+                                                        "type": "limit", "price": "10", "qty": "1.000000000000000000000000000001"})
+        assert err.code == -32021 and "off the lot" in err.message
         assert await rpc(dexd, "dex.orders", {"account": "lot-a"}) == []
 
 

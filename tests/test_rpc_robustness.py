@@ -150,3 +150,23 @@ def test_socket_created_with_configured_mode(daemon_factory, sockdir):
     d = daemon_factory(base_document(sockdir, daemon={"socket_mode": "0660"})).start()
     assert os.stat(d.socket).st_mode & 0o777 == 0o660
     assert run_ctl("status", socket_path=d.socket).returncode == 0
+
+
+@pytest.mark.parametrize("line", [
+    b'{"jsonrpc":"2.0","method":"daemon.info","id":1,"params":[' + b"1" * 5000 + b"]}",
+    b'{"jsonrpc":"2.0","method":"daemon.info","id":NaN}',
+    b'{"jsonrpc":"2.0","method":"daemon.info","id":Infinity}',
+    b'\xff\xfe{"jsonrpc":"2.0"}',
+])
+def test_json_edge_cases_are_parse_errors(daemon_factory, line):
+    d = daemon_factory().start()
+    msg = json.loads(d.raw(line + b"\n"))
+    assert msg == {"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": None}
+    assert d.call("daemon.info")["version"]
+
+
+def test_a_lone_surrogate_id_is_echoed_escaped(daemon_factory):
+    d = daemon_factory().start()
+    raw = d.raw(b'{"jsonrpc":"2.0","method":"daemon.info","id":"\\ud800"}\n')
+    assert raw.endswith(b"\n") and raw.isascii()
+    assert json.loads(raw)["id"] == "\ud800"

@@ -159,3 +159,14 @@ def test_backup_while_running_opens_with_the_password(daemon_factory, sockdir):
     bal = {b["token"]: b for b in d2.call("ledger.balances", {"account": "default"})}
     assert bal["USDC"]["available"] == "42.00"
     assert d2.call("ledger.verify")["ok"] is True
+
+
+def test_amounts_past_decimal_precision_are_refused_not_rounded(daemon_factory, sockdir):
+    d = _wallet_daemon(daemon_factory, sockdir)
+    import json as _json
+
+    line = {"jsonrpc": "2.0", "method": "ledger.deposit", "id": 1,
+            "params": {"token": "USDC", "amount": "1.0000000000000000000000000000001", "reference": "precise"}}
+    answer = _json.loads(d.raw(_json.dumps(line).encode() + b"\n"))
+    assert answer["error"]["code"] == -32010 and "finer than USDC's 6 decimals" in answer["error"]["message"]
+    assert {b["token"]: b for b in d.call("ledger.balances", {"account": "default"})}["USDC"]["available_minor"] == 0
