@@ -83,7 +83,7 @@ class MarketConfig:
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     wallet: WalletConfig = field(default_factory=WalletConfig)
-    http: HttpConfig | None = field(default_factory=HttpConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     tokens: tuple[Token, ...] = ()
     markets: tuple[MarketConfig, ...] = ()
     engines: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -125,7 +125,7 @@ def from_mapping(raw: Mapping[str, Any], *, source: str = "<mapping>", dev: bool
         raise ConfigError("daemon", "the [daemon] table is required")
     daemon = _daemon(_table(raw, "daemon"))
     wallet = _wallet(_table(raw, "wallet")) if "wallet" in raw else WalletConfig()
-    http = _http(_table(raw, "http")) if "http" in raw else (HttpConfig() if dev else None)
+    http = _http(_table(raw, "http")) if "http" in raw else HttpConfig()  # absent: the documented defaults
     tokens = _tokens(raw.get("tokens", []))
     markets = _markets(raw.get("markets", []), {t.symbol: t for t in tokens})
     engines = _subtables(raw, "engines")

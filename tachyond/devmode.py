@@ -66,17 +66,18 @@ def dev_config(dir_: Path) -> Config:
 
 
 def print_banner(daemon: Any) -> None:
+    """The loud development-only banner on stderr; the one line to paste, once, on stdout."""
     sock = daemon.config.daemon.socket.resolve()
     lines = [
         BANNER,
         "tachyond --dev: DEVELOPMENT MODE. NOT FOR REAL MONEY.",
         f"data under {daemon.config.daemon.data_dir.resolve()}; the wallet password is in {DEV_PASSWORD_FILE} there.",
         "Stripe is the local emulator; nothing here reaches the internet.",
-        "In another terminal:",
-        f"export TACHYON_SOCKET={sock}",
+        "In another terminal, paste the export line printed on standard output:",
         BANNER,
     ]
     print("\n".join(lines), file=sys.stderr, flush=True)
+    print(f"export TACHYON_SOCKET={sock}", flush=True)
 
 
 # What the maker rests on the books so USDC bought through the emulator can trade at once:

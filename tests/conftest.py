@@ -90,11 +90,13 @@ class DaemonProc:
         self.cwd = cwd or dir_
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_path = dir_ / "tachyond.stderr"
+        self.stdout_path = dir_ / "tachyond.stdout"
 
     def start(self, *, wait: bool = True, timeout_s: float = 30) -> "DaemonProc":
         self._stderr = open(self.stderr_path, "ab")
+        self._stdout = open(self.stdout_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "tachyond", *self.args], cwd=self.cwd, env=self.env,
-                                     stdout=subprocess.DEVNULL, stderr=self._stderr, stdin=subprocess.DEVNULL)
+                                     stdout=self._stdout, stderr=self._stderr, stdin=subprocess.DEVNULL)
         if wait:
             self.wait_ready(timeout_s)
         return self
@@ -111,6 +113,12 @@ class DaemonProc:
             except (DaemonNotRunning, OSError):
                 time.sleep(0.05)
         raise AssertionError(f"tachyond did not answer within {timeout_s}s:\n{self.stderr()}")
+
+    def stdout(self) -> str:
+        try:
+            return self.stdout_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def stderr(self) -> str:
         try:
@@ -181,8 +189,9 @@ def daemon_factory(sockdir: Path) -> Iterator[Any]:
     yield make
     for p in procs:
         p.kill()
-        if p._stderr if hasattr(p, "_stderr") else False:
-            p._stderr.close()
+        for fh in (getattr(p, "_stderr", None), getattr(p, "_stdout", None)):
+            if fh is not None:
+                fh.close()
 
 
 def run_ctl(*args: str, socket_path: str | None = None, input_text: str | None = None,

@@ -26,7 +26,11 @@ def test_dev_mode_starts_and_ctl_status_reaches_it(sockdir):
         info = json.loads(r.stdout)
         assert info["dev"] is True and info["version"]
         env_line = f"export TACHYON_SOCKET={(sockdir / '.tachyon-dev' / 'rpc.sock').resolve()}"
-        assert d.stderr().count(env_line) == 1
+        deadline = time.monotonic() + 10
+        while env_line not in d.stdout() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert d.stdout().splitlines() == [env_line]  # once, alone on stdout, ready to paste
+        assert env_line not in d.stderr()
         assert "NOT FOR REAL MONEY" in d.stderr()
         r2 = run_ctl("status", env={"TACHYON_SOCKET": str(sockdir / ".tachyon-dev" / "rpc.sock")})
         assert r2.returncode == 0
