@@ -128,11 +128,9 @@ class OnrampService:
         if event.session_id is None:
             metrics.webhook_ignored.labels(provider_name, "event_type").inc()
             return 200, {"ignored": f"event type {event.type} carries no onramp session"}
+        # With no wallet yet, no session can carry this wallet's tag: it is foreign like any other.
         wallet_id = self.wallet.public_id if self.wallet is not None and self.wallet.state != "absent" else None
-        if wallet_id is None:
-            metrics.webhook_rejected.labels(provider_name, "no_wallet").inc()
-            return 503, {"error": "no wallet yet: events cannot be recorded; retry later"}
-        if event.wallet_tag != wallet_id:
+        if wallet_id is None or event.wallet_tag != wallet_id:
             metrics.webhook_ignored.labels(provider_name, "foreign").inc()
             return 200, {"ignored": "session belongs to another wallet or app"}
         try:

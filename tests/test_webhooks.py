@@ -144,14 +144,16 @@ async def test_a_flood_is_rate_limited_and_the_daemon_keeps_serving(nursery, soc
                 assert (await client.get(env.http + "/healthz", timeout=10)).status_code == 200
 
 
-async def test_without_a_wallet_events_are_refused_with_503_for_a_retry(nursery, sockdir):
+async def test_without_a_wallet_a_verified_event_is_200_and_foreign(nursery, sockdir):
     with trio.fail_after(40):
         async with onramp_env(nursery, sockdir, create_wallet=False) as env:
             session = {"id": "cos_" + secrets.token_hex(8), "object": "crypto.onramp_session",
                        "status": "fulfillment_complete", "metadata": {"tachyon_wallet": "tw_unknown"}}
             body = event_body(session)
             response = await post(env, body, sign(body, WHSEC_A))
-            assert response.status_code == 503 and "retry" in response.json()["error"]
+            assert response.status_code == 200 and "ignored" in response.json()
+            forged = await post(env, body, "t=1,v1=" + "0" * 64)
+            assert forged.status_code == 400
             await env.call("wallet.create", {"password": "pw-for-this-test"})
             foreign = await post(env, body, sign(body, WHSEC_A))
             assert foreign.status_code == 200 and "ignored" in foreign.json()
