@@ -428,7 +428,11 @@ class DexService:
         if order["type"] == "market":
             best = depth.asks if side == "buy" else depth.bids
             if not best:
-                raise OrderRejected("no asks to buy from" if side == "buy" else "no bids to sell to")
+                # Nothing to trade with: accepted, and it expires with nothing filled (the contract's
+                # "a market order that leaves something unfilled ends expired"). The lowest tick as its
+                # bound keeps its hold minimal; under the market's lock nothing can arrive to match it.
+                order["price_ticks"] = 1
+                return
             m.check_min_notional(best[0][0], order["qty_lots"])
             order["price_ticks"] = m.protection_ticks(side, best[0][0])
         else:

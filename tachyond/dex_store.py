@@ -226,8 +226,7 @@ def trades_read(rtx: ReadTx, market: str | None, account: str | None, limit: int
 
 def order_public(order: dict, trades: list[dict], m: Market) -> dict:
     """The order as the RPC shows it: decimal strings with *_minor ints alongside."""
-    remaining = order["qty_lots"] - order["filled_lots"] if order["status"] == "open" else 0
-    unfilled = order["qty_lots"] - order["filled_lots"]
+    remaining = order["qty_lots"] - order["filled_lots"]  # qty - filled, whatever the status (resting or not)
     is_market = order["type"] == "market"
     out = {"id": order["id"], "client_order_id": order["client_order_id"], "account": order["account"],
            "market": order["market"], "side": order["side"], "type": order["type"],
@@ -237,7 +236,6 @@ def order_public(order: dict, trades: list[dict], m: Market) -> dict:
            "qty": m.fmt_qty(order["qty_lots"]), "qty_minor": m.qty_minor(order["qty_lots"]),
            "filled": m.fmt_qty(order["filled_lots"]), "filled_minor": m.qty_minor(order["filled_lots"]),
            "remaining": m.fmt_qty(remaining), "remaining_minor": m.qty_minor(remaining),
-           "unfilled": m.fmt_qty(unfilled), "unfilled_minor": m.qty_minor(unfilled),
            "cost": m.fmt_quote(order["cost_minor"]), "cost_minor": order["cost_minor"],
            "fee": m.fmt_quote(order["fee_minor"]), "fee_minor": order["fee_minor"],
            "status": order["status"], "created_at": order["created_at"],

@@ -56,8 +56,10 @@ class Reference:
         opposite = "sell" if side == "buy" else "buy"
         best = self.best(opposite)
         if kind == "market":
-            if best is None:
-                return "refused"
+            if best is None:  # nothing to trade with: accepted, expires with nothing filled
+                self.owner[coid] = account
+                self.status[coid] = "expired"
+                return "expired"
             band = best * (10_000 + PROTECTION_BPS) if side == "buy" else best * (10_000 - PROTECTION_BPS)
             price = band // 10_000 if side == "buy" else -(-band // 10_000)
         crossing = lambda r: r.side == opposite and (r.price <= price if side == "buy" else r.price >= price)
