@@ -257,7 +257,34 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tachyon-ctl", description="Thin client of the tachyond JSON-RPC socket.")
     ap.add_argument("--socket", help="the daemon's socket (default: $TACHYON_SOCKET, else /run/tachyond/rpc.sock)")
     ap.add_argument("--json", action="store_true", help="print JSON (the default when stdout is not a terminal)")
+    # The same two options after the command too (`tachyon-ctl status --json`); SUPPRESS keeps a value given
+    # before the command from being reset by the subcommand's default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sp = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+    _add_parser = sp.add_parser
+
+    def add_parser(*a, **kw):  # every command (and, below, every subcommand) accepts the common options
+        kw.setdefault("parents", [common])
+        parser = _add_parser(*a, **kw)
+        _add_sub = parser.add_subparsers
+
+        def add_subparsers(*sa, **skw):
+            sub = _add_sub(*sa, **skw)
+            inner = sub.add_parser
+
+            def add_inner(*ia, **ikw):
+                ikw.setdefault("parents", [common])
+                return inner(*ia, **ikw)
+
+            sub.add_parser = add_inner
+            return sub
+
+        parser.add_subparsers = add_subparsers
+        return parser
+
+    sp.add_parser = add_parser
     sp.required = True
 
     c = sp.add_parser("call", help="call any RPC method: call METHOD ['{json params}']")

@@ -100,6 +100,10 @@ class Client:
                     break
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise DaemonNotRunning(f"tachyond closed the connection ({exc.strerror}); is it stopping?") from None
+        except TimeoutError:
+            raise DaemonNotRunning(f"tachyond at {self.path} did not answer {method} within {self.timeout_s:g} s") from None
+        except ValueError:
+            raise DaemonNotRunning(f"{self.path} answered something that is not JSON-RPC; is it tachyond's socket?") from None
         if "error" in msg:
             err = msg["error"]
             raise RpcError(err.get("code", -32603), err.get("message", "unknown error"), err.get("data"))

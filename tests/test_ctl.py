@@ -96,3 +96,34 @@ def test_ctl_imports_only_the_standard_library():
 def test_password_is_never_an_argument():
     r = run_ctl("wallet", "unlock", "--password", "hunter2")
     assert r.returncode == 2
+
+
+def test_options_after_the_command(daemon_factory):
+    d = daemon_factory().start()
+    code, out = on_a_terminal("status", "--json", "--socket", d.socket)
+    assert code == 0 and json.loads(out)["version"]
+    code, out = on_a_terminal("dex", "markets", "--socket", d.socket, "--json")
+    assert code == 0 and json.loads(out) == []
+
+
+def test_a_socket_that_does_not_speak_json_rpc_is_exit_3(sockdir):
+    import socket
+    import threading
+
+    path = str(sockdir / "not-tachyond.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen()
+
+    def serve():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n\n")
+        conn.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    r = run_ctl("status", socket_path=path)
+    t.join(10)
+    srv.close()
+    assert r.returncode == 3 and "not JSON-RPC" in r.stderr and "Traceback" not in r.stderr
