@@ -90,9 +90,17 @@ class Daemon:
         for i, market in enumerate(self.config.markets):
             if market.engine not in self.engine_factories:
                 raise ConfigError(f"markets[{i}].engine", f"no loaded plugin provides engine {market.engine!r} (available: {engines})")
-        for name in self.config.engines:
+        for name, table in self.config.engines.items():
             if name not in self.engine_factories:
                 raise ConfigError(f"engines.{name}", f"no loaded plugin provides engine {name!r} (available: {engines})")
+            validate = getattr(self.engine_factories[name][1], "validate_config", None)
+            if validate is not None:  # optional: lets an engine refuse a bad table at start, not at first unlock
+                try:
+                    validate(dict(table))
+                except Exception as exc:
+                    message = getattr(exc, "message", None) or str(exc)
+                    key, sep, reason = message.partition(": ") if message.startswith(f"engines.{name}.") else ("", "", "")
+                    raise ConfigError(key, reason) if sep else ConfigError(f"engines.{name}", message) from None
         providers = ", ".join(sorted(self.provider_factories)) or "none"
         for name in self.config.onramp:
             if name not in self.provider_factories:

@@ -251,3 +251,7 @@ def test_provider_table_without_its_plugin_is_a_config_error(sockdir):
     _one_line_failure(path, 2, "onramp.paypal")
     path = write_config(sockdir, base_document(sockdir, engines={"quantum": {}}))
     _one_line_failure(path, 2, "engines.quantum")
+    path = write_config(sockdir, base_document(sockdir, engines={"sqlite": {"bogus": 1}}))
+    _one_line_failure(path, 2, "engines.sqlite.bogus")
+    path = write_config(sockdir, base_document(sockdir, engines={"memory": {"log_limit": 0}}))
+    _one_line_failure(path, 2, "engines.memory.log_limit")

@@ -22,6 +22,16 @@ class MemoryEngine:
 
     durable = False
 
+    @staticmethod
+    def validate_config(config: dict) -> None:
+        """Checked by the daemon at start, so a bad [engines.memory] stops it before anything runs."""
+        for key in config:
+            if key != "log_limit":
+                raise EngineError(f"engines.memory.{key}: unknown key (known: log_limit)")
+        limit = config.get("log_limit", DEFAULT_LOG_LIMIT)
+        if type(limit) is not int or limit < 1:
+            raise EngineError("engines.memory.log_limit must be a positive integer")
+
     def __init__(self, ctx: EngineContext):
         self.name = ctx.name
         self._matcher = Matcher()

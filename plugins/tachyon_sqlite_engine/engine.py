@@ -34,6 +34,16 @@ class SqliteEngine:
     ``retain_events`` applied events kept in the log below the snapshot for ``events_after``."""
 
     durable = True
+    CONFIG_KEYS = ("snapshot_every", "retain_events")
+
+    @staticmethod
+    def validate_config(config: dict) -> None:
+        """Checked by the daemon at start, so a bad [engines.sqlite] stops it before anything runs."""
+        for key in config:
+            if key not in SqliteEngine.CONFIG_KEYS:
+                raise EngineError(f"engines.sqlite.{key}: unknown key (known: {', '.join(SqliteEngine.CONFIG_KEYS)})")
+        _positive_int(config, "snapshot_every", DEFAULT_SNAPSHOT_EVERY, 1)
+        _positive_int(config, "retain_events", DEFAULT_RETAIN_EVENTS, 0)
 
     def __init__(self, ctx: EngineContext):
         if ctx.cipher is None:
