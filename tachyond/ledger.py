@@ -391,24 +391,23 @@ class Ledger:
     async def deposit(self, account: str, token: str, amount_minor: int, reference: str,
                       source: str = "chain") -> dict:
         """Credit account from external:<source>, once per reference (key "deposit:<reference>")."""
-        check_user_account(account)
-        self.token(token)
-        check_amount_minor(amount_minor)
-        _check_text("reference", reference, MAX_KEY_CHARS - 10)
-        postings = [Posting(f"external:{source}", token, -amount_minor), Posting(account, token, amount_minor)]
-        is_user_account(postings[0].account)
-        return await self.wallet.write(_post, f"deposit:{reference}", "deposit", postings)
+        return await self._external("deposit", account, token, amount_minor, reference, f"external:{source}")
 
     async def withdraw(self, account: str, token: str, amount_minor: int, reference: str,
                        dest: str = "chain") -> dict:
         """Debit account to external:<dest>, once per reference (key "withdraw:<reference>")."""
+        return await self._external("withdraw", account, token, amount_minor, reference, f"external:{dest}")
+
+    async def _external(self, kind: str, account: str, token: str, amount_minor: int, reference: str,
+                        outside: str) -> dict:
+        """One entry between a user account and a system account for the outside world, keyed by reference."""
         check_user_account(account)
         self.token(token)
         check_amount_minor(amount_minor)
         _check_text("reference", reference, MAX_KEY_CHARS - 10)
-        postings = [Posting(account, token, -amount_minor), Posting(f"external:{dest}", token, amount_minor)]
-        is_user_account(postings[1].account)
-        return await self.wallet.write(_post, f"withdraw:{reference}", "withdraw", postings)
+        delta = amount_minor if kind == "deposit" else -amount_minor
+        postings = [Posting(outside, token, -delta), Posting(account, token, delta)]
+        return await self.wallet.write(_post, f"{kind}:{reference}", kind, postings)
 
     async def transfer(self, from_account: str, to_account: str, token: str, amount_minor: int,
                        reference: str | None = None) -> dict:

@@ -161,22 +161,19 @@ class SqliteEngine:
         return cutoff if cutoff > self._log_floor else None
 
     async def _wait_durable(self, seq: int) -> None:
-        # Shielded: the events are already in the in-memory book, so they must reach the disk even if the
-        # caller is cancelled; the wait is one bounded write.
-        with trio.CancelScope(shield=True):
-            while self._durable_seq < seq:
-                if self._failure is not None:
-                    raise EngineError(self._failure)
-                if self._writing:
-                    await self._write_done.wait()
-                else:
-                    await self._write()
+        await self._write_until(lambda: self._durable_seq >= seq)
 
     async def _run_compaction(self) -> None:
         self._compact_requested += 1
         request = self._compact_requested
+        await self._write_until(lambda: self._compact_done >= request)
+
+    async def _write_until(self, done) -> None:
+        """Join the running write or be the writer, until ``done()``."""
+        # Shielded: the events are already in the in-memory book, so they must reach the disk even if the
+        # caller is cancelled; the wait is one bounded write.
         with trio.CancelScope(shield=True):
-            while self._compact_done < request:
+            while not done():
                 if self._failure is not None:
                     raise EngineError(self._failure)
                 if self._writing:
