@@ -7,6 +7,7 @@ import getpass
 import json
 import signal
 import sys
+import time
 from decimal import Decimal
 from typing import Any, Callable
 
@@ -21,29 +22,42 @@ class UsageError(Exception):
 
 # --- output ---------------------------------------------------------------------------------------
 
-def _cell(value: Any) -> str:
+TIME_KEYS = ("ts", "received_at", "created_at", "until", "unlocked_until")
+
+
+def _cell(value: Any, key: str = "") -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if key in TIME_KEYS and isinstance(value, (int, float)):
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value)) + "Z"
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        return ", ".join(map(str, value)) if value else "-"
     if isinstance(value, (list, dict)):
         return json.dumps(value, separators=(",", ":")) if value else "-"
     return str(value)
 
 
+def _human_keys(keys: list[str]) -> list[str]:
+    """People read the decimal strings; the exact *_minor twins stay in --json."""
+    return [k for k in keys if not k.endswith("_minor")]
+
+
 def table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     if not rows:
         return "(none)"
-    cols = columns or list(rows[0].keys())
-    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
+    cols = columns or _human_keys(list(rows[0].keys()))
+    cells = [[_cell(r.get(c), c) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
     return "\n".join([line([c.upper() for c in cols]), *(line(r) for r in cells)])
 
 
 def kv(doc: dict[str, Any]) -> str:
-    width = max((len(k) for k in doc), default=0)
-    return "\n".join(f"{k.ljust(width)}  {_cell(v)}" for k, v in doc.items())
+    keys = _human_keys(list(doc))
+    width = max((len(k) for k in keys), default=0)
+    return "\n".join(f"{k.ljust(width)}  {_cell(doc[k], k)}" for k in keys)
 
 
 def order_book_ladder(book: dict[str, Any]) -> str:
