@@ -1,0 +1,314 @@
+"""tachyon-engine-server: the reference implementation of the remote engine protocol (docs/engine-api.yaml).
+
+Plain ASGI served by hypercorn under trio; the books are tachyond.matching's Matcher (see backend.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import logging
+import os
+import signal
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qs, unquote
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from tachyond.config import ConfigError, MarketConfig, _markets, _no_unknown, _tokens, parse_listen
+from tachyond.engine import EngineOrder, Event
+from tachyond.errors import EngineError, UnknownMarket
+
+from .backend import ServerBackend
+
+log = logging.getLogger("tachyon_http_engine.server")
+
+DEFAULT_TOKEN_ENV = "TACHYON_ENGINE_TOKEN"
+MAX_BODY_BYTES = 64 * 1024
+MAX_LIMIT = 10_000
+ENGINES = ("memory", "sqlite")
+_ORDER_FIELDS = {"order_id": str, "market": str, "owner": str, "side": str, "price_ticks": int,
+                 "qty_lots": int, "tif": str, "post_only": bool}
+_ORDER_DEFAULTS = {"tif": "gtc", "post_only": False}
+
+
+# ----- configuration -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str
+    port: int
+    token_env: str
+    engine: str
+    data_dir: Path | None
+    markets: tuple[MarketConfig, ...]
+
+
+def parse_config(raw: dict[str, Any]) -> ServerConfig:
+    """Validate a parsed server TOML document; ConfigError names the dotted key."""
+    _no_unknown(raw, {"server", "tokens", "markets"}, "")
+    server = raw.get("server")
+    if not isinstance(server, dict):
+        raise ConfigError("server", "the [server] table is required")
+    _no_unknown(server, {"listen", "token_env", "engine", "data_dir"}, "server")
+    for key in ("listen", "token_env", "engine", "data_dir"):
+        if key in server and not isinstance(server[key], str):
+            raise ConfigError(f"server.{key}", "must be a string")
+    host, port = parse_listen(server.get("listen", "127.0.0.1:9010"), "server.listen")
+    token_env = server.get("token_env", DEFAULT_TOKEN_ENV)
+    if not token_env:
+        raise ConfigError("server.token_env", "must name an environment variable")
+    engine = server.get("engine", "sqlite")
+    if engine not in ENGINES:
+        raise ConfigError("server.engine", f"must be one of {'|'.join(ENGINES)}, not {engine!r}")
+    data_dir = Path(server["data_dir"]) if server.get("data_dir") else None
+    if engine == "sqlite" and data_dir is None:
+        raise ConfigError("server.data_dir", "is required with engine = \"sqlite\"")
+    tokens = _tokens(raw.get("tokens", []))
+    markets_raw = raw.get("markets", [])
+    if isinstance(markets_raw, list):
+        for i, m in enumerate(markets_raw):
+            if isinstance(m, dict) and "engine" in m:
+                raise ConfigError(f"markets[{i}].engine", "unknown key (the server's engine is server.engine)")
+        # tachyond's own market validation, with the engine key it requires filled in.
+        markets_raw = [dict(m, engine="http") if isinstance(m, dict) else m for m in markets_raw]
+    markets = _markets(markets_raw, {t.symbol: t for t in tokens})
+    if not markets:
+        raise ConfigError("markets", "at least one [[markets]] table is required")
+    return ServerConfig(host, port, token_env, engine, data_dir if engine == "sqlite" else None, markets)
+
+
+def load_config(path: Path) -> ServerConfig:
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+    return parse_config(raw)
+
+
+# ----- the ASGI app --------------------------------------------------------------------------------
+
+class BadRequest(Exception):
+    """A malformed request: answered 400."""
+
+
+def _json_body(status: int, body: Any) -> tuple[int, bytes]:
+    return status, json.dumps(body, separators=(",", ":")).encode()
+
+
+def _events(events: list[Event]) -> dict[str, Any]:
+    return {"events": [e.to_dict() for e in events]}
+
+
+def _market_dict(m: MarketConfig) -> dict[str, str]:
+    return {"symbol": m.symbol, "base": m.base, "quote": m.quote, "tick": str(m.tick), "lot": str(m.lot)}
+
+
+def parse_order(body: Any) -> EngineOrder:
+    """An EngineOrder from a request body, with exact types (a bool is not an int, no extra fields)."""
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    extra = set(body) - set(_ORDER_FIELDS)
+    if extra:
+        raise BadRequest(f"unknown field {sorted(extra)[0]!r}")
+    values = dict(_ORDER_DEFAULTS)
+    for name, typ in _ORDER_FIELDS.items():
+        if name not in body:
+            if name in values:
+                continue
+            raise BadRequest(f"field {name!r} is required")
+        value = body[name]
+        if type(value) is not typ:
+            raise BadRequest(f"field {name!r} must be {'an integer' if typ is int else typ.__name__}")
+        values[name] = value
+    return EngineOrder(**values)
+
+
+def _int_param(query: dict[str, list[str]], name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = query.get(name, [None])[-1]
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {name!r} must be an integer") from None
+    if not minimum <= value <= maximum:
+        raise BadRequest(f"query parameter {name!r} must be {minimum}..{maximum}")
+    return value
+
+
+class EngineApp:
+    """The protocol's routes as one ASGI callable; every route needs ``Authorization: Bearer <token>``."""
+
+    def __init__(self, backend: ServerBackend, markets: tuple[MarketConfig, ...], token: str):
+        self.backend = backend
+        self.markets = markets
+        self._expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        status, body = await self._handle(scope, receive)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if status == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="tachyon-engine"'))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _handle(self, scope: dict, receive: Callable[[], Awaitable[dict]]) -> tuple[int, bytes]:
+        auth = b""
+        for key, value in scope.get("headers", []):
+            if key.lower() == b"authorization":
+                auth = value
+        if not hmac.compare_digest(auth, self._expected):
+            return _json_body(401, {"error": "missing or wrong bearer token"})
+        # Market symbols hold a "/": route on the raw path, then decode each segment (ZEC%2FUSDC).
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        parts = [unquote(p.decode("latin-1")) for p in raw_path.split(b"?")[0].split(b"/")[1:]]
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        method = scope["method"]
+        try:
+            body = await self._read_body(receive) if method == "POST" else None
+            return await self._route(method, parts, query, body)
+        except BadRequest as exc:
+            return _json_body(400, {"error": str(exc)})
+        except UnknownMarket as exc:
+            return _json_body(404, {"error": exc.message})
+        except EngineError as exc:
+            return _json_body(409, {"error": exc.message})
+
+    async def _read_body(self, receive: Callable[[], Awaitable[dict]]) -> Any:
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise BadRequest("client disconnected")
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise BadRequest(f"body larger than {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                break
+        data = b"".join(chunks)
+        if not data:
+            return {}
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise BadRequest("body is not valid JSON") from None
+
+    async def _route(self, method: str, parts: list[str], query: dict[str, list[str]], body: Any) -> tuple[int, bytes]:
+        b = self.backend
+        if len(parts) < 2 or parts[0] != "v1":
+            return _json_body(404, {"error": "no such route"})
+        route, args = parts[1], parts[2:]
+        want = {("markets", 0): "GET", ("orders", 0): "POST", ("orders", 3): "POST", ("depth", 1): "GET",
+                ("open-orders", 1): "GET", ("events", 0): "GET", ("compact", 0): "POST"}
+        expected = want.get((route, len(args)))
+        if expected is None or (route == "orders" and args and args[2] != "cancel"):
+            return _json_body(404, {"error": "no such route"})
+        if method != expected:
+            return _json_body(405, {"error": f"method not allowed: use {expected}"})
+        if route == "markets":
+            return _json_body(200, {"markets": [_market_dict(m) for m in self.markets]})
+        if route == "orders" and not args:
+            return _json_body(200, _events(await b.submit(parse_order(body))))
+        if route == "orders":
+            return _json_body(200, _events(await b.cancel(args[0], args[1])))
+        if route == "depth":
+            depth = b.depth(args[0], _int_param(query, "levels", 10, 0, MAX_LIMIT))
+            return _json_body(200, {"seq": depth.seq, "bids": depth.bids, "asks": depth.asks})
+        if route == "open-orders":
+            return _json_body(200, {"orders": [o.__dict__ for o in b.open_orders(args[0])]})
+        if route == "events":
+            after = _int_param(query, "after", 0, 0, 2**63 - 1)
+            limit = _int_param(query, "limit", 1000, 0, MAX_LIMIT)
+            # limit=0 only reads last_seq, so it never fails on a compacted feed.
+            events = b.events_after(after, limit) if limit else []
+            return _json_body(200, {"events": [e.to_dict() for e in events], "last_seq": b.last_seq()})
+        applied = body.get("applied_seq") if isinstance(body, dict) else None
+        if type(applied) is not int or applied < 0:
+            raise BadRequest("field 'applied_seq' must be a non-negative integer")
+        await b.compact(applied)
+        return _json_body(200, {})
+
+
+# ----- running -------------------------------------------------------------------------------------
+
+def hypercorn_config(cfg: ServerConfig) -> HypercornConfig:
+    """hypercorn's config built from ours (never from raw user keys)."""
+    hc = HypercornConfig()
+    hc.bind = [f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"]
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("tachyon_http_engine.hypercorn")
+    hc.graceful_timeout = 3.0
+    hc.keep_alive_timeout = 5.0
+    return hc
+
+
+async def serve(cfg: ServerConfig, token: str, shutdown: trio.Event,
+                *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until ``shutdown`` is set; reports the bound URLs through ``task_status``."""
+    backend = await trio.to_thread.run_sync(
+        lambda: ServerBackend([m.symbol for m in cfg.markets], data_dir=cfg.data_dir))
+    try:
+        app = EngineApp(backend, cfg.markets, token)
+        await hypercorn_serve(app, hypercorn_config(cfg), shutdown_trigger=shutdown.wait,
+                              task_status=task_status, mode="asgi")
+    finally:
+        backend.close()
+
+
+async def _run(cfg: ServerConfig, token: str) -> None:
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(serve, cfg, token, shutdown)
+            for url in urls:
+                print(f"tachyon-engine-server: listening on {url} (engine {cfg.engine})", file=sys.stderr, flush=True)
+            async for signum in signals:
+                log.info("received %s: stopping", signal.Signals(signum).name)
+                shutdown.set()
+                break
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``tachyon-engine-server --config FILE``: exit 0 after SIGTERM/SIGINT, 2 on a bad config."""
+    parser = argparse.ArgumentParser(prog="tachyon-engine-server",
+                                     description="Reference server of the tachyond remote engine protocol.")
+    parser.add_argument("--config", required=True, type=Path, help="TOML file: [server], [[tokens]], [[markets]]")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config)
+        token = os.environ.get(cfg.token_env, "")
+        if not token:
+            raise ConfigError("server.token_env", f"environment variable {cfg.token_env} is not set or empty")
+    except ConfigError as exc:
+        print(f"tachyon-engine-server: {exc}", file=sys.stderr)
+        return 2
+    trio.run(_run, cfg, token)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""The remote engine: HttpEngine against a real tachyon-engine-server subprocess on 127.0.0.1 port 0."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import tomli_w
+import trio
+
+from tachyon_http_engine import HttpEngine, register_engines
+from tachyond.engine import EngineContext, EngineOrder, MarketSpec
+from tachyond.errors import EngineError, UnknownMarket
+from tachyond.matching import Matcher
+
+TOKEN = "test-token-4f1c9e"
+ZEC = MarketSpec("ZEC/USDC", "ZEC", "USDC", "0.01", "0.0001")
+BASE = MarketSpec("BASE/USDC", "BASE", "USDC", "0.01", "0.001")
+
+
+def server_document(data_dir: Path, *, engine: str = "sqlite", **server: Any) -> dict[str, Any]:
+    return {
+        "server": {"listen": "127.0.0.1:0", "token_env": "TEST_ENGINE_TOKEN", "engine": engine,
+                   "data_dir": str(data_dir), **server},
+        "tokens": [{"symbol": "USDC", "decimals": 6}, {"symbol": "ZEC", "decimals": 8},
+                   {"symbol": "BASE", "decimals": 8}],
+        "markets": [{"symbol": "ZEC/USDC", "tick": "0.01", "lot": "0.0001", "min_notional": "1"},
+                    {"symbol": "BASE/USDC", "tick": "0.01", "lot": "0.001", "min_notional": "1"}],
+    }
+
+
+class ServerProc:
+    """A real ``python -m tachyon_http_engine.server`` process; ``url`` is read from its stderr."""
+
+    def __init__(self, dir_: Path, doc: dict[str, Any], token: str = TOKEN):
+        self.config = dir_ / "server.toml"
+        self.config.write_text(tomli_w.dumps(doc))
+        self.stderr_path = dir_ / f"server-{time.monotonic_ns()}.stderr"
+        self.env = {**os.environ, "TEST_ENGINE_TOKEN": token}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def run(self) -> subprocess.CompletedProcess[str]:
+        """Run to completion (for configurations that must be refused)."""
+        return subprocess.run([sys.executable, "-m", "tachyon_http_engine.server", "--config", str(self.config)],
+                              env=self.env, capture_output=True, text=True, timeout=30)
+
+    def start(self, timeout_s: float = 20) -> "ServerProc":
+        self._err = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tachyon_http_engine.server", "--config",
+                                      str(self.config)], env=self.env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=self._err)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            m = re.search(r"listening on (http://\S+)", self.stderr())
+            if m:
+                self.url = m.group(1)
+                return self
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.stderr()}")
+            time.sleep(0.05)
+        raise AssertionError(f"server printed no URL within {timeout_s}s:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(20)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if hasattr(self, "_err"):
+            self._err.close()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Any]:
+    procs: list[ServerProc] = []
+
+    def make(doc: dict[str, Any] | None = None, *, token: str = TOKEN) -> ServerProc:
+        p = ServerProc(tmp_path, doc or server_document(tmp_path / "engine-data"), token)
+        procs.append(p)
+        return p
+
+    yield make
+    for p in procs:
+        p.kill()
+
+
+@pytest.fixture
+def server(server_factory: Any) -> ServerProc:
+    return server_factory().start()
+
+
+def make_engine(url: str, monkeypatch: pytest.MonkeyPatch, token: str = TOKEN, **config: Any) -> HttpEngine:
+    monkeypatch.setenv("CLIENT_ENGINE_TOKEN", token)
+    return HttpEngine(EngineContext("http", Path("/nonexistent"), None,
+                                    config={"url": url, "token_env": "CLIENT_ENGINE_TOKEN", **config}))
+
+
+def order(order_id: str, side: str, price_ticks: int, qty_lots: int, *, owner: str = "o1",
+          market: str = "ZEC/USDC", **kw: Any) -> EngineOrder:
+    return EngineOrder(order_id, market, owner, side, price_ticks, qty_lots, **kw)  # type: ignore[arg-type]
+
+
+def test_register_engines_registers_http() -> None:
+    seen: dict[str, Any] = {}
+    register_engines(lambda name, factory: seen.__setitem__(name, factory))
+    assert seen == {"http": HttpEngine}
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"url": "http://x:1", "bogus": 1}, "engines.http.bogus: unknown key"),
+    ({}, "engines.http.url"),
+    ({"url": "ftp://x"}, "engines.http.url"),
+    ({"url": "http://x:1", "timeout_s": 0}, "engines.http.timeout_s"),
+    ({"url": "http://x:1", "token_env": ""}, "engines.http.token_env"),
+])
+def test_validate_config_refuses_bad_tables(table: dict[str, Any], message: str) -> None:
+    with pytest.raises(EngineError, match=re.escape(message)):
+        HttpEngine.validate_config(table)
+    HttpEngine.validate_config({"url": "https://engine.example:9010", "timeout_s": 2.5, "token_env": "X"})
+
+
+async def test_matching_over_http_equals_the_matching_core(server: ServerProc, monkeypatch: Any) -> None:
+    orders = [order("a1", "sell", 100, 2, owner="m"), order("a2", "sell", 101, 5, owner="m"),
+              order("b0", "buy", 90, 3, owner="n", market="BASE/USDC"),
+              order("b1", "buy", 101, 4, owner="t"), order("b2", "buy", 105, 10, owner="t", tif="ioc"),
+              order("s1", "sell", 90, 1, owner="t", market="BASE/USDC", tif="fok"),
+              order("p1", "buy", 200, 1, owner="t", post_only=True)]
+    reference = Matcher()
+    reference.add_market("ZEC/USDC")
+    reference.add_market("BASE/USDC")
+    engine = make_engine(server.url, monkeypatch)
+    with trio.fail_after(20):
+        await engine.start([ZEC, BASE])
+        got = [ev for o in orders for ev in await engine.submit(o)]
+        await engine.aclose()
+    want = [ev for o in orders for ev in reference.submit(o)]
+    assert got == want
+    assert [e.seq for e in got] == list(range(1, len(got) + 1))
+    fills = [(e.order_id, e.maker_order_id, e.qty_lots, e.price_ticks) for e in got if e.kind == "fill"]
+    assert fills == [("b1", "a1", 2, 100), ("b1", "a2", 2, 101), ("b2", "a2", 3, 101), ("s1", "b0", 1, 90)]
+
+
+async def test_cancel_depth_open_orders_and_refusals(server: ServerProc, monkeypatch: Any) -> None:
+    engine = make_engine(server.url, monkeypatch)
+    with trio.fail_after(20):
+        await engine.start([ZEC])
+        await engine.submit(order("b1", "buy", 99, 3))
+        await engine.submit(order("b2", "buy", 99, 2))
+        await engine.submit(order("b3", "buy", 97, 1))
+        await engine.submit(order("a1", "sell", 103, 4))
+        depth = await engine.depth("ZEC/USDC", 1)
+        assert (depth.seq, depth.bids, depth.asks) == (4, [(99, 5)], [(103, 4)])
+        assert (await engine.depth("ZEC/USDC", 10)).bids == [(99, 5), (97, 1)]
+        assert [(o.order_id, o.qty_lots, o.owner) for o in await engine.open_orders("ZEC/USDC")] == [
+            ("b1", 3, "o1"), ("b2", 2, "o1"), ("b3", 1, "o1"), ("a1", 4, "o1")]
+        [done] = await engine.cancel("ZEC/USDC", "b2")
+        assert (done.seq, done.kind, done.order_id, done.qty_lots, done.reason) == (5, "done", "b2", 2, "canceled")
+        assert await engine.cancel("ZEC/USDC", "b2") == []
+        assert await engine.cancel("ZEC/USDC", "never-seen") == []
+        assert (await engine.depth("ZEC/USDC", 10)).bids == [(99, 3), (97, 1)]
+        with pytest.raises(EngineError, match="b1"):
+            await engine.submit(order("b1", "buy", 99, 1))           # a reused id: 409
+        with pytest.raises(EngineError, match="positive"):
+            await engine.submit(order("z1", "buy", 0, 1))
+        with pytest.raises(UnknownMarket):
+            await engine.submit(order("z2", "buy", 1, 1, market="BASE/USDC"))  # not started for this client
+        assert await engine.last_seq() == 5
+        await engine.aclose()
+
+
+async def test_events_after_serves_each_event_once_in_order(server: ServerProc, monkeypatch: Any) -> None:
+    engine = make_engine(server.url, monkeypatch)
+    with trio.fail_after(20):
+        await engine.start([ZEC])
+        produced = []
+        for i in range(6):
+            produced += await engine.submit(order(f"s{i}", "sell", 100 + i, 1, owner="m"))
+        produced += await engine.submit(order("b", "buy", 110, 6, owner="t"))
+        last = await engine.last_seq()
+        assert last == produced[-1].seq
+        applied, seen = 0, []
+        while True:   # a consumer paging with a small limit sees every event exactly once
+            page = await engine.events_after(applied, limit=4)
+            if not page:
+                break
+            assert page[0].seq == applied + 1
+            seen += page
+            applied = page[-1].seq
+        assert seen == produced
+        assert await engine.events_after(last) == []
+        assert await engine.events_after(3, limit=2) == produced[3:5]
+        await engine.compact(5)
+        assert await engine.events_after(5) == produced[5:]
+        with pytest.raises(EngineError, match="gone"):
+            await engine.events_after(2)
+        assert await engine.last_seq() == last      # limit=0 reads last_seq even below the floor
+        await engine.aclose()
+
+
+async def test_sqlite_server_keeps_books_and_feed_across_restart(server_factory: Any, monkeypatch: Any) -> None:
+    first = server_factory().start()
+    engine = make_engine(first.url, monkeypatch)
+    with trio.fail_after(30):
+        await engine.start([ZEC])
+        before = await engine.submit(order("a1", "sell", 100, 5, owner="m"))
+        before += await engine.submit(order("b1", "buy", 100, 2, owner="t"))
+        await engine.aclose()
+        assert await trio.to_thread.run_sync(first.terminate) == 0
+        second = server_factory().start()
+        engine = make_engine(second.url, monkeypatch)
+        await engine.start([ZEC])
+        assert await engine.events_after(0) == before
+        assert [(o.order_id, o.qty_lots) for o in await engine.open_orders("ZEC/USDC")] == [("a1", 3)]
+        with pytest.raises(EngineError, match="a1"):
+            await engine.submit(order("a1", "sell", 100, 1, owner="m"))   # ids stay used after a restart
+        [fill, done_maker, done_taker] = await engine.submit(order("b2", "buy", 100, 3, owner="t"))
+        assert (fill.seq, fill.qty_lots, done_maker.order_id, done_taker.seq) == (before[-1].seq + 1, 3, "a1", before[-1].seq + 3)
+        await engine.aclose()
+
+
+async def test_market_defined_differently_or_missing_is_refused(server: ServerProc, monkeypatch: Any) -> None:
+    with trio.fail_after(20):
+        engine = make_engine(server.url, monkeypatch)
+        with pytest.raises(EngineError, match=r"market ZEC/USDC .*tick 0\.1 here, 0\.01 on the server"):
+            await engine.start([MarketSpec("ZEC/USDC", "ZEC", "USDC", "0.1", "0.0001")])
+        await engine.aclose()
+        engine = make_engine(server.url, monkeypatch)
+        with pytest.raises(EngineError, match="market ETH/USDC: the engine server .* does not serve it"):
+            await engine.start([ZEC, MarketSpec("ETH/USDC", "ETH", "USDC", "0.01", "0.001")])
+        await engine.aclose()
+        engine = make_engine(server.url, monkeypatch)   # equal decimals written differently are the same market
+        await engine.start([MarketSpec("ZEC/USDC", "ZEC", "USDC", "0.010", "0.00010")])
+        await engine.aclose()
+
+
+async def test_wrong_token_and_unreachable_server_are_engine_errors(server: ServerProc, monkeypatch: Any) -> None:
+    with trio.fail_after(20):
+        engine = make_engine(server.url, monkeypatch, token="wrong-token-77")
+        with pytest.raises(EngineError) as info:
+            await engine.start([ZEC])
+        assert "bearer token" in info.value.message and "wrong-token-77" not in info.value.message
+        await engine.aclose()
+        async with httpx.AsyncClient(base_url=server.url) as raw:
+            for method, path in [("GET", "/v1/markets"), ("POST", "/v1/orders"), ("GET", "/v1/depth/ZEC%2FUSDC"),
+                                 ("GET", "/v1/open-orders/ZEC%2FUSDC"), ("GET", "/v1/events"),
+                                 ("POST", "/v1/compact"), ("POST", "/v1/orders/ZEC%2FUSDC/x/cancel")]:
+                assert (await raw.request(method, path)).status_code == 401, path
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            bad = await raw.post("/v1/orders", json={"order_id": "x", "market": "ZEC/USDC", "owner": "o",
+                                                      "side": "buy", "price_ticks": True, "qty_lots": 1}, headers=auth)
+            assert bad.status_code == 400 and "price_ticks" in bad.json()["error"]
+            unknown = await raw.get("/v1/depth/ETH%2FUSDC", headers=auth)
+            assert unknown.status_code == 404
+        with socket_closed() as port:
+            engine = make_engine(f"http://127.0.0.1:{port}", monkeypatch, timeout_s=2)
+            with pytest.raises(EngineError, match=f"127.0.0.1:{port}"):
+                await engine.start([ZEC])
+            await engine.aclose()
+    assert TOKEN not in server.stderr()
+
+
+class socket_closed:
+    """A local port with nothing listening on it."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        return self.port
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+async def test_memory_server_sigterm_exits_zero(server_factory: Any, monkeypatch: Any, tmp_path: Path) -> None:
+    proc = server_factory(server_document(tmp_path / "unused", engine="memory")).start()
+    with trio.fail_after(20):
+        engine = make_engine(proc.url, monkeypatch)
+        await engine.start([ZEC, BASE])
+        assert [e.kind for e in await engine.submit(order("a", "sell", 5, 1))] == ["rested"]
+        await engine.aclose()
+        assert await trio.to_thread.run_sync(proc.terminate) == 0
+    assert not (tmp_path / "unused").exists()   # the memory engine writes nothing
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda d: d["server"].update(bindd="x"), "server.bindd: unknown key"),
+    (lambda d: d["markets"][0].update(engine="sqlite"), "markets[0].engine: unknown key"),
+    (lambda d: d["server"].update(engine="redis"), "server.engine"),
+    (lambda d: d["server"].update(listen="nowhere"), "server.listen"),
+    (lambda d: d["markets"][1].update(tick="0.0000001"), "markets[1].tick"),
+    (lambda d: d.update(extra={}), "extra: unknown key"),
+])
+def test_bad_server_config_exits_2_naming_the_key(server_factory: Any, tmp_path: Path, edit: Any, key: str) -> None:
+    doc = server_document(tmp_path / "d")
+    edit(doc)
+    result = server_factory(doc).run()
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0], result.stderr
+
+
+def test_missing_token_env_exits_2(server_factory: Any) -> None:
+    result = server_factory(token="").run()
+    assert result.returncode == 2 and "TEST_ENGINE_TOKEN" in result.stderr
