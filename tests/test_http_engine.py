@@ -321,3 +321,20 @@ def test_bad_server_config_exits_2_naming_the_key(server_factory: Any, tmp_path:
 def test_missing_token_env_exits_2(server_factory: Any) -> None:
     result = server_factory(token="").run()
     assert result.returncode == 2 and "TEST_ENGINE_TOKEN" in result.stderr
+
+
+async def test_every_documented_route_is_served(server: ServerProc) -> None:
+    spec = (Path(__file__).resolve().parent.parent / "docs" / "engine-api.yaml").read_text()
+    documented = re.findall(r"^  (/v1/\S+):\n    (get|post):", spec, re.M)
+    assert len(documented) == 7
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with trio.fail_after(20):
+        async with httpx.AsyncClient(base_url=server.url, headers=auth) as raw:
+            for path, method in documented:
+                concrete = path.replace("{market}", "ZEC%2FUSDC").replace("{order_id}", "x")
+                body = {"applied_seq": 0} if path == "/v1/compact" else None
+                resp = await raw.request(method.upper(), concrete, json=body)
+                assert resp.status_code in (200, 400), (path, resp.status_code, resp.text)
+                wrong = await raw.request("PUT", concrete)
+                assert wrong.status_code == 405, path
+            assert (await raw.get("/v1/nothing")).status_code == 404

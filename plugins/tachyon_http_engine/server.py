@@ -170,6 +170,7 @@ class EngineApp:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         if status == 401:
             headers.append((b"www-authenticate", b'Bearer realm="tachyon-engine"'))
+            headers.append((b"connection", b"close"))  # the body was not read: do not reuse the connection
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
