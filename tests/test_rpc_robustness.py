@@ -99,35 +99,55 @@ def _nobody():
     return pw.pw_uid, pw.pw_gid
 
 
-def test_other_uid_is_refused_by_peer_credentials(daemon_factory, sockdir):
-    """nobody can open the socket file (group mode) but SO_PEERCRED refuses it: not us, not root, not the group's primary gid."""
-    require_root()
-    group = "tachytest"
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
-        subprocess.run(["groupadd", "--system", group], check=True)
-        gid = grp.getgrnam(group).gr_gid
-    os.chmod(sockdir, 0o755)
-    d = daemon_factory(base_document(sockdir, daemon={"socket_mode": "0660", "socket_group": group})).start()
-    uid, nogroup = _nobody()
+def _call_as(uid: int, gid: int, groups: list[int], socket_path: str) -> dict:
+    """daemon.info over the socket from a child that dropped to uid/gid (imports done before the drop)."""
     code = ("import os,socket,json\n"
-            f"os.setgroups([{gid}]); os.setgid({nogroup}); os.setuid({uid})\n"
+            f"os.setgroups({groups!r}); os.setgid({gid}); os.setuid({uid})\n"
             "s=socket.socket(socket.AF_UNIX); s.settimeout(10)\n"
-            f"s.connect({d.socket!r})\n"
+            f"s.connect({socket_path!r})\n"
             "s.sendall(b'{\"jsonrpc\":\"2.0\",\"method\":\"daemon.info\",\"id\":1}\\n')\n"
             "buf=b''\n"
-            "while True:\n"
+            "while not buf.endswith(b'\\n'):\n"
             "    c=s.recv(65536)\n"
             "    if not c: break\n"
             "    buf+=c\n"
             "print(buf.decode())\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
-    answer = json.loads(r.stdout.splitlines()[0])
+    return json.loads(r.stdout.splitlines()[0])
+
+
+def _test_group() -> int:
+    group = "tachytest"
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        subprocess.run(["groupadd", "--system", group], check=True)
+        return grp.getgrnam(group).gr_gid
+
+
+def test_other_uid_is_refused_by_peer_credentials(daemon_factory, sockdir):
+    """nobody can open the socket file (group mode) but SO_PEERCRED refuses it: not us, not root, not the group."""
+    require_root()
+    gid = _test_group()
+    os.chmod(sockdir, 0o755)
+    d = daemon_factory(base_document(sockdir, daemon={"socket_mode": "0660", "socket_group": "tachytest"})).start()
+    uid, nogroup = _nobody()
+    answer = _call_as(uid, nogroup, [gid], d.socket)
     assert "error" in answer and "permission denied" in answer["error"]["message"]
     assert "result" not in answer
     assert d.call("daemon.info")["version"]
+
+
+def test_a_member_of_the_socket_group_is_served(daemon_factory, sockdir):
+    require_root()
+    gid = _test_group()
+    os.chmod(sockdir, 0o755)
+    d = daemon_factory(base_document(sockdir, daemon={"socket_mode": "0660", "socket_group": "tachytest"})).start()
+    assert os.stat(d.socket).st_gid == gid and os.stat(d.socket).st_mode & 0o777 == 0o660
+    uid, _ = _nobody()
+    answer = _call_as(uid, gid, [gid], d.socket)
+    assert answer["result"]["version"]
 
 
 def test_other_uid_is_refused_by_socket_mode(daemon_factory, sockdir):
