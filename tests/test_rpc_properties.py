@@ -1,0 +1,62 @@
+"""Property: whatever JSON arrives, the dispatcher answers well-formed JSON-RPC 2.0 (or nothing), never raises."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tachyond.config import from_mapping
+from tachyond.daemon import Daemon
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False, allow_infinity=False),
+                    st.text(max_size=20))
+json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                           max_leaves=12)
+methods = st.one_of(st.sampled_from(["daemon.info", "plugins.list", "rpc.discover", "wallet.unlock", "ledger.deposit",
+                                     "dex.place_order", "onramp.claim", "nope.nothing"]), json_values)
+requests = st.fixed_dictionaries({}, optional={"jsonrpc": st.one_of(st.just("2.0"), json_values), "method": methods,
+                                               "params": json_values, "id": json_values})
+messages = st.one_of(requests, st.lists(requests, max_size=4), json_values)
+
+
+def _daemon() -> Daemon:
+    d = Daemon(from_mapping({"daemon": {"data_dir": "/tmp/ty-rpc-properties", "socket": "/tmp/ty-rpc-properties/s"},
+                             "tokens": [{"symbol": "USDC", "decimals": 6}]}))
+    d.load_plugins()
+    return d
+
+
+DAEMON = _daemon()
+
+
+def check_response(r: object) -> None:
+    assert isinstance(r, dict) and r["jsonrpc"] == "2.0" and "id" in r
+    assert ("result" in r) != ("error" in r)
+    if "error" in r:
+        assert isinstance(r["error"]["code"], int) and isinstance(r["error"]["message"], str)
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages)
+def test_any_json_gets_a_well_formed_answer(message):
+    line = json.dumps(message).encode()
+
+    async def run() -> bytes | None:
+        return await DAEMON.dispatcher.handle_line(line)
+
+    out = trio.run(run)
+    if out is None:
+        return  # a notification, or a batch of only notifications
+    assert out.endswith(b"\n") and out.count(b"\n") == 1
+    answer = json.loads(out)
+    if isinstance(answer, list):
+        assert isinstance(message, list) and 0 < len(answer) <= len(message)
+        for r in answer:
+            check_response(r)
+    else:
+        check_response(answer)
