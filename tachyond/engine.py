@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Literal, NamedTuple, Protocol, Sequence, runtime_checkable
 
 Side = Literal["buy", "sell"]
 TimeInForce = Literal["gtc", "ioc", "fok"]
@@ -51,9 +51,8 @@ class EngineOrder:
     post_only: bool = False
 
 
-@dataclass(frozen=True)
-class Event:
-    """One engine event. Kinds:
+class Event(NamedTuple):
+    """One engine event (an immutable named tuple: cheap to build, which the matching hot path needs). Kinds:
 
     - ``fill``: ``order_id`` is the taker, ``maker_order_id`` the resting order; at the maker's price.
     - ``rested``: the taker's remainder (``qty_lots``) now rests on the book (GTC only).
@@ -74,7 +73,7 @@ class Event:
     reason: str | None = None          # done only: one of DONE_REASONS
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+        return self._asdict()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Event":

@@ -2,18 +2,17 @@
 
 Everything is integer ticks and lots. ``OrderBook`` matches one market; ``Matcher`` holds the books of
 several markets, the engine-wide sequence counter and the set of order ids already used. Engines wrap a
-``Matcher`` and add what they need (an event log, persistence). The hot path is written for speed: slotted
-records, no per-level objects beyond what the book needs, and events built without the frozen-dataclass
-``__init__`` (see ``_event``).
+``Matcher`` and add what they need (an event log, persistence). The hot path is written for speed: plain
+lists for resting orders, no per-level objects beyond what the book needs, and events (named tuples) built
+with ``tuple.__new__``.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections import deque
-from dataclasses import fields
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable, NamedTuple
 
-from sortedcontainers import SortedDict
 
 from .engine import (
     DONE_CANCELED, DONE_EXPIRED, DONE_FILLED, DONE_POST_ONLY, DONE_SELF_TRADE, Depth, EngineOrder, Event,
@@ -22,87 +21,62 @@ from .errors import EngineError, UnknownMarket
 
 _EVENT_FIELDS = ("seq", "market", "kind", "order_id", "qty_lots", "price_ticks", "maker_order_id",
                  "taker_side", "reason")
-# The builders below fill the instance dict directly; a change to Event's fields must fail here.
-assert tuple(f.name for f in fields(Event)) == _EVENT_FIELDS, "tachyond.engine.Event changed: update matching.py"
+# The hot path builds events with tuple.__new__ in field order; a change to Event's fields must fail here.
+assert Event._fields == _EVENT_FIELDS, "tachyond.engine.Event changed: update matching.py"
 
-_new = object.__new__
+_tuple_new = tuple.__new__
 _SIDES = ("buy", "sell")
 _TIFS = ("gtc", "ioc", "fok")
 
-# Events are built without the frozen dataclass __init__ (nine object.__setattr__ calls, the largest cost
-# of a submit): a fresh instance's __dict__ is filled in field order, which keeps Python's shared-key layout.
+# A resting order is a plain list (building one costs a quarter of a slotted object's __init__):
+_ID, _OWNER, _SIDE, _PRICE, _QTY, _POST = range(6)
 
 
-def _fill_event(seq: int, market: str, order_id: str, qty_lots: int, price_ticks: int, maker_order_id: str,
-                taker_side: str) -> Event:
-    ev = _new(Event)
-    d = ev.__dict__
-    d["seq"] = seq
-    d["market"] = market
-    d["kind"] = "fill"
-    d["order_id"] = order_id
-    d["qty_lots"] = qty_lots
-    d["price_ticks"] = price_ticks
-    d["maker_order_id"] = maker_order_id
-    d["taker_side"] = taker_side
-    d["reason"] = None
-    return ev
+class RestingOrder(NamedTuple):
+    """A resting order as :meth:`OrderBook.resting_orders` reports it; ``qty_lots`` is what remains."""
 
-
-def _final_event(seq: int, market: str, kind: str, order_id: str, qty_lots: int, reason: str | None) -> Event:
-    """A ``rested`` (reason None) or ``done`` event."""
-    ev = _new(Event)
-    d = ev.__dict__
-    d["seq"] = seq
-    d["market"] = market
-    d["kind"] = kind
-    d["order_id"] = order_id
-    d["qty_lots"] = qty_lots
-    d["price_ticks"] = 0
-    d["maker_order_id"] = None
-    d["taker_side"] = None
-    d["reason"] = reason
-    return ev
-
-
-class RestingOrder:
-    """An order on the book; ``qty_lots`` is what remains."""
-
-    __slots__ = ("order_id", "owner", "side", "price_ticks", "qty_lots", "post_only")
-
-    def __init__(self, order_id: str, owner: str, side: str, price_ticks: int, qty_lots: int, post_only: bool):
-        self.order_id = order_id
-        self.owner = owner
-        self.side = side
-        self.price_ticks = price_ticks
-        self.qty_lots = qty_lots
-        self.post_only = post_only
+    order_id: str
+    owner: str
+    side: str
+    price_ticks: int
+    qty_lots: int
+    post_only: bool
 
 
 class _Level:
-    """The FIFO queue of one price and its total remaining lots."""
+    """The FIFO queue of one price, its total remaining lots and how many of its entries are live.
 
-    __slots__ = ("orders", "qty_lots")
+    A cancel that is not at the head of the queue leaves a dead entry (remaining lots 0) in place instead
+    of searching the deque; matching drops dead entries when they reach the head, and a queue with more
+    dead entries than ``2 * live + 16`` is rebuilt without them, so the dead never outweigh the living.
+    """
+
+    __slots__ = ("orders", "qty_lots", "live")
 
     def __init__(self) -> None:
-        self.orders: deque[RestingOrder] = deque()
+        self.orders: deque[list] = deque()
         self.qty_lots = 0
+        self.live = 0
 
 
 class OrderBook:
-    """One market's book: price levels in SortedDicts, a FIFO per level, an id index in time order.
+    """One market's book: a dict of price levels per side, a FIFO per level, an id index in time order.
 
-    The best bid and ask are cached (``None`` when a side is empty) so the common non-crossing submit
-    never searches the sorted keys.
+    Each side keeps its prices in a plain sorted list (``bisect``, C speed) with the best price last: bid
+    prices ascending, ask prices negated and ascending. Taking the best level is a ``pop()``; adding or
+    dropping another level is a binary search and a short memmove. The best bid and ask are also cached
+    (``None`` when a side is empty) so the common non-crossing submit never looks at the lists.
     """
 
-    __slots__ = ("market", "_bids", "_asks", "_orders", "_best_bid", "_best_ask")
+    __slots__ = ("market", "_bids", "_asks", "_bid_keys", "_ask_keys", "_orders", "_best_bid", "_best_ask")
 
     def __init__(self, market: str):
         self.market = market
-        self._bids: SortedDict = SortedDict()   # price_ticks -> _Level; best = highest = last key
-        self._asks: SortedDict = SortedDict()   # best = lowest = first key
-        self._orders: dict[str, RestingOrder] = {}  # insertion order is time priority
+        self._bids: dict[int, _Level] = {}     # price_ticks -> level
+        self._asks: dict[int, _Level] = {}
+        self._bid_keys: list[int] = []         # bid prices ascending: best (highest) last
+        self._ask_keys: list[int] = []         # negated ask prices ascending: best (lowest) last
+        self._orders: dict[str, list] = {}     # insertion order is time priority
         self._best_bid: int | None = None
         self._best_ask: int | None = None
 
@@ -129,23 +103,50 @@ class OrderBook:
             raise EngineError(f"order {order_id}: price_ticks and qty_lots must be positive integers")
         if side not in _SIDES or tif not in _TIFS:
             raise EngineError(f"order {order_id}: side must be buy|sell and tif gtc|ioc|fok")
-        if order_id in self._orders:
+        orders = self._orders
+        if order_id in orders:
             raise EngineError(f"order id {order_id} is already on the {self.market} book")
         if side == "buy":
             best = self._best_ask
-            crosses = best is not None and best <= price
+            if best is None or best > price:
+                if tif != "gtc":
+                    return [_tuple_new(Event, (next_seq, self.market, "done", order_id, qty, 0, None, None,
+                                               DONE_EXPIRED))]
+                # Rest a bid (inlined: the commonest submit).
+                level = self._bids.get(price)
+                if level is None:
+                    level = self._bids[price] = _Level()
+                    insort(self._bid_keys, price)
+                    if self._best_bid is None or price > self._best_bid:
+                        self._best_bid = price
+                resting = [order_id, order.owner, side, price, qty, order.post_only]
+                level.orders.append(resting)
+                level.qty_lots += qty
+                level.live += 1
+                orders[order_id] = resting
+                return [_tuple_new(Event, (next_seq, self.market, "rested", order_id, qty, 0, None, None, None))]
         else:
             best = self._best_bid
-            crosses = best is not None and best >= price
-        if not crosses:
-            if tif == "gtc":
-                self._rest(RestingOrder(order_id, order.owner, side, price, qty, order.post_only))
-                return [_final_event(next_seq, self.market, "rested", order_id, qty, None)]
-            return [_final_event(next_seq, self.market, "done", order_id, qty, DONE_EXPIRED)]
+            if best is None or best < price:
+                if tif != "gtc":
+                    return [_tuple_new(Event, (next_seq, self.market, "done", order_id, qty, 0, None, None,
+                                               DONE_EXPIRED))]
+                level = self._asks.get(price)
+                if level is None:
+                    level = self._asks[price] = _Level()
+                    insort(self._ask_keys, -price)
+                    if self._best_ask is None or price < self._best_ask:
+                        self._best_ask = price
+                resting = [order_id, order.owner, side, price, qty, order.post_only]
+                level.orders.append(resting)
+                level.qty_lots += qty
+                level.live += 1
+                orders[order_id] = resting
+                return [_tuple_new(Event, (next_seq, self.market, "rested", order_id, qty, 0, None, None, None))]
         if order.post_only:
-            return [_final_event(next_seq, self.market, "done", order_id, qty, DONE_POST_ONLY)]
+            return [_tuple_new(Event, (next_seq, self.market, "done", order_id, qty, 0, None, None, DONE_POST_ONLY))]
         if tif == "fok" and self._fillable_lots(side, price, order.owner, qty) < qty:
-            return [_final_event(next_seq, self.market, "done", order_id, qty, DONE_EXPIRED)]
+            return [_tuple_new(Event, (next_seq, self.market, "done", order_id, qty, 0, None, None, DONE_EXPIRED))]
         return self._take(order, next_seq, best)
 
     def _take(self, order: EngineOrder, seq: int, best: int) -> list[Event]:
@@ -156,6 +157,7 @@ class OrderBook:
         price = order.price_ticks
         is_buy = side == "buy"
         opp = self._asks if is_buy else self._bids
+        keys = self._ask_keys if is_buy else self._bid_keys
         orders_index = self._orders
         market = self.market
         events: list[Event] = []
@@ -165,104 +167,140 @@ class OrderBook:
         while True:
             level = opp[best]
             queue = level.orders
-            while queue:
+            while level.live:
                 maker = queue[0]
-                if maker.owner == owner:
+                maker_qty = maker[_QTY]
+                if not maker_qty:   # canceled while behind others: drop it now it is at the head
+                    queue.popleft()
+                    continue
+                if maker[_OWNER] == owner:
                     self_trade = True
                     break
-                maker_qty = maker.qty_lots
+                maker_id = maker[_ID]
                 fill = remaining if remaining < maker_qty else maker_qty
-                append(_fill_event(seq, market, order_id, fill, best, maker.order_id, side))
+                append(_tuple_new(Event, (seq, market, "fill", order_id, fill, best, maker_id, side, None)))
                 seq += 1
                 remaining -= fill
                 level.qty_lots -= fill
                 if fill == maker_qty:
                     queue.popleft()
-                    del orders_index[maker.order_id]
-                    maker.qty_lots = 0
-                    append(_final_event(seq, market, "done", maker.order_id, 0, DONE_FILLED))
+                    level.live -= 1
+                    del orders_index[maker_id]
+                    maker[_QTY] = 0
+                    append(_tuple_new(Event, (seq, market, "done", maker_id, 0, 0, None, None, DONE_FILLED)))
                     seq += 1
                 else:
-                    maker.qty_lots = maker_qty - fill
+                    maker[_QTY] = maker_qty - fill
                 if not remaining:
                     break
-            if not queue:
+            if not level.live:
                 del opp[best]
+                keys.pop()   # the level just emptied was the best, and the best is last
                 if is_buy:
-                    best = self._best_ask = opp.peekitem(0)[0] if opp else None
+                    best = self._best_ask = -keys[-1] if keys else None
                 else:
-                    best = self._best_bid = opp.peekitem(-1)[0] if opp else None
+                    best = self._best_bid = keys[-1] if keys else None
             if self_trade or not remaining or best is None or (best > price if is_buy else best < price):
                 break
         if not remaining:
-            append(_final_event(seq, market, "done", order_id, 0, DONE_FILLED))
+            append(_tuple_new(Event, (seq, market, "done", order_id, 0, 0, None, None, DONE_FILLED)))
         elif self_trade:
-            append(_final_event(seq, market, "done", order_id, remaining, DONE_SELF_TRADE))
+            append(_tuple_new(Event, (seq, market, "done", order_id, remaining, 0, None, None, DONE_SELF_TRADE)))
         elif order.tif == "gtc":
-            self._rest(RestingOrder(order_id, owner, side, price, remaining, order.post_only))
-            append(_final_event(seq, market, "rested", order_id, remaining, None))
+            self._rest([order_id, owner, side, price, remaining, order.post_only])
+            append(_tuple_new(Event, (seq, market, "rested", order_id, remaining, 0, None, None, None)))
         else:
-            append(_final_event(seq, market, "done", order_id, remaining, DONE_EXPIRED))
+            append(_tuple_new(Event, (seq, market, "done", order_id, remaining, 0, None, None, DONE_EXPIRED)))
         return events
 
     def _fillable_lots(self, side: str, price: int, owner: str, want_lots: int) -> int:
         """Lots a taker could fill now, in priority order, stopping at its own order (self-trade) or ``want_lots``."""
         if side == "buy":
             opp = self._asks
-            prices = opp.irange(maximum=price)
+            keys = self._ask_keys
+            limit = -price
         else:
             opp = self._bids
-            prices = opp.irange(minimum=price, reverse=True)
+            keys = self._bid_keys
+            limit = price
         total = 0
-        for level_price in prices:
-            for maker in opp[level_price].orders:
-                if maker.owner == owner:
+        for i in range(len(keys) - 1, -1, -1):   # best first; stop past the taker's limit
+            key = keys[i]
+            if key < limit:
+                break
+            for maker in opp[key if side == "sell" else -key].orders:
+                if not maker[_QTY]:
+                    continue
+                if maker[_OWNER] == owner:
                     return total
-                total += maker.qty_lots
+                total += maker[_QTY]
                 if total >= want_lots:
                     return total
         return total
 
-    def _rest(self, resting: RestingOrder) -> None:
-        price = resting.price_ticks
-        if resting.side == "buy":
+    def _rest(self, resting: list) -> None:
+        price = resting[_PRICE]
+        if resting[_SIDE] == "buy":
             level = self._bids.get(price)
             if level is None:
                 level = self._bids[price] = _Level()
+                insort(self._bid_keys, price)
                 if self._best_bid is None or price > self._best_bid:
                     self._best_bid = price
         else:
             level = self._asks.get(price)
             if level is None:
                 level = self._asks[price] = _Level()
+                insort(self._ask_keys, -price)
                 if self._best_ask is None or price < self._best_ask:
                     self._best_ask = price
         level.orders.append(resting)
-        level.qty_lots += resting.qty_lots
-        self._orders[resting.order_id] = resting
+        level.qty_lots += resting[_QTY]
+        level.live += 1
+        self._orders[resting[_ID]] = resting
 
     def cancel(self, order_id: str, next_seq: int) -> list[Event]:
         """Take a resting order off the book: ``[done(canceled, remaining)]``, or ``[]`` if it is not resting."""
         resting = self._orders.pop(order_id, None)
         if resting is None:
             return []
+        qty = resting[_QTY]
         self._unlink(resting)
-        return [_final_event(next_seq, self.market, "done", order_id, resting.qty_lots, DONE_CANCELED)]
+        return [_tuple_new(Event, (next_seq, self.market, "done", order_id, qty, 0, None, None, DONE_CANCELED))]
 
-    def _unlink(self, resting: RestingOrder) -> None:
+    def _unlink(self, resting: list) -> None:
         """Remove a resting order (already out of the id index) from its level, and an emptied level."""
-        price = resting.price_ticks
-        book = self._bids if resting.side == "buy" else self._asks
+        price = resting[_PRICE]
+        book = self._bids if resting[_SIDE] == "buy" else self._asks
         level = book[price]
-        level.orders.remove(resting)
-        level.qty_lots -= resting.qty_lots
-        if not level.orders:
-            del book[price]
-            if resting.side == "buy":
-                if price == self._best_bid:
-                    self._best_bid = book.peekitem(-1)[0] if book else None
-            elif price == self._best_ask:
-                self._best_ask = book.peekitem(0)[0] if book else None
+        queue = level.orders
+        level.qty_lots -= resting[_QTY]
+        resting[_QTY] = 0
+        level.live -= 1
+        if queue[0] is resting:
+            queue.popleft()
+        elif len(queue) > 2 * level.live + 16:
+            level.orders = deque([o for o in queue if o[_QTY]])
+        if not level.live:
+            self._drop_level(book, price)
+
+    def _drop_level(self, book: dict[int, _Level], price: int) -> None:
+        """Forget an emptied level of ``book`` (bids or asks) and, if it was the best, find the next best."""
+        del book[price]
+        if book is self._bids:
+            keys = self._bid_keys
+            if price == self._best_bid:
+                keys.pop()
+                self._best_bid = keys[-1] if keys else None
+            else:
+                del keys[bisect_left(keys, price)]
+        else:
+            keys = self._ask_keys
+            if price == self._best_ask:
+                keys.pop()
+                self._best_ask = -keys[-1] if keys else None
+            else:
+                del keys[bisect_left(keys, -price)]
 
     # Rebuilding a book from stored state (snapshot, then the log) without emitting events.
 
@@ -271,17 +309,17 @@ class OrderBook:
         """Put an order at the back of its level, as a ``rested`` event or a snapshot row says."""
         if order_id in self._orders:
             raise EngineError(f"stored book for {self.market} lists order {order_id} twice")
-        self._rest(RestingOrder(order_id, owner, side, price_ticks, qty_lots, post_only))
+        self._rest([order_id, owner, side, price_ticks, qty_lots, post_only])
 
     def apply_fill(self, maker_order_id: str, qty_lots: int) -> None:
         """Reduce a resting maker by a logged fill; an exhausted maker leaves the book."""
         maker = self._orders.get(maker_order_id)
-        if maker is None or maker.qty_lots < qty_lots:
+        if maker is None or maker[_QTY] < qty_lots:
             raise EngineError(f"stored log for {self.market} fills order {maker_order_id} beyond the book")
-        book = self._bids if maker.side == "buy" else self._asks
-        book[maker.price_ticks].qty_lots -= qty_lots
-        maker.qty_lots -= qty_lots
-        if not maker.qty_lots:
+        book = self._bids if maker[_SIDE] == "buy" else self._asks
+        book[maker[_PRICE]].qty_lots -= qty_lots
+        maker[_QTY] -= qty_lots
+        if not maker[_QTY]:
             del self._orders[maker_order_id]
             self._unlink(maker)
 
@@ -293,18 +331,17 @@ class OrderBook:
 
     def resting_orders(self) -> list[RestingOrder]:
         """Resting orders in time priority (the order they joined the book)."""
-        return list(self._orders.values())
+        return [RestingOrder(*r) for r in self._orders.values()]
 
     def open_orders(self) -> list[EngineOrder]:
-        return [EngineOrder(r.order_id, self.market, r.owner, r.side, r.price_ticks, r.qty_lots, "gtc", r.post_only)
+        return [EngineOrder(r[_ID], self.market, r[_OWNER], r[_SIDE], r[_PRICE], r[_QTY], "gtc", r[_POST])
                 for r in self._orders.values()]
 
     def depth(self, levels: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Aggregated (price_ticks, qty_lots) per level, best first, at most ``levels`` per side."""
         n = max(0, levels)
-        bids = [(p, self._bids[p].qty_lots)
-                for p in self._bids.islice(max(0, len(self._bids) - n), reverse=True)] if n else []
-        asks = [(p, self._asks[p].qty_lots) for p in self._asks.islice(0, n)] if n else []
+        bids = [(p, self._bids[p].qty_lots) for p in reversed(self._bid_keys[-n:])] if n else []
+        asks = [(-k, self._asks[-k].qty_lots) for k in reversed(self._ask_keys[-n:])] if n else []
         return bids, asks
 
 
@@ -376,8 +413,7 @@ class Matcher:
 
     def dump(self) -> dict[str, list[list[Any]]]:
         """Every stored book as plain rows ``[order_id, owner, side, price_ticks, qty_lots, post_only]``."""
-        return {symbol: [[r.order_id, r.owner, r.side, r.price_ticks, r.qty_lots, r.post_only]
-                         for r in book.resting_orders()]
+        return {symbol: [list(r) for r in book._orders.values()]
                 for symbol, book in self.books.items() if len(book)}
 
     def load(self, books: dict[str, list[list[Any]]]) -> None:

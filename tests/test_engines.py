@@ -183,6 +183,39 @@ async def test_cancel(engine):
             await engine.cancel("DOGE/USDC", "a1")
 
 
+async def test_cancels_inside_a_queue_keep_priority_depth_and_fok_exact(engine):
+    """Canceled orders behind the head of a level are skipped by matching, FOK and depth; a level whose every
+    order was canceled disappears, even when the cancels came in any order, and the best price moves on."""
+    with trio.fail_after(TIMEOUT_S):
+        for i in range(40):   # one level of 40 asks at 100, owners alternating
+            await engine.submit(order(f"a{i}", "sell", 100, 1, "bob" if i % 2 else "carol"))
+        await engine.submit(order("far", "sell", 105, 7, "bob"))
+        for i in range(1, 39):   # cancel everything but the first and the last, out of order
+            i = 1 + (i * 7) % 38
+            assert await engine.cancel(M, f"a{i}") == [done(await engine.last_seq(), f"a{i}", 1, "canceled")]
+        assert (await engine.depth(M, 3)).asks == [(100, 2), (105, 7)]
+        assert [o.order_id for o in await engine.open_orders(M)] == ["a0", "a39", "far"]
+        # FOK for 3 at 100 cannot fill (only 2 live lots there): nothing moves.
+        seq = await engine.last_seq()
+        assert await engine.submit(order("fok", "buy", 100, 3, "dave", tif="fok")) == [
+            done(seq + 1, "fok", 3, "expired")]
+        # A taker for 4 up to 105 takes a0, then a39 (skipping the 38 canceled in between), then 2 of far.
+        seq += 1
+        assert await engine.submit(order("t", "buy", 105, 4, "dave")) == [
+            fill(seq + 1, "t", "a0", 1, 100, "buy"), done(seq + 2, "a0", 0, "filled"),
+            fill(seq + 3, "t", "a39", 1, 100, "buy"), done(seq + 4, "a39", 0, "filled"),
+            fill(seq + 5, "t", "far", 2, 105, "buy"), done(seq + 6, "t", 0, "filled")]
+        assert (await engine.depth(M, 3)).asks == [(105, 5)]
+        # Cancel every order of a level from the back: the level goes, the best bid falls to the next.
+        await submit_all(engine, *(order(f"b{i}", "buy", 90, 1, "bob") for i in range(30)),
+                         order("b_low", "buy", 80, 2, "bob"))
+        for i in reversed(range(30)):
+            await engine.cancel(M, f"b{i}")
+        assert (await engine.depth(M, 3)).bids == [(80, 2)]
+        await engine.submit(order("s", "sell", 80, 1, "carol"))
+        assert (await engine.depth(M, 3)).bids == [(80, 1)]
+
+
 async def test_depth_aggregates_levels_best_first(engine):
     with trio.fail_after(TIMEOUT_S):
         await submit_all(engine, order("b1", "buy", 98, 1, "bob"), order("b2", "buy", 99, 2, "bob"),

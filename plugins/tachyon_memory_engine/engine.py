@@ -43,6 +43,7 @@ class MemoryEngine:
         self._log_limit = limit
         self._trim_above = limit + (limit >> 2) + 16   # trim in chunks: del log[:n] amortised over many events
         self._closed = False
+        self._submit = self._matcher.submit   # bound once: submit is the hot path
 
     async def start(self, markets: Sequence[MarketSpec]) -> None:
         for spec in markets:
@@ -51,8 +52,11 @@ class MemoryEngine:
     async def submit(self, order: EngineOrder) -> list[Event]:
         if self._closed:
             raise EngineError("memory engine is closed")
-        events = self._matcher.submit(order)
-        self._record(events)
+        events = self._submit(order)
+        log = self._log
+        log += events
+        if len(log) > self._trim_above:
+            self._drop_through(log[-1].seq - self._log_limit)
         return events
 
     async def cancel(self, market: str, order_id: str) -> list[Event]:
