@@ -11,7 +11,7 @@ import random
 
 import trio
 
-from common import Daemon, emit, load
+from common import Daemon, emit, load, load_native
 
 PASSWORD = "bench password"
 CLIENTS = 32
@@ -59,7 +59,15 @@ def main() -> None:
                 emit({"bench": "dex_orders", "engine": engine, "mode": "sequential" if clients == 1 else "concurrent",
                       **r, "orders_per_s": r["calls_per_s"], "target_orders_per_s": 10_000, "target_p99_ms": 20,
                       "trades_seen_capped_1000": trades, "ledger_verify_ok": verify["ok"],
-                      "ledger_entries": verify["entries"]})
+                      "ledger_entries": verify["entries"], "load_generator": "python (trio)"})
+                native = load_native(d.socket, clients, (40 if args.quick else 200) * (8 if clients == 1 else 1),
+                                     lambda cid, n: make_order(cid, n + 1_000_000))
+                if native is not None:
+                    verify = d.call("ledger.verify")
+                    emit({"bench": "dex_orders", "engine": engine,
+                          "mode": "sequential" if clients == 1 else "concurrent", **native,
+                          "orders_per_s": native["calls_per_s"], "target_orders_per_s": 10_000, "target_p99_ms": 20,
+                          "ledger_verify_ok": verify["ok"], "ledger_entries": verify["entries"]})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import argparse
 
 import trio
 
-from common import Daemon, emit, load
+from common import Daemon, emit, load, load_native
 
 TOKENS = [{"symbol": "USDC", "decimals": 6, "networks": ["ethereum"]}]
 
@@ -33,7 +33,11 @@ def main() -> None:
 
         for clients in (1, 32):
             r = trio.run(load, d.socket, clients, seconds, transfer, args.pipeline)
-            emit({"bench": "ledger_transfer_rpc", "pipeline": args.pipeline, "synchronous": "FULL", **r})
+            emit({"bench": "ledger_transfer_rpc", "pipeline": args.pipeline, "synchronous": "FULL",
+                  "load_generator": "python (trio)", **r})
+            native = load_native(d.socket, clients, (100 if args.quick else 600) * (4 if clients == 1 else 1), transfer)
+            if native is not None:
+                emit({"bench": "ledger_transfer_rpc", "pipeline": 1, "synchronous": "FULL", **native})
         verify = d.call("ledger.verify")
         assert verify["ok"], verify["problems"]
 

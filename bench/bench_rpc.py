@@ -11,7 +11,7 @@ import time
 
 import trio
 
-from common import Daemon, emit
+from common import Daemon, emit, load_native
 
 
 def ctl_startup(socket_path: str, runs: int) -> dict:
@@ -42,7 +42,10 @@ def main() -> None:
     with Daemon() as d:
         for clients in (1, 32):
             r = trio.run(lambda: __import__("common").load(d.socket, clients, seconds, lambda c, n: {"method": "daemon.info"}))
-            emit({"bench": "rpc_daemon_info", **r})
+            emit({"bench": "rpc_daemon_info", "load_generator": "python (trio)", **r})
+            native = load_native(d.socket, clients, 200 if args.quick else 1500, lambda c, n: {"method": "daemon.info"})
+            if native is not None:
+                emit({"bench": "rpc_daemon_info", **native})
         emit(ctl_startup(d.socket, 5 if args.quick else 20))
 
 

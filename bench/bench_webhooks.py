@@ -220,6 +220,45 @@ def run(d: Daemon, events: int, connections: int, in_process_per_s: float) -> No
               "wallet": "locked", "body_bytes": len(event_body(wallet_id, 0)), "load_avg_1m": os.getloadavg()[0]})
         if ok != events or int(enqueued) != events:
             sys.exit(f"only {ok} of {events} events were accepted ({int(enqueued)} enqueued)")
+        wrk_run(d, host, port, base, wallet_id, connections, quick=events <= 2000)
+
+
+def wrk_run(d: Daemon, host: str, port: str, base: str, wallet_id: str, connections: int, quick: bool) -> None:
+    """The same webhook path driven by wrk (native, from Debian), so the client takes almost no CPU."""
+    import shutil
+    import subprocess
+
+    import httpx
+
+    if shutil.which("wrk") is None:
+        emit({"bench": "webhooks_durable_wrk", "skipped": "wrk is not installed (apt-get install wrk)"})
+        return
+    seconds = 2 if quick else 6
+    per_thread = 3000 if quick else 8000   # more than a thread sends in the run, so none repeats
+    with tempfile.TemporaryDirectory(prefix="tyb-wrk-") as tmp:
+        for thread in (1, 2):
+            with open(f"{tmp}/req{thread}.bin", "wb") as fh:
+                for n in range(per_thread):
+                    req = http_request(f"{host}:{port}", event_body(wallet_id, 1_000_000 * thread + n))
+                    fh.write(len(req).to_bytes(4, "big") + req)
+        before = metric(httpx.get(base + "/metrics", timeout=30).text, "tachyon_webhook_events_enqueued_total")
+        out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency",
+                              "-s", str(Path(__file__).resolve().parent / "wrk_requests.lua"), base],
+                             env={**os.environ, "REQUESTS_PREFIX": f"{tmp}/req"}, capture_output=True, text=True,
+                             check=True).stdout
+    text = httpx.get(base + "/metrics", timeout=30).text
+    enqueued = metric(text, "tachyon_webhook_events_enqueued_total") - before
+    import re
+
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    emit({"bench": "webhooks_durable_wrk", "connections": connections, "seconds": seconds,
+          "load_generator": "wrk (bench/wrk_requests.lua)", "enqueued": int(enqueued),
+          "events_per_s": round(enqueued / seconds),
+          "wrk_requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+          "p99_ms": round(float(p99.group(1)) * scale[p99.group(2)], 3) if p99 else None,
+          "non_2xx": int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0,
+          "target_per_s": TARGET_PER_S, "meets_target": enqueued / seconds >= TARGET_PER_S, "wallet": "locked"})
 
 
 if __name__ == "__main__":

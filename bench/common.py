@@ -131,3 +131,39 @@ async def load(socket_path: str, clients: int, duration_s: float, make_request: 
     elapsed = time.perf_counter() - t0
     return {"clients": clients, "calls": done, "seconds": round(elapsed, 3), "calls_per_s": round(done / elapsed),
             "p50_ms": round(pct(latencies, 50), 3), "p99_ms": round(pct(latencies, 99), 3), "errors": errors}
+
+
+def native_loadgen() -> Path | None:
+    """bench/loadgen.c compiled with ``cc -O2`` into bench/.build (rebuilt when the source is newer), or None
+    when this machine has no C compiler (the benchmarks then say so and use the Python load generator)."""
+    src = ROOT / "bench" / "loadgen.c"
+    exe = ROOT / "bench" / ".build" / "loadgen"
+    if exe.exists() and exe.stat().st_mtime >= src.stat().st_mtime:
+        return exe
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        return None
+    exe.parent.mkdir(exist_ok=True)
+    subprocess.run([cc, "-O2", "-Wall", "-o", str(exe), str(src)], check=True)
+    return exe
+
+
+def load_native(socket_path: str, clients: int, calls_per_client: int,
+                make_request: Callable[[int, int], dict[str, Any]]) -> dict[str, Any] | None:
+    """Like :func:`load`, but the requests are written beforehand and sent by the native load generator,
+    so nearly all of this machine's CPU goes to the daemon. Each client sends ``calls_per_client`` calls
+    one after another. Returns None when no C compiler is available."""
+    exe = native_loadgen()
+    if exe is None:
+        return None
+    with tempfile.NamedTemporaryFile("wb", prefix="tyb-reqs-", suffix=".jsonl") as fh:
+        for n in range(calls_per_client):
+            for cid in range(clients):
+                req = make_request(cid, n)
+                req.update(jsonrpc="2.0", id=n)
+                fh.write(json.dumps(req).encode() + b"\n")
+        fh.flush()
+        out = subprocess.run([str(exe), socket_path, str(clients), fh.name], check=True, capture_output=True,
+                             text=True).stdout
+    result = json.loads(out)
+    return {"clients": clients, "load_generator": "native (bench/loadgen.c)", **result}
