@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	@# Editable installs get no bytecode, and PYTHONDONTWRITEBYTECODE (set on some machines) stops imports
+	@# from caching it: compile once, so tachyon-ctl does not recompile itself on every start.
+	$(BIN)/python -m compileall -q tachyond tachyon_ctl plugins
 	@touch $(STAMP)
 
 install: $(STAMP)

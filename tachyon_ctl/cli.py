@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import signal
 import sys
 import time
-from decimal import Decimal
 from typing import Any, Callable
 
 from .client import Client, DaemonNotRunning, RpcError
@@ -63,6 +61,8 @@ def kv(doc: dict[str, Any]) -> str:
 def order_book_ladder(book: dict[str, Any]) -> str:
     """A depth ladder: asks above (best lowest, nearest the spread), bids below."""
     asks, bids = book.get("asks", []), book.get("bids", [])
+    from decimal import Decimal  # imported where used: tachyon-ctl's start-up time is part of its contract
+
     qtys = [Decimal(q) for _, q in asks + bids] or [Decimal(1)]
     top = max(qtys) or Decimal(1)
     bar = lambda q: "#" * max(1, int(Decimal(q) / top * 30))  # noqa: E731
@@ -96,6 +96,8 @@ def read_password(args: argparse.Namespace, prompt: str, *, confirm: bool = Fals
     else:
         if not sys.stdin.isatty():
             raise UsageError("no terminal to prompt for the password: use --password-stdin")
+        import getpass  # imported where used, like decimal
+
         pw = getpass.getpass(prompt)
         if confirm and getpass.getpass("Repeat: ") != pw:
             raise UsageError("the two passwords differ")
@@ -130,6 +132,8 @@ def minor_to_decimal(client: Client, currency: str, minor: str) -> str:
     token = tokens.get(currency.lower())
     if token is None:
         raise UsageError(f"currency {currency!r} is not a token of this daemon ({', '.join(sorted(tokens))})")
+    from decimal import Decimal
+
     return str(Decimal(int(minor)).scaleb(-token["decimals"]))
 
 
