@@ -4,8 +4,10 @@ Each event has its own event id and session id and carries this wallet's tag, so
 sealed to the wallet key and committed to the inbox before its 200. The wallet is locked during the run
 (webhooks must be recorded while locked, and the confirmation worker then stays idle), so the number is the
 receive path alone: HTTP, signature check, X25519 seal, group-committed SQLite write.
-Three numbers: events/s over HTTP (the result), the HTTP stack's own ceiling (an unknown provider's 404, no
-body read), and events/s through OnrampService.receive_webhook in process (no HTTP), to show where time goes.
+Numbers: events/s over HTTP with the trio client (the result) and with wrk (a native client, when installed);
+an unknown provider's 404 (answered before the body is read, so the connection closes and every request
+opens a new one: a connection-setup figure, not keep-alive; bench_ceiling.py has the keep-alive ceiling);
+and events/s through OnrampService.receive_webhook in process (no HTTP), to show where time goes.
 Usage: python bench/bench_webhooks.py [--events N] [--connections C] [--quick]
 """
 
