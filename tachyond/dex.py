@@ -193,8 +193,10 @@ class DexService:
             self._remember(order)
             if order["status"] == "canceled":
                 self.metrics.orders_canceled.labels(order["market"]).inc()
+            elif order["status"] == "closed":
+                self.metrics.orders_filled.labels(order["market"]).inc()
         for trade in result["trades"]:
-            self.metrics.orders_filled.labels(trade["market"]).inc()
+            self.metrics.trades.labels(trade["market"]).inc()
             self.daemon.plugins.notify("order_filled", trade=trade_public(trade, self.markets[trade["market"]]))
         engine = self.engines.get(engine_name)
         if store_seq and hasattr(engine, "compact"):

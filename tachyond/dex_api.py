@@ -14,8 +14,8 @@ STATUSES = ("open", "closed", "canceled", "expired", "rejected")
 def register_dex_methods(d: Any, dex: Any) -> None:
     r = d.registry
 
-    @r.method("dex.markets", result="[{symbol, base, quote, engine, tick, lot, min_notional, maker_fee_bps, "
-                                    "taker_fee_bps, protection_bps}]")
+    @r.method("dex.markets", result="[{symbol, base, quote, engine, tick, lot, min_notional, tick_minor, lot_minor, "
+                                    "min_notional_minor, maker_fee_bps, taker_fee_bps, protection_bps}]")
     async def markets(p: dict[str, Any]) -> Any:
         """The markets of this daemon, from [[markets]]."""
         return [m.describe() for m in dex.markets.values()]

@@ -127,5 +127,7 @@ class Market:
     def describe(self) -> dict:
         return {"symbol": self.symbol, "base": self.base, "quote": self.quote, "engine": self.engine,
                 "tick": self.fmt_price(1), "lot": self.fmt_qty(1),
-                "min_notional": self.fmt_quote(self.min_notional_minor), "maker_fee_bps": self.maker_fee_bps,
+                "min_notional": self.fmt_quote(self.min_notional_minor), "tick_minor": self.tick_minor,
+                "lot_minor": self.lot_minor, "min_notional_minor": self.min_notional_minor,
+                "maker_fee_bps": self.maker_fee_bps,
                 "taker_fee_bps": self.taker_fee_bps, "protection_bps": self.protection_bps}

@@ -25,7 +25,9 @@ class Metrics:
         self.topups_pending = Gauge("tachyon_topups_pending", "Pending onramp topups", registry=r)
         self.topups_claimed = Counter("tachyon_topups_claimed", "Onramp topups claimed", ["provider"], registry=r)
         self.orders_placed = Counter("tachyon_orders_placed", "Orders accepted", ["market"], registry=r)
-        self.orders_filled = Counter("tachyon_orders_filled", "Fills settled", ["market"], registry=r)
+        self.orders_filled = Counter("tachyon_orders_filled", "Orders filled completely (status closed)", ["market"],
+                                     registry=r)
+        self.trades = Counter("tachyon_trades", "Trades (fills) settled", ["market"], registry=r)
         self.orders_canceled = Counter("tachyon_orders_canceled", "Orders canceled", ["market"], registry=r)
         self.orders_open = Gauge("tachyon_orders_open", "Open orders", registry=r)
 

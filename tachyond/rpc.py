@@ -177,7 +177,8 @@ class Registry:
                      "description": "JSON-RPC 2.0 over a Unix socket, one message per line. "
                                     "Amounts are decimal strings in whole token units; results also carry *_minor ints."},
             "methods": [m.openrpc() for m in sorted(self.methods.values(), key=lambda m: m.name)],
-            "components": {"errors": [{"code": e.code, "message": e.title} for e in errors.ALL_ERRORS]},
+            # OpenRPC's components.errors is a map from a name to an Error object.
+            "components": {"errors": {e.__name__: {"code": e.code, "message": e.title} for e in errors.ALL_ERRORS}},
         }
 
 

@@ -11,7 +11,7 @@ import trio
 
 from test_dex_helpers import balances, fund, order, rpc, rpc_error, start_dex_daemon
 
-BASES = ["TICK", "LOT", "MIN", "FUNDS", "POST", "FOK", "IOC", "STP", "COID", "MKT", "CANCEL", "FEES", "SHAPE"]
+BASES = ["TICK", "LOT", "MIN", "FUNDS", "POST", "FOK", "IOC", "STP", "COID", "MKT", "CANCEL", "FEES", "SHAPE", "METR"]
 
 
 @pytest.fixture(scope="module", params=["memory", "sqlite"])
@@ -214,7 +214,8 @@ async def test_shapes_of_markets_book_orders_and_trades(dexd):
     with trio.fail_after(30):
         markets = {m["symbol"]: m for m in await rpc(dexd, "dex.markets")}
         assert markets["ZEC/USDC"] == {"symbol": "ZEC/USDC", "base": "ZEC", "quote": "USDC", "engine": markets["ZEC/USDC"]["engine"],
-                                       "tick": "0.01", "lot": "0.0001", "min_notional": "1.00", "maker_fee_bps": 10,
+                                       "tick": "0.01", "lot": "0.0001", "min_notional": "1.00", "tick_minor": 10_000,
+                                       "lot_minor": 10_000, "min_notional_minor": 1_000_000, "maker_fee_bps": 10,
                                        "taker_fee_bps": 20, "protection_bps": 500}
         await fund(dexd, "shape-a", USDC="1000", SHAPE="5")
         await order(dexd, "shape-a", "buy", "1", "10.00", market="SHAPE/USDC")
@@ -229,3 +230,29 @@ async def test_shapes_of_markets_book_orders_and_trades(dexd):
                           "qty_minor", "filled_minor", "cost_minor", "fee_minor", "price_minor"}
         locked = await rpc_error(dexd, "dex.order_book", {"market": "SHAPE/USDC", "depth": 0})
         assert locked.code == -32602
+
+
+async def test_metrics_count_orders_filled_and_trades_apart(dexd):
+    """tachyon_orders_filled counts orders that end filled (maker and taker alike); tachyon_trades counts fills."""
+    import httpx
+
+    def metric(text: str, name: str) -> float:
+        line = f'{name}{{market="METR/USDC"}} '
+        return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(line))
+
+    async def counts() -> tuple[float, float, float]:
+        base = (await rpc(dexd, "daemon.info"))["http"][0]
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(base + "/metrics", timeout=10)).text
+        return (metric(text, "tachyon_orders_placed_total"), metric(text, "tachyon_orders_filled_total"),
+                metric(text, "tachyon_trades_total"))
+
+    with trio.fail_after(30):
+        await fund(dexd, "metr-m", METR="5")
+        await fund(dexd, "metr-t", USDC="1000")
+        await order(dexd, "metr-m", "sell", "2", "50.00", market="METR/USDC")
+        first = await order(dexd, "metr-t", "buy", "1", "50.00", market="METR/USDC")
+        assert first["status"] == "closed"
+        assert await counts() == (2, 1, 1)   # the maker is still open with 1 left
+        await order(dexd, "metr-t", "buy", "1", "50.00", market="METR/USDC")
+        assert await counts() == (3, 3, 2)   # both takers and the maker filled; two trades

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
 
@@ -66,3 +68,17 @@ def test_healthz_names_what_does_not_answer(daemon_factory):
     assert r.status_code == 503
     body = r.json()
     assert body["status"] == "unavailable" and "rpc_socket" in body["failing"]
+
+
+def test_healthz_names_the_database_when_it_is_gone(daemon_factory):
+    """With data_dir/wallet.db removed under the running daemon, /healthz answers 503 naming the DB."""
+    d = daemon_factory().start()
+    base = http_base(d)
+    assert httpx.get(base + "/healthz", timeout=10).status_code == 200
+    db = d.dir / "data" / "wallet.db"
+    db.rename(db.with_name("wallet.db.moved"))
+    r = httpx.get(base + "/healthz", timeout=10)
+    assert r.status_code == 503
+    assert "wallet.db is missing" in r.json()["failing"]["db"]
+    db.with_name("wallet.db.moved").rename(db)
+    assert httpx.get(base + "/healthz", timeout=10).status_code == 200

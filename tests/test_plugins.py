@@ -78,6 +78,19 @@ def test_rpc_discover_lists_plugin_methods(plugged):
         assert core in names and names[core]["summary"]
     assert names["spec.subtract"]["x-plugin"] == "testplugin"
     assert [p["name"] for p in names["spec.subtract"]["params"]] == ["minuend", "subtrahend"]
+    # The shape OpenRPC 1.2.6's meta-schema requires: known top-level members (or x-), info.title and
+    # info.version, methods with name and params, content descriptors with name and schema, and
+    # components.errors a map from a name to {code: int, message: str}.
+    assert set(doc) <= {"openrpc", "info", "externalDocs", "servers", "methods", "components"}
+    assert isinstance(doc["info"]["title"], str) and isinstance(doc["info"]["version"], str)
+    for m in doc["methods"]:
+        assert isinstance(m["name"], str) and isinstance(m["params"], list)
+        for cd in [*m["params"], m["result"]]:
+            assert isinstance(cd["name"], str) and isinstance(cd["schema"], dict)
+    errs = doc["components"]["errors"]
+    assert isinstance(errs, dict) and errs
+    assert all(isinstance(e["code"], int) and isinstance(e["message"], str) for e in errs.values())
+    assert errs["InvalidParams"]["code"] == -32602
 
 
 def test_hook_register_rpc_methods(plugged):

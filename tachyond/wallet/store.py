@@ -107,6 +107,10 @@ class UnlockTimer:
             on_expire()
 
 
+def _probe(rtx: "ReadTx") -> None:
+    rtx.conn.execute("SELECT count(*) FROM meta").fetchone()
+
+
 class _Access:
     """What reads and writes share: the connection, the keys (or WalletLocked) and sealed JSON values."""
 
@@ -468,6 +472,18 @@ class Wallet:
                 token.run_sync_soon(_reschedule_all, pairs)
             except trio.RunFinishedError:
                 pass  # the caller's trio run is gone; nobody is waiting for the answer
+
+    async def health(self) -> dict[str, str]:
+        """``{}`` when the database answers: its file is in place, the writer thread runs and a read succeeds."""
+        if not self.path.exists():
+            return {"db": f"{self.path} is missing"}
+        if self._thread is None or not self._thread.is_alive():
+            return {"db": "the wallet database writer is not running"}
+        try:
+            await self.read(_probe)
+        except Exception as exc:
+            return {"db": f"{self.path} does not answer a read: {type(exc).__name__}: {exc}"}
+        return {}
 
     # ----- readers -----
     async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
