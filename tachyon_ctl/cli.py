@@ -233,9 +233,12 @@ def run(args: argparse.Namespace, client: Client, out: Output) -> None:  # noqa:
             if (args.amount is None) == (args.value is None):
                 raise UsageError("give exactly one of --amount MINOR_UNITS or --value WHOLE_TOKENS")
             amount = args.value if args.value is not None else minor_to_decimal(client, currency, args.amount)
+            # Minor units were converted with `currency`'s decimals: name it, so the daemon cannot apply another
+            # token's (its provider default) to the converted amount.
+            sent_currency = args.currency if args.value is not None else currency
             out.show(call("onramp.create_session", drop_none({"provider": args.provider, "account": args.account,
                                                               "destination_address": args.destination, "network": args.network,
-                                                              "currency": args.currency, "amount": amount}), label="create-session"), kv)
+                                                              "currency": sent_currency, "amount": amount}), label="create-session"), kv)
         elif sub == "pending":
             out.show(call("onramp.pending", drop_none({"provider": args.provider}), label="pending"),
                      lambda r: table(r, ["session_id", "provider", "account", "token", "amount", "network", "received_at"]))

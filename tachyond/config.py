@@ -252,6 +252,10 @@ def _http(t: Mapping[str, Any]) -> HttpConfig:
     key = _get(t, "keyfile", str, None, p)
     if bool(cert) != bool(key):
         raise ConfigError("http.keyfile" if cert else "http.certfile", "certfile and keyfile go together")
+    for name, value in (("certfile", cert), ("keyfile", key)):
+        if value and not (os.path.isfile(value) and os.access(value, os.R_OK)):
+            why = "no such file" if not os.path.exists(value) else "not a readable file"
+            raise ConfigError(f"http.{name}", f"cannot read {value}: {why}")
     body = _get(t, "max_body_bytes", int, 65536, p)
     if body < 1024 or body > 64 * 1024 * 1024:
         raise ConfigError("http.max_body_bytes", f"must be between 1024 and 67108864, not {body}")

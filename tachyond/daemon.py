@@ -160,7 +160,10 @@ class Daemon:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Start every service in one nursery; return after a graceful stop."""
         cfg = self.config
-        cfg.daemon.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            cfg.daemon.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"daemon.data_dir: cannot create {cfg.daemon.data_dir}: {exc.strerror or exc}") from exc
         rpc = RpcServer(self.dispatcher, drain_timeout_s=DRAIN_TIMEOUT_S)
         async with trio.open_nursery() as nursery:
             self.nursery = nursery

@@ -255,3 +255,17 @@ def test_provider_table_without_its_plugin_is_a_config_error(sockdir):
     _one_line_failure(path, 2, "engines.sqlite.bogus")
     path = write_config(sockdir, base_document(sockdir, engines={"memory": {"log_limit": 0}}))
     _one_line_failure(path, 2, "engines.memory.log_limit")
+
+
+def test_unreadable_tls_files_name_their_key(sockdir):
+    (sockdir / "key.pem").write_text("not checked before the certificate")
+    doc = base_document(sockdir, http={"listen": ["127.0.0.1:0"], "certfile": str(sockdir / "missing.pem"),
+                                       "keyfile": str(sockdir / "key.pem")})
+    _one_line_failure(write_config(sockdir, doc), 2, "http.certfile: cannot read")
+
+
+def test_data_dir_that_cannot_be_created_names_the_key(sockdir):
+    (sockdir / "a-file").write_text("data_dir cannot live under a regular file, even for root")
+    doc = base_document(sockdir)
+    doc["daemon"]["data_dir"] = str(sockdir / "a-file" / "data")
+    _one_line_failure(write_config(sockdir, doc), 1, "daemon.data_dir: cannot create")

@@ -355,3 +355,35 @@ async def test_reconciler_timer_backfills_without_being_asked(nursery, sockdir):
             assert topup["session_id"] == session["id"]
             assert await env.metric("tachyon_topups_pending") == 1
             assert not [a for a in env.emu.delivery_attempts]  # no webhook was ever delivered
+
+
+async def test_tachyon_ctl_buys_usdc_with_the_interface_flags(nursery, sockdir):
+    """create-session --destination --amount MINOR_UNITS, pay, pending, claim --session-id, balance: the CLI path."""
+    from conftest import run_ctl
+
+    def ctl(*args: str) -> Any:
+        r = run_ctl("--json", *args, socket_path=str(env.daemon.socket))
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    with trio.fail_after(60):
+        async with onramp_env(nursery, sockdir) as env:
+            await env.call("accounts.create", {"name": "bob"})
+            session = await trio.to_thread.run_sync(
+                ctl, "onramp", "create-session", "--destination", ETH, "--network", "ethereum", "--amount", "12500000",
+                "--account", "bob")
+            sent = env.emu.requests[-1]["params"]
+            # --amount is minor units of --currency (default usdc), named explicitly to the daemon and Stripe.
+            assert (sent["destination_amount"], sent["destination_currency"]) == ("12.50", "usdc")
+            await env.pay_in_page(session["url"])
+            await env.emu.wait_webhooks_idle()
+            await env.wait_pending()
+            [pending] = await trio.to_thread.run_sync(ctl, "onramp", "pending")
+            assert (pending["session_id"], pending["amount"], pending["account"]) == (session["id"], "12.50", "bob")
+            claimed = await trio.to_thread.run_sync(ctl, "onramp", "claim", "--session-id", session["id"])
+            assert (claimed["account"], claimed["amount_minor"]) == ("bob", 12_500_000)
+            again = await trio.to_thread.run_sync(
+                lambda: run_ctl("onramp", "claim", "--session-id", session["id"], socket_path=str(env.daemon.socket)))
+            assert again.returncode == 1 and "not found" in again.stderr
+            balances = await trio.to_thread.run_sync(ctl, "balance", "--account", "bob")
+            assert [b["available"] for b in balances if b["token"] == "USDC"] == ["12.50"]
