@@ -106,6 +106,9 @@ class Client:
             raise DaemonNotRunning(f"{self.path} answered something that is not JSON-RPC; is it tachyond's socket?") from None
         if "error" in msg:
             err = msg["error"]
+            if msg.get("id") is None and err.get("code") == -32000:
+                # Not an answer to this call: the daemon refused the connection itself (peer credentials).
+                raise DaemonNotRunning(f"tachyond at {self.path} refused this connection: {err.get('message')}")
             raise RpcError(err.get("code", -32603), err.get("message", "unknown error"), err.get("data"))
         return msg.get("result")
 

@@ -136,6 +136,12 @@ def test_other_uid_is_refused_by_peer_credentials(daemon_factory, sockdir):
     answer = _call_as(uid, nogroup, [gid], d.socket)
     assert "error" in answer and "permission denied" in answer["error"]["message"]
     assert "result" not in answer
+    # tachyon-ctl treats the refusal like any unreachable daemon: exit 3, the daemon's reason on stderr.
+    code = ("import os, sys\nfrom tachyon_ctl.cli import main, build_parser\nbuild_parser().format_help()\n"
+            f"os.setgroups([{gid}]); os.setgid({nogroup}); os.setuid({uid})\n"
+            f"sys.exit(main(['--socket', {d.socket!r}, 'status']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 3 and "refused this connection" in r.stderr and "permission denied" in r.stderr, r.stderr
     assert d.call("daemon.info")["version"]
 
 
