@@ -376,6 +376,8 @@ DEFAULT_DOCUMENT: dict[str, Any] = {
         {"symbol": "ZEC/USDC", "engine": "sqlite", "tick": "0.01", "lot": "0.0001", "min_notional": "1",
          "maker_fee_bps": 10, "taker_fee_bps": 20, "protection_bps": 500},
     ],
+    # The remote engine's table, as interface.md's example has it; used only by markets with engine = "http".
+    "engines": {"http": {"url": "http://127.0.0.1:9010", "timeout_s": 5, "token_env": "TACHYON_ENGINE_TOKEN"}},
     "onramp": {"stripe": {
         "secret_key_env": "STRIPE_SECRET_KEY", "webhook_secret_env": "STRIPE_WEBHOOK_SECRET",
         "api_base": "https://api.stripe.com", "tolerance_s": 300, "default_network": "ethereum",
