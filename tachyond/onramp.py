@@ -31,6 +31,7 @@ COMPLETE = "fulfillment_complete"
 RETRY_BASE_S = 1.0
 RETRY_MAX_S = 60.0
 INBOX_BATCH = 200
+PRUNE_EVERY_S = 3600.0
 MAX_REASON_CHARS = 500
 
 
@@ -61,6 +62,7 @@ class OnrampService:
         self._wake = trio.Event()
         self._failures: dict[int, tuple[int, float]] = {}  # inbox id -> (consecutive failures, retry at, monotonic)
         self._pending_count = 0
+        self._next_prune = -math.inf   # trio clock: when _prune_inbox may run again
         self._cancel: trio.CancelScope | None = None
         self._running = False
         self.last_reconcile: dict[str, dict] = {}
@@ -183,6 +185,7 @@ class OnrampService:
         while True:
             rows = await self.wallet.read(store.due_inbox_sync, after_id, INBOX_BATCH)
             if not rows:
+                await self._prune_inbox()
                 return next_due
             for inbox_id, sealed, received_at in rows:
                 after_id = inbox_id
@@ -214,6 +217,20 @@ class OnrampService:
                                   inbox_id, failures, delay)
                 else:
                     self._failures.pop(inbox_id, None)
+
+    async def _prune_inbox(self) -> None:
+        """At most once an hour, delete inbox events processed more than 30 days ago (bounded growth)."""
+        now = trio.current_time()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY_S
+        try:
+            pruned = await self.wallet.write(store.prune_inbox_op)
+        except (WalletLocked, ShuttingDown):
+            return
+        if pruned:
+            log.info("onramp inbox: deleted %d events processed more than %d days ago", pruned,
+                     store.INBOX_RETENTION_S // 86400)
 
     async def _confirm(self, inbox_id: int, sealed: bytes) -> None:
         """Open one inbox event, fetch its session from the provider, decide and record the outcome."""

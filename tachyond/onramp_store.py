@@ -2,7 +2,8 @@
 
 Tables:
 - ``onramp_seen``: dedupe keys (SHA-256, usable while locked) of every webhook event id and (session, status).
-- ``onramp_inbox``: verified events sealed to the wallet's X25519 key; ``processed_at`` set once handled.
+- ``onramp_inbox``: verified events sealed to the wallet's X25519 key; ``processed_at`` set once handled;
+  processed rows are deleted after ``INBOX_RETENTION_S`` (their outcome lives in the tables below).
 - ``onramp_sessions``: the account each session this daemon created is for.
 - ``onramp_pending``: confirmed topups waiting for a claim (deleted by the claim).
 - ``onramp_outcomes``: what became of a session that is not pending: claimed, reversed, parked, rejected.
@@ -76,6 +77,17 @@ def enqueue_op(tx: Tx, keys: list[bytes], sealed: bytes, received_at: float) -> 
     if fresh:
         tx.conn.execute("INSERT INTO onramp_inbox (sealed, received_at) VALUES (?, ?)", (sealed, received_at))
     return fresh
+
+
+# Processed webhook events are kept 30 days (for an operator looking into one), then deleted: what they
+# decided is in onramp_pending / onramp_outcomes and the ledger, and their dedupe keys stay in onramp_seen.
+INBOX_RETENTION_S = 30 * 86400
+
+
+def prune_inbox_op(tx: Tx, older_than_s: float = INBOX_RETENTION_S) -> int:
+    """Delete inbox rows processed more than ``older_than_s`` ago; unprocessed rows are never touched."""
+    return tx.conn.execute("DELETE FROM onramp_inbox WHERE processed_at IS NOT NULL AND processed_at < ?",
+                           (tx.now - older_than_s,)).rowcount
 
 
 def due_inbox_sync(rtx: ReadTx, after_id: int, limit: int) -> list[tuple[int, bytes, float]]:

@@ -387,3 +387,28 @@ async def test_tachyon_ctl_buys_usdc_with_the_interface_flags(nursery, sockdir):
             assert again.returncode == 1 and "not found" in again.stderr
             balances = await trio.to_thread.run_sync(ctl, "balance", "--account", "bob")
             assert [b["available"] for b in balances if b["token"] == "USDC"] == ["12.50"]
+
+
+async def test_processed_inbox_events_are_pruned_after_their_retention_unprocessed_never(tmp_path):
+    """The inbox does not grow forever: processed events go after 30 days; one still waiting is never deleted."""
+    import time
+
+    from tachyond import onramp_store as store
+    from tachyond.wallet.store import Wallet
+
+    wallet = Wallet(tmp_path, scrypt_n=2 ** 10)
+    wallet.add_schema("onramp", store.SCHEMA)
+    async with wallet:
+        await wallet.create("pw")
+        for i in range(3):
+            assert await wallet.write(store.enqueue_op, [bytes([i]) * 32], b"sealed-event", time.time())
+        rows = await wallet.read(store.due_inbox_sync, 0, 10)
+        for inbox_id, _sealed, _at in rows[:2]:
+            await wallet.write(store.confirm_op, inbox_id, f"cos_{inbox_id}", {"kind": "none"}, [])
+        assert store.INBOX_RETENTION_S == 30 * 86400
+        assert await wallet.write(store.prune_inbox_op) == 0          # processed a moment ago: kept
+        assert await wallet.write(store.prune_inbox_op, -1.0) == 2    # as if 30 days had passed: both go
+        assert [r[0] for r in await wallet.read(store.due_inbox_sync, 0, 10)] == [rows[2][0]]
+        assert await wallet.write(store.prune_inbox_op, -1.0) == 0    # the unprocessed one stays
+        # The dedupe keys outlive the rows: the same event is still a duplicate.
+        assert not await wallet.write(store.enqueue_op, [bytes([0]) * 32], b"sealed-event", time.time())
