@@ -66,6 +66,19 @@ class WebDriver:
     async def text(self, element: str) -> str:
         return await self._call("GET", f"/session/{self.session}/element/{element}/text")
 
+    async def text_of(self, css: str) -> str:
+        """The text of the element ``css`` names, found again while a navigation (the form POST) replaces the
+        page: an element of the old page is 'stale', and the new page may not have it yet."""
+        while True:
+            r = await self.client.post(f"/session/{self.session}/element", json={"using": "css selector", "value": css})
+            if r.status_code == 200:
+                r = await self.client.get(f"/session/{self.session}/element/{r.json()['value'][ELEMENT]}/text")
+                if r.status_code == 200:
+                    return r.json()["value"]
+            error = r.json()["value"].get("error")
+            assert error in ("stale element reference", "no such element"), r.json()
+            await trio.sleep(0.05)
+
     async def aclose(self) -> None:
         if self.session:
             await self.client.delete(f"/session/{self.session}")
@@ -89,9 +102,9 @@ async def test_a_real_browser_pays_and_the_daemon_lists_the_topup(nursery, sockd
                 await driver.go(session["url"])
                 assert await driver.text(await driver.find("#session-id")) == session["id"]
                 await driver.click(await driver.find("button#pay"))
-                while "Payment complete" not in await driver.text(await driver.find("#notice")):
+                while "Payment complete" not in await driver.text_of("#notice"):
                     await trio.sleep(0.05)
-                assert await driver.text(await driver.find("#status")) == "fulfillment_complete"
+                assert await driver.text_of("#status") == "fulfillment_complete"
                 [topup] = await env.wait_pending()
                 assert topup["session_id"] == session["id"] and topup["amount"] == "15.75"
     finally:
