@@ -272,6 +272,33 @@ def run(args: argparse.Namespace, client: Client, out: Output) -> None:  # noqa:
         elif sub == "trades":
             out.show(call("dex.trades", drop_none({"market": args.market, "account": args.account, "limit": args.limit}), label="trades"),
                      lambda r: table(r, TRADE_COLS))
+        elif sub == "watch":
+            watch_trades(client, args, out)
+
+
+def watch_trades(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """Print each settled trade as it happens (a JSON line each when not on a terminal) until Ctrl-C or --count."""
+    sub = client.call("dex.watch", drop_none({"market": args.market}), label="watch")
+    if not out.as_json:
+        print(f"watching trades on {sub['market'] or 'every market'} (Ctrl-C to stop)", file=sys.stderr)
+    seen = 0
+    while args.count is None or seen < args.count:
+        msg = client.next_notification()
+        params = msg.get("params") or {}
+        if params.get("subscription") != sub["subscription"]:
+            continue
+        if msg["method"] == "dex.watch_ended":
+            raise RpcError(-32000, f"the daemon ended the watch: {params.get('reason')}")
+        if msg["method"] != "dex.trade":
+            continue
+        t = params["trade"]
+        if out.as_json:
+            print(json.dumps(t), flush=True)
+        else:
+            when = time.strftime("%H:%M:%S", time.localtime(t["ts"])) if isinstance(t.get("ts"), (int, float)) else t.get("ts")
+            print(f"{when}  {t['market']}  {t['taker_side']:<4} {t['qty']} @ {t['price']}  "
+                  f"(trade {t['id']}, fees {t['maker_fee']} / {t['taker_fee']})", flush=True)
+        seen += 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -376,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--session-id", required=True)
     rv.add_argument("--reason", required=True)
 
-    d = sp.add_parser("dex", help="dex markets|place-limit|place-market|cancel|orders|order-book|trades|balance").add_subparsers(dest="sub", metavar="SUB")
+    d = sp.add_parser("dex", help="dex markets|place-limit|place-market|cancel|orders|order-book|trades|watch|balance").add_subparsers(dest="sub", metavar="SUB")
     d.required = True
     d.add_parser("markets")
     for name in ("place-limit", "place-market"):
@@ -403,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--market")
     tr.add_argument("--account")
     tr.add_argument("--limit", type=int)
+    wt = d.add_parser("watch", help="print trades as they settle (dex.watch)")
+    wt.add_argument("--market", help="only this market (default: every market)")
+    wt.add_argument("--count", type=int, help="stop after this many trades")
     db = d.add_parser("balance", help="alias of `balance`")
     db.add_argument("--account")
     return ap

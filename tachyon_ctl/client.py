@@ -40,6 +40,7 @@ class Client:
         self.timeout_s = timeout_s
         self._ids = itertools.count(1)
         self._sock: socket.socket | None = None
+        self.notifications: list[dict[str, Any]] = []   # server notifications read while waiting for an answer
         self._buf = b""
 
     def connect(self) -> None:
@@ -96,7 +97,9 @@ class Client:
             while True:
                 line = self._read_line()
                 msg = json.loads(line)
-                if isinstance(msg, dict) and msg.get("id") in (req_id, None):
+                if isinstance(msg, dict) and "method" in msg:
+                    self.notifications.append(msg)   # a stream's notification (dex.watch), not this call's answer
+                elif isinstance(msg, dict) and msg.get("id") in (req_id, None):
                     break
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise DaemonNotRunning(f"tachyond closed the connection ({exc.strerror}); is it stopping?") from None
@@ -111,6 +114,22 @@ class Client:
                 raise DaemonNotRunning(f"tachyond at {self.path} refused this connection: {err.get('message')}")
             raise RpcError(err.get("code", -32603), err.get("message", "unknown error"), err.get("data"))
         return msg.get("result")
+
+    def next_notification(self) -> dict[str, Any]:
+        """The next server notification on this connection ({method, params}), waiting without a timeout."""
+        if self.notifications:
+            return self.notifications.pop(0)
+        assert self._sock is not None
+        self._sock.settimeout(None)
+        try:
+            while True:
+                msg = json.loads(self._read_line())
+                if isinstance(msg, dict) and "method" in msg:
+                    return msg
+        except ValueError:
+            raise DaemonNotRunning(f"{self.path} sent something that is not JSON-RPC") from None
+        finally:
+            self._sock.settimeout(self.timeout_s)
 
     def _read_line(self) -> bytes:
         assert self._sock is not None

@@ -33,6 +33,20 @@ MAX_TRADES_LIMIT = 1000
 EVENTS_PAGE = 1000
 
 
+WATCH_BUFFER = 1000
+
+
+class Watcher:
+    """One dex.watch subscription: its id, market filter (None: all), and the channel its stream reads."""
+
+    def __init__(self, watch_id: str, market: str | None, send: Any, receive: Any):
+        self.id = watch_id
+        self.market = market
+        self.send = send
+        self.receive = receive
+        self.ended: str | None = None   # why the daemon ended it (None: the client asked, or it is live)
+
+
 class DexService:
     """Markets, orders and settlement; registered RPC methods ``dex.*``."""
 
@@ -61,6 +75,7 @@ class DexService:
         for name in self.engine_names:
             self._settle_tail[name] = trio.Event()
             self._settle_tail[name].set()
+        self.watchers: dict[str, Watcher] = {}
         daemon.wallet.add_schema("dex", DEX_SCHEMA)
         from .dex_api import register_dex_methods
 
@@ -197,11 +212,42 @@ class DexService:
                 self.metrics.orders_filled.labels(order["market"]).inc()
         for trade in result["trades"]:
             self.metrics.trades.labels(trade["market"]).inc()
-            self.daemon.plugins.notify("order_filled", trade=trade_public(trade, self.markets[trade["market"]]))
+            public = trade_public(trade, self.markets[trade["market"]])
+            self.daemon.plugins.notify("order_filled", trade=public)
+            if self.watchers:
+                self._publish(public)
         engine = self.engines.get(engine_name)
         if store_seq and hasattr(engine, "compact"):
             await engine.compact(events[-1].seq)
         return result
+
+    # ----- watching trades (dex.watch) -----
+    def watch(self, market: str | None) -> "Watcher":
+        """A new subscription to settled trades (of ``market``, or all); its channel holds WATCH_BUFFER trades."""
+        send, receive = trio.open_memory_channel(WATCH_BUFFER)
+        watcher = Watcher(secrets.token_hex(8), market, send, receive)
+        self.watchers[watcher.id] = watcher
+        self.metrics.dex_watchers.set(len(self.watchers))
+        return watcher
+
+    def unwatch(self, watch_id: str, reason: str | None = None) -> bool:
+        """End a subscription (its stream sends what is queued, then stops); False if there is none."""
+        watcher = self.watchers.pop(watch_id, None)
+        if watcher is None:
+            return False
+        watcher.ended = reason
+        watcher.send.close()
+        self.metrics.dex_watchers.set(len(self.watchers))
+        return True
+
+    def _publish(self, trade: dict) -> None:
+        for watcher in list(self.watchers.values()):
+            if watcher.market is None or watcher.market == trade["market"]:
+                try:
+                    watcher.send.send_nowait(trade)
+                except trio.WouldBlock:
+                    # Settlement never waits for a reader: a subscriber that fell this far behind is dropped.
+                    self.unwatch(watcher.id, f"the client fell {WATCH_BUFFER} trades behind; watch again")
 
     # ----- orders -----
     def market(self, symbol: object) -> Market:

@@ -1,10 +1,14 @@
-"""RPC methods of the DEX: dex.markets, dex.place_order, dex.cancel_order, dex.orders, dex.order_book, dex.trades."""
+"""RPC methods of the DEX: dex.markets, dex.place_order, dex.cancel_order, dex.orders, dex.order_book, dex.trades,
+dex.watch and dex.unwatch."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .rpc import Param
+import trio
+
+from .errors import InvalidParams, NotFound
+from .rpc import Param, after_answer, current_connection
 
 ORDER = ("{id, client_order_id, account, market, side, type, time_in_force, post_only, price, qty, filled, remaining, "
          "cost, fee, status, created_at, trades} with *_minor ints")
@@ -65,3 +69,43 @@ def register_dex_methods(d: Any, dex: Any) -> None:
     async def trades(p: dict[str, Any]) -> Any:
         """Trades, newest first (default limit 100), optionally for one market or one account (either side)."""
         return await dex.trades(p.get("market"), p.get("account"), p.get("limit", 100))
+
+    @r.method("dex.watch", [Param("market", required=False, description="only this market's trades; default: all")],
+              result="{subscription, market}; then notifications dex.trade {subscription, trade} on this connection")
+    async def watch(p: dict[str, Any]) -> Any:
+        """Stream settled trades on this socket connection as JSON-RPC notifications, until the connection closes
+        or dex.unwatch. Each is {"method": "dex.trade", "params": {subscription, trade}} with a trade as
+        dex.trades returns it. A client that falls 1,000 trades behind gets dex.watch_ended {subscription,
+        reason} and no more."""
+        conn = current_connection()
+        if conn is None:
+            raise InvalidParams("dex.watch streams on a socket connection; it cannot be called in process")
+        market = dex.market(p["market"]).symbol if p.get("market") is not None else None
+        watcher = dex.watch(market)
+
+        answered = trio.Event()
+
+        async def stream() -> None:
+            try:
+                await answered.wait()   # the subscription's answer goes out before its first trade
+                async for trade in watcher.receive:
+                    await conn.notify("dex.trade", {"subscription": watcher.id, "trade": trade})
+                if watcher.ended:
+                    await conn.notify("dex.watch_ended", {"subscription": watcher.id, "reason": watcher.ended})
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass   # the client went away
+            finally:
+                dex.unwatch(watcher.id)
+
+        # Started now, so that a connection lost before the answer still ends (and unregisters) the stream.
+        conn.nursery.start_soon(stream)
+        after_answer(answered.set)
+        return {"subscription": watcher.id, "market": market}
+
+    @r.method("dex.unwatch", [Param("subscription", description="the id dex.watch answered")],
+              result="{subscription, stopped: true}")
+    async def unwatch(p: dict[str, Any]) -> Any:
+        """End a dex.watch subscription (trades already queued are still sent)."""
+        if not dex.unwatch(p["subscription"]):
+            raise NotFound(f"no dex.watch subscription {p['subscription']}")
+        return {"subscription": p["subscription"], "stopped": True}

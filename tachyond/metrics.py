@@ -28,6 +28,7 @@ class Metrics:
         self.orders_filled = Counter("tachyon_orders_filled", "Orders filled completely (status closed)", ["market"],
                                      registry=r)
         self.trades = Counter("tachyon_trades", "Trades (fills) settled", ["market"], registry=r)
+        self.dex_watchers = Gauge("tachyon_dex_watchers", "dex.watch subscriptions streaming now", registry=r)
         self.orders_canceled = Counter("tachyon_orders_canceled", "Orders canceled", ["market"], registry=r)
         self.orders_open = Gauge("tachyon_orders_open", "Open orders", registry=r)
 

@@ -6,6 +6,7 @@ specification's error codes are handled here; methods only see validated params 
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import grp
 import json
@@ -30,6 +31,44 @@ MAX_IN_FLIGHT_PER_CONNECTION = 256
 CORE_NAMESPACES = ("rpc", "daemon", "plugins", "wallet", "accounts", "tokens", "ledger", "onramp", "dex")
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class Connection:
+    """The socket connection a call arrived on, for methods that stream (subscriptions such as ``dex.watch``).
+
+    ``notify`` writes a JSON-RPC notification (no ``id``) on the connection, never interleaved with answers;
+    tasks started in ``nursery`` live until the client disconnects or the daemon stops.
+    """
+
+    def __init__(self, stream: trio.SocketStream, send_lock: trio.Lock, nursery: trio.Nursery):
+        self._stream = stream
+        self._send_lock = send_lock
+        self.nursery = nursery
+
+    async def notify(self, method: str, params: Any) -> None:
+        line = _dump({"jsonrpc": "2.0", "method": method, "params": params})
+        async with self._send_lock:
+            await self._stream.send_all(line)
+
+
+_CONNECTION: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("tachyond_rpc_connection",
+                                                                                 default=None)
+_AFTER_ANSWER: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar(
+    "tachyond_rpc_after_answer", default=None)
+
+
+def current_connection() -> Connection | None:
+    """The connection the running call came on; None for calls made in process (no socket)."""
+    return _CONNECTION.get()
+
+
+def after_answer(fn: Callable[[], None]) -> None:
+    """Run ``fn`` once the running call's answer is on the socket (so a stream never overtakes its answer)."""
+    hooks = _AFTER_ANSWER.get()
+    if hooks is None:
+        fn()
+    else:
+        hooks.append(fn)
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,), "integer": (int,), "boolean": (bool,), "object": (dict,), "array": (list,),
@@ -419,11 +458,15 @@ class RpcServer:
 
         async def answer(line: bytes) -> None:
             nonlocal in_flight
+            hooks: list[Callable[[], None]] = []
+            _AFTER_ANSWER.set(hooks)   # this task's own context: the hooks of this call only
             try:
                 out = await self.dispatcher.handle_line(line)
                 if out is not None:
                     async with send_lock:
                         await stream.send_all(out)
+                for hook in hooks:
+                    hook()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             finally:
@@ -434,32 +477,37 @@ class RpcServer:
                     self._idle.set()
 
         buf = bytearray()
-        async with trio.open_nursery() as calls:
-            while True:
-                data = await stream.receive_some(65536)
-                if not data:
-                    break
-                buf += data
+        async with trio.open_nursery() as streams:
+            # Streams (subscriptions) live in their own nursery, cancelled once the client stops sending and
+            # its calls are answered; they never count as calls in flight, so they never hold up a drain.
+            _CONNECTION.set(Connection(stream, send_lock, streams))
+            async with trio.open_nursery() as calls:
                 while True:
-                    nl = buf.find(b"\n")
-                    if nl < 0:
+                    data = await stream.receive_some(65536)
+                    if not data:
                         break
-                    line = bytes(buf[:nl])
-                    del buf[:nl + 1]
-                    if not line.strip():
-                        continue
-                    while in_flight >= MAX_IN_FLIGHT_PER_CONNECTION:  # back-pressure: stop reading this client
-                        room = trio.Event()
-                        await room.wait()
-                    in_flight += 1
-                    self.in_flight += 1
-                    calls.start_soon(answer, line)
-                if len(buf) > MAX_LINE_BYTES:
-                    async with send_lock:
-                        await stream.send_all(_dump(_error(errors.INVALID_REQUEST,
-                                                           "Invalid Request: line exceeds 1 MiB without a newline", None)))
-                    calls.cancel_scope.cancel()
-                    return
+                    buf += data
+                    while True:
+                        nl = buf.find(b"\n")
+                        if nl < 0:
+                            break
+                        line = bytes(buf[:nl])
+                        del buf[:nl + 1]
+                        if not line.strip():
+                            continue
+                        while in_flight >= MAX_IN_FLIGHT_PER_CONNECTION:  # back-pressure: stop reading this client
+                            room = trio.Event()
+                            await room.wait()
+                        in_flight += 1
+                        self.in_flight += 1
+                        calls.start_soon(answer, line)
+                    if len(buf) > MAX_LINE_BYTES:
+                        async with send_lock:
+                            await stream.send_all(_dump(_error(errors.INVALID_REQUEST,
+                                                               "Invalid Request: line exceeds 1 MiB without a newline", None)))
+                        calls.cancel_scope.cancel()
+                        break
+            streams.cancel_scope.cancel()
 
 
 def _unlink(path: Path) -> None:
