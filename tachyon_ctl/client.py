@@ -128,8 +128,11 @@ class Client:
                     return msg
         except ValueError:
             raise DaemonNotRunning(f"{self.path} sent something that is not JSON-RPC") from None
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise DaemonNotRunning(f"tachyond closed the connection ({exc.strerror})") from None
         finally:
-            self._sock.settimeout(self.timeout_s)
+            if self._sock is not None:
+                self._sock.settimeout(self.timeout_s)
 
     def _read_line(self) -> bytes:
         assert self._sock is not None

@@ -24,6 +24,7 @@ from .engine import DONE_CANCELED, EngineContext, EngineOrder, Event, MarketSpec
 from .errors import (EngineError, InvalidParams, NotFound, OrderNotOpen, OrderRejected, TachyonError,
                      UnknownMarket, WalletLocked)
 from .ledger import check_user_account
+from .rpc import detach_call_context
 
 log = logging.getLogger("tachyond.dex")
 
@@ -39,8 +40,9 @@ WATCH_BUFFER = 1000
 class Watcher:
     """One dex.watch subscription: its id, market filter (None: all), and the channel its stream reads."""
 
-    def __init__(self, watch_id: str, market: str | None, send: Any, receive: Any):
+    def __init__(self, watch_id: str, market: str | None, send: Any, receive: Any, owner: object = None):
         self.id = watch_id
+        self.owner = owner   # the connection that asked: only it may dex.unwatch
         self.market = market
         self.send = send
         self.receive = receive
@@ -222,10 +224,10 @@ class DexService:
         return result
 
     # ----- watching trades (dex.watch) -----
-    def watch(self, market: str | None) -> "Watcher":
+    def watch(self, market: str | None, owner: object = None) -> "Watcher":
         """A new subscription to settled trades (of ``market``, or all); its channel holds WATCH_BUFFER trades."""
         send, receive = trio.open_memory_channel(WATCH_BUFFER)
-        watcher = Watcher(secrets.token_hex(8), market, send, receive)
+        watcher = Watcher(secrets.token_hex(8), market, send, receive, owner)
         self.watchers[watcher.id] = watcher
         self.metrics.dex_watchers.set(len(self.watchers))
         return watcher
@@ -325,6 +327,7 @@ class DexService:
 
     async def _lead_task(self, m: Market, engine: Any) -> None:
         """Process the market's queue until it is empty and everything has settled, then stand down."""
+        detach_call_context()   # started from inside the first caller's call; it serves every caller
         try:
             while True:
                 with trio.CancelScope(shield=True):  # a batch, once recorded, is submitted and settled

@@ -13,6 +13,7 @@ from .rpc import Param, after_answer, current_connection
 ORDER = ("{id, client_order_id, account, market, side, type, time_in_force, post_only, price, qty, filled, remaining, "
          "cost, fee, status, created_at, trades} with *_minor ints")
 STATUSES = ("open", "closed", "canceled", "expired", "rejected")
+MAX_WATCHES_PER_CONNECTION = 16
 
 
 def register_dex_methods(d: Any, dex: Any) -> None:
@@ -81,7 +82,10 @@ def register_dex_methods(d: Any, dex: Any) -> None:
         if conn is None:
             raise InvalidParams("dex.watch streams on a socket connection; it cannot be called in process")
         market = dex.market(p["market"]).symbol if p.get("market") is not None else None
-        watcher = dex.watch(market)
+        if sum(1 for w in dex.watchers.values() if w.owner is conn) >= MAX_WATCHES_PER_CONNECTION:
+            raise InvalidParams(f"at most {MAX_WATCHES_PER_CONNECTION} dex.watch streams per connection; "
+                                "dex.unwatch one or open another connection")
+        watcher = dex.watch(market, conn)
 
         answered = trio.Event()
 
@@ -98,14 +102,16 @@ def register_dex_methods(d: Any, dex: Any) -> None:
                 dex.unwatch(watcher.id)
 
         # Started now, so that a connection lost before the answer still ends (and unregisters) the stream.
-        conn.nursery.start_soon(stream)
+        conn.start_stream(stream, lambda reason: dex.unwatch(watcher.id, reason))
         after_answer(answered.set)
         return {"subscription": watcher.id, "market": market}
 
     @r.method("dex.unwatch", [Param("subscription", description="the id dex.watch answered")],
               result="{subscription, stopped: true}")
     async def unwatch(p: dict[str, Any]) -> Any:
-        """End a dex.watch subscription (trades already queued are still sent)."""
-        if not dex.unwatch(p["subscription"]):
-            raise NotFound(f"no dex.watch subscription {p['subscription']}")
+        """End a dex.watch subscription of this connection (trades already queued are still sent)."""
+        watcher = dex.watchers.get(p["subscription"])
+        if watcher is None or watcher.owner is not current_connection():
+            raise NotFound(f"no dex.watch subscription {p['subscription']} on this connection")
+        dex.unwatch(watcher.id)
         return {"subscription": p["subscription"], "stopped": True}

@@ -309,12 +309,15 @@ class OrderBook:
         """Put an order at the back of its level, as a ``rested`` event or a snapshot row says."""
         if order_id in self._orders:
             raise EngineError(f"stored book for {self.market} lists order {order_id} twice")
+        if type(qty_lots) is not int or qty_lots <= 0 or type(price_ticks) is not int or price_ticks <= 0:
+            raise EngineError(f"stored book for {self.market} lists order {order_id} with {qty_lots} lots "
+                              f"at {price_ticks} ticks")
         self._rest([order_id, owner, side, price_ticks, qty_lots, post_only])
 
     def apply_fill(self, maker_order_id: str, qty_lots: int) -> None:
         """Reduce a resting maker by a logged fill; an exhausted maker leaves the book."""
         maker = self._orders.get(maker_order_id)
-        if maker is None or maker[_QTY] < qty_lots:
+        if maker is None or maker[_QTY] < qty_lots or type(qty_lots) is not int or qty_lots <= 0:
             raise EngineError(f"stored log for {self.market} fills order {maker_order_id} beyond the book")
         book = self._bids if maker[_SIDE] == "buy" else self._asks
         book[maker[_PRICE]].qty_lots -= qty_lots

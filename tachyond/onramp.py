@@ -228,6 +228,9 @@ class OnrampService:
             pruned = await self.wallet.write(store.prune_inbox_op)
         except (WalletLocked, ShuttingDown):
             return
+        except Exception:   # housekeeping: a failure (a full disk, say) must never stop the worker
+            log.exception("onramp inbox: pruning failed; nothing was deleted, it is tried again in an hour")
+            return
         if pruned:
             log.info("onramp inbox: deleted %d events processed more than %d days ago", pruned,
                      store.INBOX_RETENTION_S // 86400)

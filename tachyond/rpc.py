@@ -28,6 +28,7 @@ log = logging.getLogger("tachyond.rpc")
 
 MAX_LINE_BYTES = 1024 * 1024
 MAX_IN_FLIGHT_PER_CONNECTION = 256
+STREAM_FLUSH_S = 1.0   # at a graceful stop, how long streams (dex.watch) get to send what they queued
 CORE_NAMESPACES = ("rpc", "daemon", "plugins", "wallet", "accounts", "tokens", "ledger", "onramp", "dex")
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -40,10 +41,17 @@ class Connection:
     tasks started in ``nursery`` live until the client disconnects or the daemon stops.
     """
 
-    def __init__(self, stream: trio.SocketStream, send_lock: trio.Lock, nursery: trio.Nursery):
+    def __init__(self, server: "RpcServer", stream: trio.SocketStream, send_lock: trio.Lock, nursery: trio.Nursery):
+        self._server = server
         self._stream = stream
         self._send_lock = send_lock
         self.nursery = nursery
+
+    def start_stream(self, fn: Callable[[], Awaitable[None]], stop: Callable[[str], None]) -> None:
+        """Run ``fn`` (a stream of notifications) for as long as the connection lives. At a graceful stop the
+        server calls ``stop(reason)``, which should make ``fn`` send what it has queued, say why, and return;
+        the server waits a moment for that before it closes the connection."""
+        self._server._start_stream(self.nursery, fn, stop)
 
     async def notify(self, method: str, params: Any) -> None:
         line = _dump({"jsonrpc": "2.0", "method": method, "params": params})
@@ -60,6 +68,12 @@ _AFTER_ANSWER: contextvars.ContextVar[list[Callable[[], None]] | None] = context
 def current_connection() -> Connection | None:
     """The connection the running call came on; None for calls made in process (no socket)."""
     return _CONNECTION.get()
+
+
+def detach_call_context() -> None:
+    """For a background task started from inside a call: forget that call's connection and answer hooks."""
+    _CONNECTION.set(None)
+    _AFTER_ANSWER.set(None)
 
 
 def after_answer(fn: Callable[[], None]) -> None:
@@ -394,6 +408,31 @@ class RpcServer:
         self.in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
+        self._streams: dict[object, Callable[[str], None]] = {}   # running streams -> their stop()
+        self._streams_changed = trio.Event()
+
+    def _start_stream(self, nursery: trio.Nursery, fn: Callable[[], Awaitable[None]],
+                      stop: Callable[[str], None]) -> None:
+        token = object()
+        self._streams[token] = stop
+
+        async def run() -> None:
+            try:
+                await fn()
+            finally:
+                self._streams.pop(token, None)
+                self._streams_changed.set()
+
+        nursery.start_soon(run)
+
+    async def _end_streams(self, reason: str) -> None:
+        """Ask every stream to finish (flushing what it queued) and wait for them, at most STREAM_FLUSH_S."""
+        for stop in list(self._streams.values()):
+            stop(reason)
+        with trio.move_on_after(STREAM_FLUSH_S):
+            while self._streams:
+                self._streams_changed = trio.Event()
+                await self._streams_changed.wait()
 
     async def serve(self, path: Path, mode: int, group: str | None, shutdown: trio.Event, *,
                     task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -419,6 +458,7 @@ class RpcServer:
                 _unlink(path)
                 with trio.move_on_after(self.drain_timeout_s):
                     await self._wait_idle()
+                await self._end_streams("the daemon is stopping")
                 conns.cancel_scope.cancel()
         finally:
             _unlink(path)
@@ -480,7 +520,7 @@ class RpcServer:
         async with trio.open_nursery() as streams:
             # Streams (subscriptions) live in their own nursery, cancelled once the client stops sending and
             # its calls are answered; they never count as calls in flight, so they never hold up a drain.
-            _CONNECTION.set(Connection(stream, send_lock, streams))
+            _CONNECTION.set(Connection(self, stream, send_lock, streams))
             async with trio.open_nursery() as calls:
                 while True:
                     data = await stream.receive_some(65536)

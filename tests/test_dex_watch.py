@@ -68,6 +68,9 @@ async def test_watch_streams_trades_of_its_market_after_its_answer(dexd):
         [trade] = await rpc(dexd, "dex.trades", {"market": "WTCH/USDC", "limit": 1})
         assert note["params"]["trade"] == trade
         assert trade["taker_order_id"] == taker["id"] and (trade["price"], trade["qty"]) == ("50.00", "1.00")
+        # Only the subscribing connection may end it.
+        err = await rpc_error(dexd, "dex.unwatch", {"subscription": sub})
+        assert err.code == -32005 and "on this connection" in err.message
         # dex.unwatch stops it: the next trade sends nothing, so the next line is the next answer.
         await conn.send({"jsonrpc": "2.0", "id": 2, "method": "dex.unwatch", "params": {"subscription": sub}})
         assert (await conn.read()) == {"jsonrpc": "2.0", "id": 2, "result": {"subscription": sub, "stopped": True}}
@@ -150,3 +153,46 @@ async def test_tachyon_ctl_dex_watch_prints_trades_as_json_lines(dexd):
         [line] = out.splitlines()
         trade = json.loads(line)
         assert trade["market"] == "WTCH/USDC" and trade["price"] == "40.00" and trade["taker_side"] == "buy"
+
+
+async def test_a_connection_has_at_most_16_watches(dexd):
+    with trio.fail_after(30):
+        conn = await connect(dexd)
+        for i in range(16):
+            await conn.send({"jsonrpc": "2.0", "id": i, "method": "dex.watch"})
+            assert "result" in await conn.read()
+        await conn.send({"jsonrpc": "2.0", "id": 99, "method": "dex.watch"})
+        answer = await conn.read()
+        assert answer["error"]["code"] == -32602 and "at most 16" in answer["error"]["message"]
+        await conn.stream.aclose()
+
+
+async def test_a_graceful_stop_flushes_watches_and_says_why(sockdir):
+    """SIGTERM: trades already settled reach the watcher, then dex.watch_ended 'the daemon is stopping', then EOF."""
+    d = start_dex_daemon(sockdir, "memory", ["STOP"])
+    try:
+        with trio.fail_after(60):
+            await fund(d, "s-maker", STOP="5")
+            await fund(d, "s-taker", USDC="1000")
+            conn = await connect(d)
+            await conn.send({"jsonrpc": "2.0", "id": 1, "method": "dex.watch", "params": {"market": "STOP/USDC"}})
+            sub = (await conn.read())["result"]["subscription"]
+            await order(d, "s-maker", "sell", "1", "30.00", market="STOP/USDC")
+            await order(d, "s-taker", "buy", "1", "30.00", market="STOP/USDC")
+            code = None
+
+            async def stop() -> None:
+                nonlocal code
+                code = await trio.to_thread.run_sync(d.stop)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stop)
+                assert (await conn.read())["method"] == "dex.trade"
+                ended = await conn.read()
+                assert ended == {"jsonrpc": "2.0", "method": "dex.watch_ended",
+                                 "params": {"subscription": sub, "reason": "the daemon is stopping"}}
+                assert await conn.stream.receive_some(65536) == b""
+            assert code == 0
+    finally:
+        if d.proc.poll() is None:
+            d.kill()
