@@ -172,7 +172,12 @@ class OnrampService:
             pass
         while True:
             self._wake = trio.Event()
-            wait_s = await self.process_inbox()
+            try:
+                wait_s = await self.process_inbox()
+            except ShuttingDown:
+                # The daemon is stopping and the wallet closes: its reads fail before our cancellation (asked
+                # for by aclose) reaches a checkpoint. Nothing is lost: unprocessed events stay in the inbox.
+                return
             with trio.move_on_after(wait_s):
                 await self._wake.wait()
 
