@@ -14,7 +14,7 @@ from typing import Any, Callable
 import trio
 
 from . import __version__, logs
-from .errors import TachyonError
+from .errors import ShuttingDown, TachyonError
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_document_toml, load
 from .metrics import Metrics
 from .plugins import PluginLoadError, Plugins
@@ -235,8 +235,17 @@ class Daemon:
             log.info("wallet unlocked from %s", pw_file)
         for service in (self.dex, self.onramp):
             if service is not None:
-                await nursery.start(service.serve)
+                await nursery.start(self._serve_service, service)
         await self.on_unlocked()
+
+    async def _serve_service(self, service: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run a service; once a stop is under way, its tasks meeting the closing wallet end it quietly."""
+        try:
+            await service.serve(task_status=task_status)
+        except* ShuttingDown:
+            if not self.shutdown.is_set():
+                raise
+            log.debug("%s ended as the wallet closed during the stop", type(service).__name__)
 
     async def on_unlocked(self) -> None:
         """Tell the services that need the key (engines, the onramp inbox worker) that the wallet is unlocked."""
