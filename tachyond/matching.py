@@ -108,41 +108,25 @@ class OrderBook:
             raise EngineError(f"order id {order_id} is already on the {self.market} book")
         if side == "buy":
             best = self._best_ask
-            if best is None or best > price:
-                if tif != "gtc":
-                    return [_tuple_new(Event, (next_seq, self.market, "done", order_id, qty, 0, None, None,
-                                               DONE_EXPIRED))]
-                # Rest a bid (inlined: the commonest submit).
-                level = self._bids.get(price)
-                if level is None:
-                    level = self._bids[price] = _Level()
-                    insort(self._bid_keys, price)
-                    if self._best_bid is None or price > self._best_bid:
-                        self._best_bid = price
-                resting = [order_id, order.owner, side, price, qty, order.post_only]
-                level.orders.append(resting)
-                level.qty_lots += qty
-                level.live += 1
-                orders[order_id] = resting
-                return [_tuple_new(Event, (next_seq, self.market, "rested", order_id, qty, 0, None, None, None))]
+            crosses = best is not None and best <= price
+            levels = self._bids
         else:
             best = self._best_bid
-            if best is None or best < price:
-                if tif != "gtc":
-                    return [_tuple_new(Event, (next_seq, self.market, "done", order_id, qty, 0, None, None,
-                                               DONE_EXPIRED))]
-                level = self._asks.get(price)
-                if level is None:
-                    level = self._asks[price] = _Level()
-                    insort(self._ask_keys, -price)
-                    if self._best_ask is None or price < self._best_ask:
-                        self._best_ask = price
-                resting = [order_id, order.owner, side, price, qty, order.post_only]
-                level.orders.append(resting)
-                level.qty_lots += qty
-                level.live += 1
-                orders[order_id] = resting
-                return [_tuple_new(Event, (next_seq, self.market, "rested", order_id, qty, 0, None, None, None))]
+            crosses = best is not None and best >= price
+            levels = self._asks
+        if not crosses:
+            if tif != "gtc":
+                return [_tuple_new(Event, (next_seq, self.market, "done", order_id, qty, 0, None, None, DONE_EXPIRED))]
+            # Rest it (inlined: the commonest submit); a new price level is the rare case.
+            level = levels.get(price)
+            if level is None:
+                level = self._new_level(side, price)
+            resting = [order_id, order.owner, side, price, qty, order.post_only]
+            level.orders.append(resting)
+            level.qty_lots += qty
+            level.live += 1
+            orders[order_id] = resting
+            return [_tuple_new(Event, (next_seq, self.market, "rested", order_id, qty, 0, None, None, None))]
         if order.post_only:
             return [_tuple_new(Event, (next_seq, self.market, "done", order_id, qty, 0, None, None, DONE_POST_ONLY))]
         if tif == "fok" and self._fillable_lots(side, price, order.owner, qty) < qty:
@@ -238,22 +222,27 @@ class OrderBook:
                     return total
         return total
 
+    def _new_level(self, side: str, price: int) -> _Level:
+        """Open an empty level at ``price`` on ``side``'s book, its key list and (if better) the best price."""
+        level = _Level()
+        if side == "buy":
+            self._bids[price] = level
+            insort(self._bid_keys, price)
+            if self._best_bid is None or price > self._best_bid:
+                self._best_bid = price
+        else:
+            self._asks[price] = level
+            insort(self._ask_keys, -price)
+            if self._best_ask is None or price < self._best_ask:
+                self._best_ask = price
+        return level
+
     def _rest(self, resting: list) -> None:
         price = resting[_PRICE]
-        if resting[_SIDE] == "buy":
-            level = self._bids.get(price)
-            if level is None:
-                level = self._bids[price] = _Level()
-                insort(self._bid_keys, price)
-                if self._best_bid is None or price > self._best_bid:
-                    self._best_bid = price
-        else:
-            level = self._asks.get(price)
-            if level is None:
-                level = self._asks[price] = _Level()
-                insort(self._ask_keys, -price)
-                if self._best_ask is None or price < self._best_ask:
-                    self._best_ask = price
+        side = resting[_SIDE]
+        level = (self._bids if side == "buy" else self._asks).get(price)
+        if level is None:
+            level = self._new_level(side, price)
         level.orders.append(resting)
         level.qty_lots += resting[_QTY]
         level.live += 1
