@@ -246,16 +246,20 @@ class StripeOnrampProvider:
         header = next((v for k, v in headers.items() if k.lower() == "stripe-signature"), None)
         if not header:
             raise WebhookRejected("no_signature", "missing Stripe-Signature header")
-        timestamp, v1 = None, []
+        timestamp, v1, stamps = None, [], 0
         for item in header.split(","):
             name, _, value = item.strip().partition("=")
             if name == "t":
+                stamps += 1
                 try:
                     timestamp = int(value)
                 except ValueError:
                     timestamp = None
             elif name == "v1":
                 v1.append(value)
+        if stamps > 1:
+            # stripe-python signs over the first t=; an appended t= must not pass an old event's age check.
+            raise WebhookRejected("bad_signature", "Stripe-Signature has more than one t= timestamp")
         if timestamp is None:
             raise WebhookRejected("bad_signature", "Stripe-Signature has no valid t= timestamp")
         if not v1:
