@@ -263,16 +263,24 @@ class OnrampService:
             raise OnrampError(f"onramp provider {name!r} failed: {type(exc).__name__}: {exc}") from exc
         decision = self.decide(name, provider, info, session_id, event["received_at"])
         wallet_id = self.wallet.public_id
-        seen = []
-        if info is not None and info.status:
+        seen, forget = [], []
+        if decision["kind"] == "parked":
+            # Parked is kept for review, not settled: forget this session's status keys and the reconciler's,
+            # so that a later event or a reconcile (after the cause is fixed) looks at the session again.
+            statuses = {event.get("status") or "", info.status if info is not None else "", COMPLETE}
+            forget = [store.dedupe_key(wallet_id, name, "session", f"{session_id}\x00{s}") for s in statuses]
+            forget.append(store.dedupe_key(wallet_id, name, "event", f"reconcile:{session_id}:{COMPLETE}"))
+        elif info is not None and info.status:
             # The truth's status counts as seen: a later event with that status is answered as a duplicate.
             seen.append(store.dedupe_key(wallet_id, name, "session", f"{session_id}\x00{info.status}"))
-        result = await self.wallet.write(store.confirm_op, inbox_id, session_id, decision, seen)
+        result = await self.wallet.write(store.confirm_op, inbox_id, session_id, decision, seen, forget)
         if result == "pending":
             self._pending_count += 1
             log.info("onramp session %s confirmed: pending topup", session_id)
         elif result in ("parked", "rejected"):
             log.warning("onramp session %s %s: %s", session_id, result, decision["reason"])
+        elif result in ("parked_again", "rejected_again"):
+            log.info("onramp session %s still %s: %s", session_id, result.split("_")[0], decision["reason"])
 
     def decide(self, name: str, provider: Any, info: SessionInfo | None, session_id: str,
                received_at: float) -> dict:

@@ -115,15 +115,20 @@ def remember_session_op(tx: Tx, provider: str, session_id: str, account: str) ->
                                              "created_at": tx.now})
 
 
-def confirm_op(tx: Tx, inbox_id: int, session_id: str, decision: dict[str, Any], seen_keys: list[bytes]) -> str:
+def confirm_op(tx: Tx, inbox_id: int, session_id: str, decision: dict[str, Any], seen_keys: list[bytes],
+               forget_keys: list[bytes] = ()) -> str:
     """Apply a decision for one inbox event in one transaction; returns what happened.
 
     ``decision["kind"]`` is ``pending`` (with token, amount_minor, network, provider, received_at,
     transaction_id), ``parked`` or ``rejected`` (with reason), or ``none`` (a non-final status).
+    ``forget_keys`` are dedupe keys to drop, so that a later event or reconcile is queued again (a parked
+    session is kept for review, not settled). The result is ``parked_again`` for the same park twice.
     """
     tx.conn.execute("UPDATE onramp_inbox SET processed_at = ? WHERE id = ?", (tx.now, inbox_id))
     for key in seen_keys:
         tx.conn.execute("INSERT OR IGNORE INTO onramp_seen (key_hash) VALUES (?)", (key,))
+    for key in forget_keys:
+        tx.conn.execute("DELETE FROM onramp_seen WHERE key_hash = ?", (key,))
     kind = decision["kind"]
     if kind == "none":
         return "none"
@@ -139,9 +144,10 @@ def confirm_op(tx: Tx, inbox_id: int, session_id: str, decision: dict[str, Any],
             "token": decision["token"], "amount_minor": decision["amount_minor"], "network": decision["network"],
             "received_at": decision["received_at"], "transaction_id": decision.get("transaction_id")})
         return "pending"
+    again = outcome is not None and outcome[1]["state"] == kind and outcome[1].get("reason") == decision["reason"]
     _put(tx, "onramp_outcomes", session_id, {"session_id": session_id, "provider": decision["provider"],
                                              "state": kind, "reason": decision["reason"], "at": tx.now})
-    return kind
+    return f"{kind}_again" if again else kind
 
 
 def pending_sync(rtx: ReadTx) -> list[dict]:

@@ -412,3 +412,27 @@ async def test_processed_inbox_events_are_pruned_after_their_retention_unprocess
         assert await wallet.write(store.prune_inbox_op, -1.0) == 0    # the unprocessed one stays
         # The dedupe keys outlive the rows: the same event is still a duplicate.
         assert not await wallet.write(store.enqueue_op, [bytes([0]) * 32], b"sealed-event", time.time())
+
+
+async def test_a_parked_complete_session_is_looked_at_again_once_the_cause_is_gone(nursery, sockdir):
+    """Parked is 'kept for review', not settled: after the cause is gone, a reconcile makes it pending."""
+    with trio.fail_after(40):
+        async with onramp_env(nursery, sockdir) as env:
+            session = await env.create("6")
+            env.emu.stop_webhooks()
+            env.emu.complete_session(session["id"])
+            # The API does not know the session when the webhook is confirmed (e.g. keys of another account).
+            hidden = env.emu.store.sessions.pop(session["id"])
+            env.emu.resume_webhooks()
+            await env.emu.wait_webhooks_idle()
+            while f"onramp session {session['id']} parked" not in env.daemon.stderr():
+                await trio.sleep(0.05)
+            assert await env.call("onramp.pending") == []
+            assert (await env.call("onramp.reconcile"))["enqueued"] == 0   # the API lists nothing either
+            env.emu.store.sessions[session["id"]] = hidden
+            assert (await env.call("onramp.reconcile"))["enqueued"] == 1
+            [topup] = await env.wait_pending()
+            assert topup["session_id"] == session["id"] and topup["amount_minor"] == 6_000_000
+            assert (await env.call("onramp.reconcile"))["enqueued"] == 0   # pending now: settled for dedupe
+            claimed = await env.call("onramp.claim", {"session_id": session["id"]})
+            assert claimed["amount_minor"] == 6_000_000
