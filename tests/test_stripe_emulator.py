@@ -200,6 +200,9 @@ async def test_create_retrieve_list_match_schema(nursery):
     (create_form(**{"destination_currency": "eth"}), "crypto_onramp_conflicting_destination_currency",
      "destination_currency"),
     ({"lock_wallet_address": "true"}, "crypto_onramp_no_wallet_address_to_lock", "lock_wallet_address"),
+    # "When set [destination_amount], both destination_currency and destination_network must also be set."
+    ({"wallet_addresses[ethereum]": ETH, "destination_currencies[0]": "usdc", "destination_amount": "5"},
+     "crypto_onramp_missing_destination_currency", "destination_currency"),
     ({"destination_currency[x]": "usdc", "destination_network": "ethereum"}, None, "destination_currency"),
     ({"wallet_addresses[solana]": "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v", "destination_networks[0]": "ethereum"},
      "crypto_onramp_wallet_addresses_not_all_networks_supported", "wallet_addresses"),

@@ -183,9 +183,13 @@ def validate_create(params: Mapping[str, Any], unsupported_ips: tuple[str, ...] 
     effective_currency = currency or (currencies[0] if currencies else None)
     destination_amount = None
     if "destination_amount" in p:
-        if effective_currency is None:
+        # Stripe's schema: "When set, both destination_currency and destination_network must also be set."
+        if currency is None:
             raise onramp_error("crypto_onramp_missing_destination_currency",
-                               "Set a destination currency if you're setting a destination amount.")
+                               "Set destination_currency if you're setting a destination amount.", "destination_currency")
+        if network is None:
+            raise onramp_error("crypto_onramp_missing_destination_network",
+                               "Set destination_network if you're setting a destination amount.", "destination_network")
         amount = _decimal(p["destination_amount"], "crypto_onramp_invalid_destination_amount", "destination_amount")
         places = CURRENCY_DECIMALS.get(effective_currency, 18)
         if amount != amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_DOWN):
