@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/tachyond --dev
+	@$(BIN)/tachyond --dev
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
