@@ -8,12 +8,14 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tachyond needs Python >= 3.11")'
+	@# Progress goes to stderr: `make run`'s standard output is the daemon's export line alone.
+	@echo "installing tachyond into $(VENV) (first run, or pyproject.toml changed)..." >&2
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	@$(BIN)/python -m pip install -q --upgrade pip 1>&2
+	@$(BIN)/python -m pip install -q -e '.[test]' 1>&2
 	@# Editable installs get no bytecode, and PYTHONDONTWRITEBYTECODE (set on some machines) stops imports
 	@# from caching it: compile once, so tachyon-ctl does not recompile itself on every start.
-	$(BIN)/python -m compileall -q tachyond tachyon_ctl plugins
+	@$(BIN)/python -m compileall -q tachyond tachyon_ctl plugins 1>&2
 	@touch $(STAMP)
 
 install: $(STAMP)
