@@ -425,7 +425,10 @@ async def test_a_parked_complete_session_is_looked_at_again_once_the_cause_is_go
             hidden = env.emu.store.sessions.pop(session["id"])
             env.emu.resume_webhooks()
             await env.emu.wait_webhooks_idle()
-            while f"onramp session {session['id']} parked" not in env.daemon.stderr():
+            # Three webhooks (requires_payment, fulfillment_processing, fulfillment_complete): wait until the
+            # worker has parked all three (the same park again is logged as "still parked").
+            while not (f"onramp session {session['id']} parked" in env.daemon.stderr()
+                       and env.daemon.stderr().count(f"onramp session {session['id']} still parked") == 2):
                 await trio.sleep(0.05)
             assert await env.call("onramp.pending") == []
             assert (await env.call("onramp.reconcile"))["enqueued"] == 0   # the API lists nothing either
