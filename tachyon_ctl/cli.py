@@ -238,7 +238,8 @@ def run(args: argparse.Namespace, client: Client, out: Output) -> None:  # noqa:
             sent_currency = args.currency if args.value is not None else currency
             out.show(call("onramp.create_session", drop_none({"provider": args.provider, "account": args.account,
                                                               "destination_address": args.destination, "network": args.network,
-                                                              "currency": sent_currency, "amount": amount}), label="create-session"), kv)
+                                                              "currency": sent_currency, "amount": amount,
+                                                              "customer_ip_address": args.customer_ip}), label="create-session"), kv)
         elif sub == "pending":
             out.show(call("onramp.pending", drop_none({"provider": args.provider}), label="pending"),
                      lambda r: table(r, ["session_id", "provider", "account", "token", "amount", "network", "received_at"]))
@@ -248,6 +249,14 @@ def run(args: argparse.Namespace, client: Client, out: Output) -> None:  # noqa:
             out.show(call("onramp.reconcile", drop_none({"lookback_h": args.lookback_h}), label="reconcile"), kv)
         elif sub == "reverse":
             out.show(call("onramp.reverse", {"session_id": args.session_id, "reason": args.reason}, label="reverse"), kv)
+        elif sub == "quote":
+            out.show(call("onramp.quote", drop_none({"provider": args.provider, "currency": args.currency, "network": args.network,
+                                                     "amount": args.amount, "amount_is": "source" if args.fiat else None}), label="quote"),
+                     lambda r: kv({**{k: v for k, v in r.items() if k != "fees"},
+                                   "network_fee": r["fees"]["network"], "transaction_fee": r["fees"]["transaction"]}))
+        elif sub == "parked":
+            out.show(call("onramp.parked", drop_none({"provider": args.provider}), label="parked"),
+                     lambda r: table(r, ["session_id", "provider", "status", "account", "reason"]))
     elif cmd == "dex":
         if sub == "markets":
             out.show(call("dex.markets", label="markets"), table)
@@ -382,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--amount", required=True)
     t.add_argument("--reference")
 
-    o = sp.add_parser("onramp", help="onramp create-session|pending|claim|reconcile|reverse").add_subparsers(dest="sub", metavar="SUB")
+    o = sp.add_parser("onramp", help="onramp create-session|pending|claim|reconcile|reverse|quote|parked").add_subparsers(dest="sub", metavar="SUB")
     o.required = True
     cs = o.add_parser("create-session")
     cs.add_argument("--destination", required=True, help="wallet address the provider delivers to")
@@ -392,6 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--value", help="amount in whole tokens instead (e.g. 12.5)")
     cs.add_argument("--account")
     cs.add_argument("--provider")
+    cs.add_argument("--customer-ip", help="the buyer's IP address: the provider refuses unsupported regions at once")
+    qu = o.add_parser("quote", help="the provider's price and fees (nothing is created)")
+    qu.add_argument("--currency", help="usdc (default from config)")
+    qu.add_argument("--network", help="base, ethereum, … (default from config)")
+    qu.add_argument("--amount", required=True, help="WHOLE units, e.g. 100 = 100 USDC (or 100 USD with --fiat)")
+    qu.add_argument("--fiat", action="store_true", help="--amount is the fiat (usd) to spend, not crypto to receive")
+    qu.add_argument("--provider")
+    pk = o.add_parser("parked", help="sessions confirmed by the provider but not credited, with the reason")
+    pk.add_argument("--provider")
     pe = o.add_parser("pending")
     pe.add_argument("--provider")
     cl = o.add_parser("claim")

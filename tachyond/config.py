@@ -381,7 +381,7 @@ DEFAULT_DOCUMENT: dict[str, Any] = {
     "onramp": {"stripe": {
         "secret_key_env": "STRIPE_SECRET_KEY", "webhook_secret_env": "STRIPE_WEBHOOK_SECRET",
         "api_base": "https://api.stripe.com", "tolerance_s": 300, "default_network": "ethereum",
-        "default_currency": "usdc", "reconcile_interval_s": 300, "reconcile_lookback_h": 24,
+        "default_currency": "usdc", "reconcile_interval_s": 300, "reconcile_lookback_h": 72,
     }},
     "plugins": {"disabled": []},
 }

@@ -36,6 +36,8 @@ def dev_document(dir_: Path) -> dict[str, Any]:
     dir_.mkdir(parents=True, exist_ok=True)
     key_file = _secret_file(dir_, "stripe-secret-key", lambda: "sk_test_dev_" + secrets.token_hex(12))
     whsec_file = _secret_file(dir_, "stripe-webhook-secret", lambda: "whsec_dev" + secrets.token_hex(16))
+    pk_file = _secret_file(dir_, "stripe-publishable-key", lambda: "pk_test_dev_" + secrets.token_hex(12))
+    emulator = f"http://{DEV_EMULATOR[0]}:{DEV_EMULATOR[1]}"
     return {
         "daemon": {"data_dir": str(dir_), "socket": str(dir_ / "rpc.sock"), "socket_mode": "0600",
                    "log_level": os.environ.get("TACHYON_LOG_LEVEL", "info"), "log_format": "text"},
@@ -54,9 +56,12 @@ def dev_document(dir_: Path) -> dict[str, Any]:
         ],
         "onramp": {"stripe": {
             "secret_key_file": str(key_file), "webhook_secret_file": str(whsec_file),
-            "api_base": f"http://{DEV_EMULATOR[0]}:{DEV_EMULATOR[1]}", "tolerance_s": 300,
+            "publishable_key_file": str(pk_file),
+            # The emulator serves a stand-in of Stripe's embedded widget: the daemon's own page
+            # (GET /onramp/{id}) mounts it offline, as it mounts Stripe's in production.
+            "api_base": emulator, "widget_base_url": emulator, "tolerance_s": 300,
             "default_network": "ethereum", "default_currency": "usdc",
-            "reconcile_interval_s": 60, "reconcile_lookback_h": 24,
+            "reconcile_interval_s": 60, "reconcile_lookback_h": 72,
         }},
     }
 

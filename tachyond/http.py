@@ -160,6 +160,10 @@ def make_app(daemon: Any) -> QuartTrio:
         return _json({"status": "ok", "version": daemon.version, "uptime_s": daemon.uptime_s(),
                       "wallet": daemon.wallet_state()}, 200)
 
+    from .onramp_page import register_onramp_page
+
+    register_onramp_page(app, daemon)  # GET /onramp/{session_id}: the embedded onramp page
+
     @app.route("/metrics", methods=["GET"])
     async def metrics() -> Response:
         daemon.refresh_gauges()

@@ -22,7 +22,7 @@ from .config import ConfigError
 from .ledger import check_user_account
 from .errors import (AmountError, InvalidParams, OnrampError, PluginError, ProviderNotConfigured,
                      RegionNotAllowed, ShuttingDown, TachyonError, WalletAbsent, WalletLocked)
-from .providers import SessionInfo, SessionRequest, WebhookRejected
+from .providers import QuoteRequest, SessionInfo, SessionRequest, WebhookRejected
 
 log = logging.getLogger("tachyond.onramp")
 
@@ -33,6 +33,48 @@ RETRY_MAX_S = 60.0
 INBOX_BATCH = 200
 PRUNE_EVERY_S = 3600.0
 MAX_REASON_CHARS = 500
+DEFAULT_LOOKBACK_H = 72   # a buyer may resume a session days after creating it
+
+
+def _same_address(a: str, b: str) -> bool:
+    """EVM-style hex addresses compare without case (a checksum is only a spelling); others exactly."""
+    if a.startswith("0x") and b.startswith("0x"):
+        return a.lower() == b.lower()
+    return a == b
+
+
+def livemode_problem(provider: Any, info: SessionInfo) -> str | None:
+    """Why a session of the other mode than the provider's key may not be credited (None: same mode)."""
+    key_live = getattr(provider, "livemode", None)
+    if key_live is None:
+        return None
+    if info.livemode is None:
+        return "livemode mismatch: the provider did not say whether the session is live or test"
+    if info.livemode != key_live:
+        mode = {True: "live", False: "test (sandbox)"}
+        return (f"livemode mismatch: a {mode[info.livemode]} session under a {mode[key_live]} key"
+                + (": sandbox sessions deliver nothing" if not info.livemode else ""))
+    return None
+
+
+def destination_problem(info: SessionInfo, asked: dict | None) -> str | None:
+    """Why a session delivered elsewhere than this wallet asked may not be credited (None: where we asked)."""
+    if asked is None:
+        return "this wallet has no record of creating the session"
+    if "address" not in asked:
+        return "the session predates destination records: check where it delivered before crediting by hand"
+    want_addr, want_net, want_cur = asked["address"], asked["network"], asked["currency"]
+    if (info.network or "") != want_net:
+        return f"delivered elsewhere: network {info.network!r}, asked {want_net!r}"
+    if (info.currency or "").lower() != want_cur.lower():
+        return f"delivered elsewhere: currency {info.currency!r}, asked {want_cur!r}"
+    used = [a for a in (info.delivered_to, info.addresses.get(want_net)) if a]
+    if not used:
+        return "delivered elsewhere: the provider does not say which address it delivered to"
+    for address in used:
+        if not _same_address(address, want_addr):
+            return f"delivered elsewhere: address {address}, asked {want_addr}"
+    return None
 
 
 def retry_delay_s(failures: int) -> float:
@@ -136,6 +178,8 @@ class OnrampService:
             metrics.webhook_ignored.labels(provider_name, "foreign").inc()
             return 200, {"ignored": "session belongs to another wallet or app"}
         try:
+            # The event body is only a hint: deduped on its id here, its status counts as seen only once the
+            # provider's API has confirmed it (an early body must not swallow the event that brings the truth).
             fresh = await self.enqueue(provider_name, event.event_id, event.session_id, event.session_status,
                                        {"source": "webhook", "type": event.type, "event": dict(event.raw)})
         except (ShuttingDown, WalletAbsent, sqlite3.Error) as exc:
@@ -149,15 +193,19 @@ class OnrampService:
 
     async def enqueue(self, provider_name: str, event_id: str, session_id: str, status: str | None,
                       extra: dict) -> bool:
-        """Seal an event to the wallet and queue it, deduped on event id and (session, status); works while locked."""
+        """Seal an event to the wallet and queue it; works while locked.
+
+        Deduped on the event id, and on (session, status) only when that status was confirmed by the provider's
+        API earlier (the worker records it): the body's own status is never recorded as seen here.
+        """
         wallet_id = self.wallet.public_id
-        keys = [store.dedupe_key(wallet_id, provider_name, "event", event_id),
-                store.dedupe_key(wallet_id, provider_name, "session", f"{session_id}\x00{status or ''}")]
+        keys = [store.dedupe_key(wallet_id, provider_name, "event", event_id)]
+        confirmed = [store.dedupe_key(wallet_id, provider_name, "session", f"{session_id}\x00{status or ''}")]
         received_at = time.time()
         payload = {"provider": provider_name, "event_id": event_id, "session_id": session_id, "status": status,
                    "received_at": received_at, **extra}
         sealed = self.wallet.seal_to_wallet(json.dumps(payload, separators=(",", ":")).encode())
-        fresh = await self.wallet.write(store.enqueue_op, keys, sealed, received_at)
+        fresh = await self.wallet.write(store.enqueue_op, keys, sealed, received_at, confirmed)
         if fresh:
             self.metrics.webhook_enqueued.labels(provider_name).inc()
             self._wake.set()
@@ -261,7 +309,8 @@ class OnrampService:
         except Exception as exc:
             self.metrics.provider_api_errors.labels(name).inc()
             raise OnrampError(f"onramp provider {name!r} failed: {type(exc).__name__}: {exc}") from exc
-        decision = self.decide(name, provider, info, session_id, event["received_at"])
+        asked = await self.wallet.read(store.session_sync, session_id) if info is not None else None
+        decision = self.decide(name, provider, info, session_id, event["received_at"], asked)
         wallet_id = self.wallet.public_id
         seen, forget = [], []
         if decision["kind"] == "parked":
@@ -279,13 +328,19 @@ class OnrampService:
             log.info("onramp session %s confirmed: pending topup", session_id)
         elif result in ("parked", "rejected"):
             log.warning("onramp session %s %s: %s", session_id, result, decision["reason"])
+        elif result == "none" and info is not None:
+            log.debug("onramp session %s (event %s): %s says %s, nothing to credit yet", session_id,
+                      event.get("event_id"), name, info.status)
         elif result in ("parked_again", "rejected_again"):
             log.info("onramp session %s still %s: %s", session_id, result.split("_")[0], decision["reason"])
 
     def decide(self, name: str, provider: Any, info: SessionInfo | None, session_id: str,
-               received_at: float) -> dict:
-        """What the provider's session means for this wallet: pending, parked, rejected or nothing yet."""
-        base = {"provider": name}
+               received_at: float, asked: dict | None = None) -> dict:
+        """What the provider's session means for this wallet: pending, parked, rejected or nothing yet.
+
+        ``asked`` is what this wallet created the session for (address, network, currency), from its records.
+        """
+        base = {"provider": name, "status": info.status if info is not None else None}
         if info is None:
             return {**base, "kind": "parked", "reason": f"{name} does not know session {session_id}"}
         if info.wallet_tag != self.wallet.public_id:
@@ -296,6 +351,9 @@ class OnrampService:
             return {**base, "kind": "rejected", "reason": "the provider rejected the session"}
         if info.status != COMPLETE:
             return {**base, "kind": "parked", "reason": f"unknown status {info.status!r}: kept for review"}
+        problem = livemode_problem(provider, info) or destination_problem(info, asked)
+        if problem:
+            return {**base, "kind": "parked", "reason": problem}
         token = self.tokens.get((info.currency or "").lower())
         if token is None:
             return {**base, "kind": "parked", "reason": f"currency {info.currency!r} is not a configured token"}
@@ -316,7 +374,7 @@ class OnrampService:
 
     async def _reconcile_timer(self, name: str, provider: Any) -> None:
         interval_s = float(getattr(provider, "reconcile_interval_s", 300))
-        lookback_h = float(getattr(provider, "reconcile_lookback_h", 24))
+        lookback_h = float(getattr(provider, "reconcile_lookback_h", DEFAULT_LOOKBACK_H))
         while True:
             await trio.sleep(interval_s)
             try:
@@ -335,19 +393,22 @@ class OnrampService:
             raise WalletAbsent()
         total = {"checked": 0, "enqueued": 0}
         for name, provider in self.providers.items():
-            hours = lookback_h if lookback_h is not None else float(getattr(provider, "reconcile_lookback_h", 24))
+            hours = lookback_h if lookback_h is not None else float(getattr(provider, "reconcile_lookback_h",
+                                                                            DEFAULT_LOOKBACK_H))
             result = await self.reconcile_provider(name, hours)
             total["checked"] += result["checked"]
             total["enqueued"] += result["enqueued"]
         return total
 
     async def reconcile_provider(self, name: str, lookback_h: float) -> dict:
+        """List the provider's complete sessions of the last ``lookback_h`` hours (every page); queue this
+        wallet's that no event brought in. ``checked`` counts this wallet's sessions listed."""
         provider = self.providers[name]
         wallet_id = self.wallet.public_id
         if wallet_id is None:
             return {"checked": 0, "enqueued": 0}
         try:
-            sessions = await provider.list_sessions(int(time.time() - lookback_h * 3600))
+            sessions = await provider.list_sessions(int(time.time() - lookback_h * 3600), status=COMPLETE)
         except OnrampError:
             self.metrics.provider_api_errors.labels(name).inc()
             raise
@@ -398,7 +459,7 @@ class OnrampService:
                               f"{type(exc).__name__}") from None
 
     async def create_session(self, provider_name: str | None, account: str, address: str, network: str | None,
-                             currency: str | None, amount: str) -> dict:
+                             currency: str | None, amount: str, customer_ip: str | None = None) -> dict:
         """Check everything locally, then create a session tagged with this wallet and remember its account."""
         self.wallet.keys  # WalletAbsent / WalletLocked before anything else
         name, provider = self.provider(provider_name)
@@ -421,12 +482,94 @@ class OnrampService:
         amount_minor = token.to_minor(amount)
         check_user_account(account)
         await self.daemon.ledger.balances(account)  # UnknownAccount before a session exists for it
-        info = await provider.create_session(SessionRequest(
-            destination_address=address, network=network, currency=currency,
-            amount=fmt_minor(amount_minor, token.decimals), wallet_tag=self.wallet.public_id))
-        await self.wallet.write(store.remember_session_op, name, info.id, account)
-        return {"id": info.id, "url": info.url, "client_secret": info.client_secret, "status": info.status,
-                "provider": name}
+        if customer_ip is not None:
+            customer_ip = parse_customer_ip(customer_ip)
+        try:
+            info = await provider.create_session(SessionRequest(
+                destination_address=address, network=network, currency=currency,
+                amount=fmt_minor(amount_minor, token.decimals), wallet_tag=self.wallet.public_id,
+                customer_ip=customer_ip))
+        except TachyonError as exc:
+            self.metrics.provider_api_errors.labels(name).inc()
+            log.warning("onramp %s refused a session: %s", name, exc.message)
+            raise
+        await self.wallet.write(store.remember_session_op, name, info.id, account,
+                                {"address": address, "network": network, "currency": currency})
+        url, kind = info.url, "hosted"
+        if not url:
+            url, kind = self.embedded_url(name, provider, info.id), "embedded"
+            if url is None:
+                kind = "none"
+                log.warning("onramp %s gave session %s no hosted page and the embedded page needs "
+                            "onramp.%s.publishable_key_* and an [http] listener", name, info.id, name)
+        return {"id": info.id, "url": url, "url_kind": kind, "client_secret": info.client_secret,
+                "status": info.status, "provider": name}
+
+    def embedded_url(self, name: str, provider: Any, session_id: str) -> str | None:
+        """The daemon's own page for a session (GET /onramp/{id}), when the provider can be embedded."""
+        if not getattr(provider, "publishable_key", None) or not hasattr(provider, "embed"):
+            return None
+        binds = getattr(self.daemon, "http_binds", None)
+        if not binds:
+            return None
+        return f"{binds[0].rstrip('/')}/onramp/{session_id}"
+
+    async def session_for_page(self, session_id: str) -> tuple[str, Any, SessionInfo] | None:
+        """A session this wallet created, fresh from its provider, for the embedded page; None for any other id."""
+        if not isinstance(session_id, str) or not session_id or len(session_id) > 255:
+            return None
+        asked = await self.wallet.read(store.session_sync, session_id)
+        if asked is None or asked.get("provider") not in self.providers:
+            return None
+        provider = self.providers[asked["provider"]]
+        info = await provider.retrieve_session(session_id)
+        return asked["provider"], provider, info
+
+    async def parked(self, provider_name: str | None = None) -> list[dict]:
+        """Sessions the provider confirmed that were not credited, each with its reason (newest last)."""
+        self.require_providers()
+        if provider_name is not None:
+            self.provider(provider_name)
+        rows = await self.wallet.read(store.parked_sync)
+        return [{"session_id": r["session_id"], "provider": r["provider"], "status": r.get("status"),
+                 "reason": r["reason"], "account": r.get("account"), "at": r["at"]}
+                for r in rows if provider_name is None or r["provider"] == provider_name]
+
+    async def quote(self, provider_name: str | None, currency: str | None, network: str | None, amount: str,
+                    amount_is: str | None) -> dict:
+        """The provider's price for buying ``amount`` of ``currency`` on ``network`` (or for ``amount`` fiat)."""
+        name, provider = self.provider(provider_name)
+        if not hasattr(provider, "quote"):
+            raise OnrampError(f"onramp provider {name!r} does not give quotes")
+        network = network or getattr(provider, "default_network", None)
+        currency = (currency or getattr(provider, "default_currency", None) or "").lower()
+        if not network or not currency:
+            raise InvalidParams("network and currency are required (the provider has no default)",
+                                data={"param": "network" if not network else "currency"})
+        amount_is = amount_is or "destination"
+        if amount_is not in ("destination", "source"):
+            raise InvalidParams("amount_is must be destination or source", data={"param": "amount_is"})
+        try:
+            value = Decimal(amount) if isinstance(amount, str) else None
+        except InvalidOperation:
+            value = None
+        if value is None or not value.is_finite() or value <= 0:
+            raise AmountError(f"amount must be a positive decimal string, got {amount!r}")
+        token = self.tokens.get(currency)
+        if amount_is == "destination" and token is not None:
+            amount = fmt_minor(token.to_minor(amount), token.decimals)
+        elif amount_is == "source" and value != value.quantize(Decimal("0.01")):
+            raise AmountError(f"a fiat amount has at most 2 decimal places, got {amount!r}")
+        try:
+            q = await provider.quote(QuoteRequest(network=network, currency=currency, amount=amount,
+                                                  amount_is=amount_is))
+        except TachyonError:
+            self.metrics.provider_api_errors.labels(name).inc()
+            raise
+        return {"provider": name, "network": q.network, "currency": q.currency,
+                "destination_amount": q.destination_amount, "source_amount": q.source_amount,
+                "source_currency": q.source_currency, "source_total_amount": q.source_total_amount,
+                "fees": {"network": q.network_fee, "transaction": q.transaction_fee}, "fetched_at": q.fetched_at}
 
     async def pending(self, provider_name: str | None = None) -> list[dict]:
         self.require_providers()
@@ -469,6 +612,17 @@ class OnrampService:
         log.warning("onramp topup %s reversed (%s): shortfall %s %s", session_id, reason,
                     result["reversal"]["shortfall"], result["reversal"]["token"])
         return result
+
+
+def parse_customer_ip(value: Any) -> str:
+    """An IPv4 or IPv6 address as text, or InvalidParams naming customer_ip_address."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(value.strip() if isinstance(value, str) else ""))
+    except ValueError:
+        raise InvalidParams(f"customer_ip_address must be an IPv4 or IPv6 address, got {value!r}",
+                            data={"param": "customer_ip_address"}) from None
 
 
 def parse_lookback_h(value: Any) -> float | None:

@@ -18,12 +18,38 @@ def register_onramp_methods(d: Any, service: Any) -> None:
         Param("network", required=False, description="e.g. ethereum, solana, base (default: the provider's)"),
         Param("currency", required=False, description="e.g. usdc (default: the provider's); must be a token"),
         Param("amount", description="decimal string in whole tokens, exact for the token, e.g. \"25.50\""),
-    ], result="{id, url, client_secret, status, provider}")
+        Param("customer_ip_address", required=False,
+              description="the buyer's IPv4/IPv6 address: the provider refuses unsupported regions at once "
+                          "(RegionNotAllowed, -32033)"),
+    ], result="{id, url, url_kind: hosted|embedded|none, client_secret, status, provider}; url is the provider's "
+              "hosted page, or the daemon's embedded page GET /onramp/{id} when the provider gives none")
     async def create_session(p: dict[str, Any]) -> Any:
         """Create an onramp session tagged with this wallet (address, network, region and amount checked first)."""
         return await service.create_session(p.get("provider"), p.get("account", "default"),
                                             p["destination_address"], p.get("network"), p.get("currency"),
-                                            p["amount"])
+                                            p["amount"], p.get("customer_ip_address"))
+
+    @r.method("onramp.quote", [
+        Param("provider", required=False, description="an [onramp.<name>] provider; the only one when omitted"),
+        Param("currency", required=False, description="e.g. usdc (default: the provider's)"),
+        Param("network", required=False, description="e.g. base (default: the provider's)"),
+        Param("amount", description="decimal string: whole tokens to receive, or fiat to spend with "
+                                    "amount_is=source, e.g. \"100\""),
+        Param("amount_is", required=False, enum=("destination", "source"),
+              description="destination (default): amount is crypto to receive; source: fiat (usd) to spend"),
+    ], result="{provider, network, currency, destination_amount, source_amount, source_currency, "
+              "source_total_amount, fees: {network, transaction}, fetched_at}")
+    async def quote(p: dict[str, Any]) -> Any:
+        """The provider's current price and fees for a purchase (nothing is created or reserved)."""
+        return await service.quote(p.get("provider"), p.get("currency"), p.get("network"), p["amount"],
+                                   p.get("amount_is"))
+
+    @r.method("onramp.parked", [Param("provider", required=False)],
+              result="[{session_id, provider, status, reason, account, at}]")
+    async def parked(p: dict[str, Any]) -> Any:
+        """Sessions the provider confirmed but this wallet did not credit, each with its reason (livemode
+        mismatch, delivered elsewhere, unknown status, …): for an operator to review."""
+        return await service.parked(p.get("provider"))
 
     @r.method("onramp.pending", [Param("provider", required=False)],
               result="[{session_id, provider, account, token, amount, amount_minor, network, received_at}]")

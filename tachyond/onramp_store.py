@@ -1,10 +1,12 @@
 """The onramp's tables in the wallet file and the operations on them (each runs inside one wallet.write or read).
 
 Tables:
-- ``onramp_seen``: dedupe keys (SHA-256, usable while locked) of every webhook event id and (session, status).
+- ``onramp_seen``: dedupe keys (SHA-256, usable while locked) of every webhook event id, and of each
+  (session, status) the provider's API confirmed (never a status an event body merely claimed).
 - ``onramp_inbox``: verified events sealed to the wallet's X25519 key; ``processed_at`` set once handled;
   processed rows are deleted after ``INBOX_RETENTION_S`` (their outcome lives in the tables below).
-- ``onramp_sessions``: the account each session this daemon created is for.
+- ``onramp_sessions``: the account each session this daemon created is for, and the address, network and
+  currency it asked the provider to deliver to (a session delivered elsewhere is parked).
 - ``onramp_pending``: confirmed topups waiting for a claim (deleted by the claim).
 - ``onramp_outcomes``: what became of a session that is not pending: claimed, reversed, parked, rejected.
 Everything but the seen keys, the sealed inbox and timestamps is AES-GCM under the data key, and the session
@@ -68,11 +70,16 @@ def _put(tx: Tx, table: str, session_id: str, value: dict) -> None:
 
 # ----- the inbox (works while locked: only SQL, no cipher) -----
 
-def enqueue_op(tx: Tx, keys: list[bytes], sealed: bytes, received_at: float) -> bool:
-    """Record the dedupe keys and the sealed event; False (nothing queued) when any key was already seen."""
+def enqueue_op(tx: Tx, keys: list[bytes], sealed: bytes, received_at: float,
+               confirmed: list[bytes] = ()) -> bool:
+    """Record the dedupe ``keys`` and the sealed event; False (nothing queued) when any key was already seen,
+    or when any of ``confirmed`` (looked up, never recorded here) was."""
     fresh = True
     for key in keys:
         if tx.conn.execute("INSERT OR IGNORE INTO onramp_seen (key_hash) VALUES (?)", (key,)).rowcount == 0:
+            fresh = False
+    for key in confirmed:
+        if tx.conn.execute("SELECT 1 FROM onramp_seen WHERE key_hash = ?", (key,)).fetchone() is not None:
             fresh = False
     if fresh:
         tx.conn.execute("INSERT INTO onramp_inbox (sealed, received_at) VALUES (?, ?)", (sealed, received_at))
@@ -110,9 +117,25 @@ def inbox_backlog_sync(rtx: ReadTx) -> tuple[int, float | None]:
 
 # ----- sessions, confirmation -----
 
-def remember_session_op(tx: Tx, provider: str, session_id: str, account: str) -> None:
+def remember_session_op(tx: Tx, provider: str, session_id: str, account: str,
+                        destination: dict | None = None) -> None:
+    """Remember a session this wallet created: its account and ``destination`` (address, network, currency)."""
     _put(tx, "onramp_sessions", session_id, {"session_id": session_id, "provider": provider, "account": account,
-                                             "created_at": tx.now})
+                                             "created_at": tx.now, **(destination or {})})
+
+
+def session_sync(rtx: ReadTx, session_id: str) -> dict | None:
+    """What this wallet created a session for (None: not created here)."""
+    found = _get(rtx, "onramp_sessions", session_id)
+    return found[1] if found is not None else None
+
+
+def parked_sync(rtx: ReadTx) -> list[dict]:
+    """Every session parked (confirmed by the provider, not credited), oldest first."""
+    rtx.keys
+    rows = [rtx.open_json("onramp_outcomes", "value", rowid, blob)
+            for rowid, blob in rtx.conn.execute("SELECT id, value FROM onramp_outcomes ORDER BY id")]
+    return [r for r in rows if r.get("state") == "parked"]
 
 
 def confirm_op(tx: Tx, inbox_id: int, session_id: str, decision: dict[str, Any], seen_keys: list[bytes],
@@ -136,9 +159,12 @@ def confirm_op(tx: Tx, inbox_id: int, session_id: str, decision: dict[str, Any],
     outcome = _get(tx, "onramp_outcomes", session_id)
     if pending is not None or (outcome is not None and outcome[1]["state"] in SETTLED):
         return "already"
+    remembered = _get(tx, "onramp_sessions", session_id)
+    account = remembered[1]["account"] if remembered is not None else None
     if kind == "pending":
-        remembered = _get(tx, "onramp_sessions", session_id)
-        account = remembered[1]["account"] if remembered is not None else "default"
+        if outcome is not None:   # parked before, credited now that the cause is gone: no longer parked
+            tx.conn.execute("DELETE FROM onramp_outcomes WHERE id = ?", (outcome[0],))
+        account = account or "default"
         _put(tx, "onramp_pending", session_id, {
             "session_id": session_id, "provider": decision["provider"], "account": account,
             "token": decision["token"], "amount_minor": decision["amount_minor"], "network": decision["network"],
@@ -146,7 +172,8 @@ def confirm_op(tx: Tx, inbox_id: int, session_id: str, decision: dict[str, Any],
         return "pending"
     again = outcome is not None and outcome[1]["state"] == kind and outcome[1].get("reason") == decision["reason"]
     _put(tx, "onramp_outcomes", session_id, {"session_id": session_id, "provider": decision["provider"],
-                                             "state": kind, "reason": decision["reason"], "at": tx.now})
+                                             "state": kind, "reason": decision["reason"], "at": tx.now,
+                                             "status": decision.get("status"), "account": account})
     return f"{kind}_again" if again else kind
 
 

@@ -45,6 +45,12 @@ class SessionInfo:
     wallet_tag: str | None = None
     transaction_id: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
+    # Where and how the provider says it delivered (None: it did not say). ``livemode`` False for a sandbox
+    # session, which delivers nothing; ``delivered_to`` the address used; ``addresses`` network -> address
+    # as the session holds them (network names as ours: "base", not Stripe's "base_network").
+    livemode: bool | None = None
+    delivered_to: str | None = None
+    addresses: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -60,14 +66,60 @@ class WebhookEvent:
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class QuoteRequest:
+    network: str
+    currency: str
+    amount: str                  # decimal string: whole tokens (amount_is destination) or fiat (source)
+    amount_is: str = "destination"   # "destination" | "source"
+    source_currency: str = "usd"
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A provider's price for one network and currency; every amount a decimal string as the provider sent it."""
+
+    network: str
+    currency: str
+    destination_amount: str | None
+    source_amount: str | None
+    source_currency: str | None
+    source_total_amount: str | None
+    network_fee: str | None
+    transaction_fee: str | None
+    fetched_at: int | None
+
+
+@dataclass(frozen=True)
+class Embed:
+    """What a page needs to mount a provider's payment widget for one session (see tachyond.onramp_page).
+
+    ``scripts`` are loaded in order; ``bootstrap_js`` runs after them with ``config`` as the global
+    ``ONRAMP_CONFIG``; the CSP names only ``script_hosts``/``frame_hosts``/``connect_hosts``/``img_hosts``.
+    ``config`` carries the client secret: it goes into the page and nowhere else (never a log).
+    """
+
+    scripts: tuple[str, ...]
+    script_hosts: tuple[str, ...]
+    frame_hosts: tuple[str, ...]
+    connect_hosts: tuple[str, ...]
+    img_hosts: tuple[str, ...]
+    bootstrap_js: str
+    config: Mapping[str, Any]
+
+
 @runtime_checkable
 class OnrampProvider(Protocol):
+    """Optional members a provider may also have: ``livemode`` (bool: the mode its API key acts in; sessions of
+    the other mode are parked), ``quote(QuoteRequest) -> Quote``, ``embed(SessionInfo) -> Embed | None``."""
+
     name: str
 
     async def create_session(self, req: SessionRequest) -> SessionInfo: ...
     async def retrieve_session(self, session_id: str) -> SessionInfo: ...
-    async def list_sessions(self, created_gte: int) -> list[SessionInfo]:
-        """Every session created at or after ``created_gte`` (unix s), all pages, newest first."""
+    async def list_sessions(self, created_gte: int, status: str | None = None) -> list[SessionInfo]:
+        """Every session created at or after ``created_gte`` (unix s), all pages, newest first; only those in
+        ``status`` when given (a provider that cannot filter returns them all: the caller checks)."""
     def verify_webhook(self, body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
         """Verify signature and age; parse. Raise :class:`WebhookRejected` on failure. Must not block."""
     async def aclose(self) -> None: ...

@@ -72,14 +72,15 @@ class Env:
 @asynccontextmanager
 async def onramp_env(nursery: trio.Nursery, dir_: Path, *, secrets: tuple[str, ...] = (WHSEC_A,),
                      stripe: dict | None = None, create_wallet: bool = True, test_plugin: bool = False,
-                     env: dict | None = None, http: dict | None = None) -> AsyncIterator[Env]:
+                     env: dict | None = None, http: dict | None = None, api_key: str = API_KEY,
+                     emulator: dict | None = None) -> AsyncIterator[Env]:
     """Start the emulator (in its own nursery) and a tachyond whose [onramp.stripe] points at it."""
-    (dir_ / "sk").write_text(API_KEY)
+    (dir_ / "sk").write_text(api_key)
     (dir_ / "whsec").write_text(",".join(secrets))
     (dir_ / "pw").write_text(PASSWORD)
     async with trio.open_nursery() as emu_nursery:
         emu = await emu_nursery.start(serve_emulator, EmulatorConfig(
-            webhook_secrets=secrets, webhook_backoff_s=0.2, webhook_max_backoff_s=1.0))
+            webhook_secrets=secrets, webhook_backoff_s=0.2, webhook_max_backoff_s=1.0, **(emulator or {})))
         doc = base_document(dir_, tokens=[USDC], wallet={"password_file": str(dir_ / "pw")}, onramp={"stripe": {
             "secret_key_file": str(dir_ / "sk"), "webhook_secret_file": str(dir_ / "whsec"),
             "api_base": emu.base_url, "reconcile_interval_s": 3600, "max_network_retries": 0, "timeout_s": 5,
@@ -215,16 +216,19 @@ async def test_reconcile_backfills_sessions_whose_webhooks_never_came(nursery, s
             env.emu.complete_session(session["id"])
             unpaid = await env.create("1")
             assert await env.call("onramp.pending") == []
-            assert await env.call("onramp.reconcile", {"lookback_h": 1}) == {"checked": 2, "enqueued": 1}
+            # Only complete sessions are listed (Stripe's list takes status=): the unpaid one is not fetched.
+            assert await env.call("onramp.reconcile", {"lookback_h": 1}) == {"checked": 1, "enqueued": 1}
+            [listed] = [r for r in env.emu.requests if r["method"] == "GET" and r["path"].endswith("sessions")]
+            assert listed["params"]["status"] == "fulfillment_complete" and listed["params"]["limit"] == "100"
             [topup] = await env.wait_pending()
             assert topup["session_id"] == session["id"] and topup["amount_minor"] == 12_000_000
-            assert await env.call("onramp.reconcile") == {"checked": 2, "enqueued": 0}
+            assert await env.call("onramp.reconcile") == {"checked": 1, "enqueued": 0}
             # The late webhooks change nothing: the complete one is a duplicate, the others are not final.
             env.emu.resume_webhooks()
             await env.emu.wait_webhooks_idle()
             assert await env.metric("tachyon_webhook_events_duplicate_total", provider="stripe") == 1
             await env.call("onramp.claim", {"session_id": session["id"]})
-            assert await env.call("onramp.reconcile") == {"checked": 2, "enqueued": 0}
+            assert await env.call("onramp.reconcile") == {"checked": 1, "enqueued": 0}
             await trio.sleep(0.3)
             assert await env.call("onramp.pending") == []
             assert unpaid["id"] != session["id"]

@@ -61,7 +61,7 @@ def test_defaults_and_attributes():
     assert isinstance(provider, OnrampProvider) and provider.name == "stripe"
     assert (provider.default_network, provider.default_currency) == ("ethereum", "usdc")
     assert provider.allowed == {"ethereum": ("usdc",), "base": ("usdc", "eth")}
-    assert (provider.reconcile_interval_s, provider.reconcile_lookback_h, provider.tolerance_s) == (60, 24, 300)
+    assert (provider.reconcile_interval_s, provider.reconcile_lookback_h, provider.tolerance_s) == (60, 72, 300)
     assert KEY not in repr(provider) and OLD not in repr(provider)
     assert provider_for().allowed is None
 

@@ -53,6 +53,9 @@ async def _dev_emulator(daemon: Any) -> None:
         "webhook_url": daemon.http_binds[0].rstrip("/") + "/webhook/stripe",
         "webhook_secrets": secrets,
         "secret_keys": _read_secret_ref(table, "secret_key"),
+        # A dev config that mounts the stand-in widget pays through the daemon's embedded page: like an
+        # embedded-only integration, sessions then carry no hosted redirect_url.
+        "hosted_checkout": "widget_base_url" not in table,
     })
 
 

@@ -26,11 +26,23 @@ import trio
 from tachyond.config import ConfigError
 
 from .forms import FormError, decode_form
-from .sessions import ApiError, SessionStore, check_params, list_page, random_id
+from .sessions import ApiError, SessionStore, check_params, list_page, quote_answer, random_id
 from .webhook_sender import DeliveryAttempt, WebhookSender
 
 API_VERSION = "2026-10-28.endive"  # the version stripe-python 16.1 pins
+WIDGET_SCRIPTS = ("/v3/", "/crypto-onramp-outer.js")  # the stand-ins of Stripe.js and the onramp widget
 SESSIONS_PATH = "/v1/crypto/onramp_sessions"
+QUOTES_PATH = "/v1/crypto/onramp/quotes"
+# The refusals tests can ask for (refuse_sessions): Stripe's codes, HTTP status, type and message.
+REFUSALS = {
+    "crypto_onramp_unsupported_country": (400, "invalid_request_error",
+                                          "Transactions are not supported in this country."),
+    "crypto_onramp_unsupportable_customer": (400, "invalid_request_error",
+                                             "We are unable to support this customer."),
+    "crypto_onramp_disabled": (400, "api_error", "Crypto onramp is disabled for this platform."),
+    "crypto_onramp_merchant_not_properly_setup": (400, "invalid_request_error",
+                                                  "Your business profile is missing a business name or URL."),
+}
 MAX_BODY_BYTES = 1 << 20
 log = logging.getLogger("tachyon_stripe.emulator")
 
@@ -47,6 +59,10 @@ class EmulatorConfig:
     secret_keys: tuple[str, ...] = ()  # empty: any sk_test_/rk_test_ key
     public_url: str | None = None  # base of redirect_url; default the bound address
     unsupported_ips: tuple[str, ...] = ("203.0.113.0/24",)  # customer IPs answered crypto_onramp_unsupported_country
+    unsupportable_ips: tuple[str, ...] = ("192.0.2.0/24",)  # ... crypto_onramp_unsupportable_customer
+    livemode: bool = False          # the livemode of every session and event (Stripe's sandbox: False)
+    accept_live_keys: bool = False  # accept sk_live_/rk_live_ keys too (tests of the daemon's livemode gate)
+    hosted_checkout: bool = True    # False: redirect_url is null, as for an embedded-only integration
     webhook_max_attempts: int = 6
     webhook_backoff_s: float = 0.25
     webhook_max_backoff_s: float = 8.0
@@ -60,7 +76,7 @@ class EmulatorConfig:
         for key, value in raw.items():
             if key not in known:
                 raise ConfigError(f"stripe_emulator.{key}", "unknown key")
-            if key in ("webhook_secrets", "secret_keys", "unsupported_ips"):
+            if key in ("webhook_secrets", "secret_keys", "unsupported_ips", "unsupportable_ips"):
                 value = _split(value) if isinstance(value, str) else tuple(value)
             values[key] = value
         return cls(**values)
@@ -91,7 +107,13 @@ class StripeEmulator:
         self.base_url: str | None = None
         self.port: int | None = None
         self.store = SessionStore(clock=lambda: self.clock(), on_change=self._session_changed,
-                                  public_url=lambda: self.config.public_url or self.base_url or "http://127.0.0.1")
+                                  public_url=lambda: self.config.public_url or self.base_url or "http://127.0.0.1",
+                                  livemode=lambda: self.livemode,
+                                  hosted=lambda: self.hosted_checkout)
+        self.livemode = config.livemode
+        self.accept_live_keys = config.accept_live_keys
+        self.hosted_checkout = config.hosted_checkout
+        self.refusal: str | None = None  # a REFUSALS code every session create answers with
         self.webhooks = WebhookSender(config.webhook_url, config.webhook_secrets,
                                       max_attempts=config.webhook_max_attempts, backoff_s=config.webhook_backoff_s,
                                       max_backoff_s=config.webhook_max_backoff_s, timeout_s=config.webhook_timeout_s,
@@ -100,6 +122,7 @@ class StripeEmulator:
         self.requests: list[dict[str, Any]] = []  # every /v1 request: method, path, params, idempotency_key
         self._fail_status = 500
         self._fail_remaining: int | None = 0  # None: fail every call until cleared
+        self._fail_in_endpoint = False  # True: the endpoint began (an idempotent result is saved), then failed
         self._idempotency: dict[tuple[str, str], tuple[str, Response]] = {}
         self._template = string.Template(resources.files(__package__).joinpath("checkout.html").read_text("utf-8"))
 
@@ -129,11 +152,31 @@ class StripeEmulator:
         """A copy of a session as the API would return it."""
         return self.store.get(session_id)
 
-    def inject_errors(self, status: int = 500, count: int | None = 1) -> None:
-        """Answer the next ``count`` API calls (every call when None) with ``status`` (500 or 429) and Stripe's JSON."""
+    def inject_errors(self, status: int = 500, count: int | None = 1, *, in_endpoint: bool = False) -> None:
+        """Answer the next ``count`` API calls (every call when None) with ``status`` (500 or 429) and Stripe's JSON.
+
+        ``in_endpoint``: the failure happens once the endpoint began (after the params validated), so, as at
+        Stripe, the 500 is saved under the request's idempotency key and replayed to a retry with that key.
+        """
         if status not in (500, 429):
             raise ValueError("status must be 500 or 429")
-        self._fail_status, self._fail_remaining = status, count
+        self._fail_status, self._fail_remaining, self._fail_in_endpoint = status, count, in_endpoint
+
+    def refuse_sessions(self, code: str | None) -> None:
+        """Answer every session create with one of Stripe's refusals (REFUSALS), or stop (None)."""
+        if code is not None and code not in REFUSALS:
+            raise ValueError(f"code must be one of {', '.join(REFUSALS)}")
+        self.refusal = code
+
+    def emit_event(self, session_id: str, **override: Any) -> dict[str, Any]:
+        """Send a webhook whose body differs from the API's session (``override`` sets its fields, e.g.
+        status="fulfillment_complete"): the event that arrives ahead of, or out of step with, the API."""
+        body = self.store.get(session_id)
+        details = override.pop("transaction_details", None)
+        body.update(override)
+        if details:
+            body["transaction_details"].update(details)
+        return self._session_changed(body)
 
     def clear_errors(self) -> None:
         """Stop injecting API errors."""
@@ -172,20 +215,21 @@ class StripeEmulator:
         """Block until every queued webhook was delivered or abandoned."""
         await self.webhooks.wait_idle()
 
-    def _session_changed(self, session: dict[str, Any]) -> None:
+    def _session_changed(self, session: dict[str, Any]) -> dict[str, Any]:
         event = {
             "id": random_id("evt_"),
             "object": "event",
             "api_version": API_VERSION,
             "created": int(self.clock()),
             "data": {"object": session},
-            "livemode": False,
+            "livemode": bool(session.get("livemode")),
             "pending_webhooks": 1,
             "request": {"id": None, "idempotency_key": None},
             "type": "crypto.onramp_session_updated",
         }
         self.events.append(event)
         self.webhooks.enqueue(event)
+        return event
 
     # ---- ASGI ----
 
@@ -236,6 +280,10 @@ class StripeEmulator:
             return status, out_headers, payload
         if path.startswith("/checkout/"):
             return self._checkout(method, path.removeprefix("/checkout/"), body)
+        if path in WIDGET_SCRIPTS or path.startswith("/embedded/"):
+            from .widget import handle_widget
+
+            return handle_widget(self, method, path, query, body)
         if path.startswith("/_emulator/"):
             try:
                 return self._control(method, path.removeprefix("/_emulator/"), query, body)
@@ -262,21 +310,17 @@ class StripeEmulator:
         if not credential:
             raise ApiError(401, "You did not provide an API key. You need to provide your API key in the "
                            "Authorization header, using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').")
-        accepted = credential in self.config.secret_keys if self.config.secret_keys \
-            else credential.startswith(("sk_test_", "rk_test_"))
+        prefixes = ("sk_test_", "rk_test_") + (("sk_live_", "rk_live_") if self.accept_live_keys else ())
+        accepted = credential.startswith(prefixes) and (
+            credential in self.config.secret_keys if self.config.secret_keys else True)
         if not accepted:
             raise ApiError(401, f"Invalid API Key provided: {_redact_key(credential)}", code="api_key_invalid")
         return credential
 
     def _api(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> Response:
         api_key = self._authenticate(headers)
-        if self._fail_remaining is None or self._fail_remaining > 0:
-            if self._fail_remaining is not None:
-                self._fail_remaining -= 1
-            if self._fail_status == 429:
-                raise ApiError(429, "Request rate limit exceeded. Learn more about rate limits here "
-                               "https://stripe.com/docs/rate-limits.", code="rate_limit")
-            raise ApiError(500, "An unknown error occurred (injected by the emulator).", type_="api_error")
+        if not self._fail_in_endpoint:
+            self._injected_failure()
         try:
             params = decode_form(body if method == "POST" else query)
         except FormError as exc:
@@ -297,15 +341,42 @@ class StripeEmulator:
             try:
                 response = self._route(method, path, params)
             except ApiError as exc:
+                if exc.status < 500:
+                    # Failed validation: Stripe saves no result, the key may be used again.
+                    return _json(exc.status, exc.body())
                 response = _json(exc.status, exc.body())
-            if response[0] < 500:
-                self._idempotency[(api_key, idempotency_key)] = (fingerprint, response)
+            except Exception:
+                log.exception("emulator failed on %s %s", method, path)
+                response = _json(500, ApiError(500, "An unknown error occurred in the emulator.",
+                                               type_="api_error").body())
+            # Once the endpoint began, its result is saved, a 500 included (Stripe's idempotency page).
+            self._idempotency[(api_key, idempotency_key)] = (fingerprint, response)
             return response
         return self._route(method, path, params)
 
+    def _injected_failure(self) -> None:
+        if self._fail_remaining is None or self._fail_remaining > 0:
+            if self._fail_remaining is not None:
+                self._fail_remaining -= 1
+            if self._fail_status == 429:
+                raise ApiError(429, "Request rate limit exceeded. Learn more about rate limits here "
+                               "https://stripe.com/docs/rate-limits.", code="rate_limit")
+            raise ApiError(500, "An unknown error occurred (injected by the emulator).", type_="api_error")
+
     def _route(self, method: str, path: str, params: dict[str, Any]) -> Response:
         if path == SESSIONS_PATH and method == "POST":
-            return _json(200, self.store.create(params, self.config.unsupported_ips))
+            session = self.store.create(params, self.config.unsupported_ips, self.config.unsupportable_ips)
+            if self.refusal is not None:
+                status, kind, message = REFUSALS[self.refusal]
+                self.store.sessions.pop(session["id"])
+                raise ApiError(status, message, code=self.refusal, type_=kind)
+            if self._fail_in_endpoint:
+                self._injected_failure()
+            return _json(200, session)
+        if path == QUOTES_PATH and method == "GET":
+            return _json(200, quote_answer(params, self.livemode, int(self.clock())))
+        if self._fail_in_endpoint:
+            self._injected_failure()
         if path == SESSIONS_PATH and method == "GET":
             return _json(200, list_page(self.store, params, SESSIONS_PATH))
         session_id = path.removeprefix(SESSIONS_PATH + "/")
@@ -383,6 +454,11 @@ class StripeEmulator:
             count = args.get("count", "1")
             self.inject_errors(int(args.get("status", "500")), None if count == "all" else int(count))
             return _json(200, {"status": self._fail_status, "remaining": self._fail_remaining})
+        if parts == ["refuse"]:
+            self.refuse_sessions(args.get("code") or None)
+            return _json(200, {"code": self.refusal})
+        if len(parts) == 3 and parts[0] == "sessions" and parts[2] == "emit":
+            return _json(200, self.emit_event(parts[1], **{k: v for k, v in args.items() if k == "status"}))
         if parts == ["errors", "clear"]:
             self.clear_errors()
             return _json(200, {"remaining": 0})
@@ -437,6 +513,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--secret-key", help="API key(s) to accept, comma-separated (default env STRIPE_SECRET_KEY; "
                         "unset: any sk_test_ key)")
     parser.add_argument("--public-url", help="base URL for redirect_url (default: the bound address)")
+    parser.add_argument("--no-hosted-checkout", action="store_true",
+                        help="sessions carry redirect_url null (pay through the embedded widget stand-in)")
     return parser.parse_args(argv)
 
 
@@ -449,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         print("tachyon-stripe-emulator: --webhook-url needs --webhook-secret or STRIPE_WEBHOOK_SECRET", file=sys.stderr)
         return 2
     config = EmulatorConfig(listen=args.listen, webhook_url=args.webhook_url, webhook_secrets=secrets,
-                            secret_keys=keys, public_url=args.public_url)
+                            secret_keys=keys, public_url=args.public_url,
+                            hosted_checkout=not args.no_hosted_checkout)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     async def run() -> None:

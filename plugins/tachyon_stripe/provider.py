@@ -15,10 +15,26 @@ from urllib.parse import urlsplit
 import stripe
 
 from tachyond.config import ConfigError
-from tachyond.errors import OnrampError
-from tachyond.providers import SessionInfo, SessionRequest, WebhookEvent, WebhookRejected
+from tachyond.errors import OnrampError, RegionNotAllowed
+from tachyond.providers import (Embed, Quote, QuoteRequest, SessionInfo, SessionRequest, WebhookEvent,
+                                WebhookRejected)
 
 SESSIONS_PATH = "/v1/crypto/onramp_sessions"
+QUOTES_PATH = "/v1/crypto/onramp/quotes"
+# The embedded widget's scripts, from Stripe's onramp guide: they must load from Stripe's own hosts.
+STRIPE_JS = "https://js.stripe.com/v3/"
+ONRAMP_JS = "https://crypto-js.stripe.com/crypto-onramp-outer.js"
+# Stripe's refusals of a customer's region: RegionNotAllowed, with Stripe's message.
+REGION_CODES = frozenset({"crypto_onramp_unsupported_country", "crypto_onramp_unsupportable_customer"})
+# Refusals only the operator can fix: what to do, said plainly.
+OPERATOR_CODES = {
+    "crypto_onramp_disabled": "the onramp is switched off for this Stripe account: nothing can be bought until "
+                              "Stripe switches it on again; see docs/stripe.md (applying for onramp access) "
+                              "and ask Stripe support",
+    "crypto_onramp_merchant_not_properly_setup": "the Stripe account's business profile is incomplete: fill in "
+                                                 "the business name and website URL in the Dashboard "
+                                                 "(Settings > Business), see docs/stripe.md",
+}
 SESSION_EVENT_TYPES = frozenset({"crypto.onramp_session_updated", "crypto.onramp_session.updated",
                                  "checkout.session.completed"})
 WALLET_TAG_KEY = "tachyon_wallet"
@@ -32,6 +48,15 @@ def _scrub(text: str, secret: str | None = None) -> str:
     if secret:
         text = text.replace(secret, "[redacted]")
     return _KEY_RE.sub("[redacted]", text)
+
+
+def key_livemode(key: str) -> bool:
+    """The mode a Stripe API key acts in: sk_live_/rk_live_ live (True), sk_test_/rk_test_ test (False)."""
+    if key.startswith(("sk_live_", "rk_live_")):
+        return True
+    if key.startswith(("sk_test_", "rk_test_")):
+        return False
+    raise ValueError("not a Stripe secret or restricted key")
 
 
 def request_wallet_key(network: str) -> str:
@@ -55,7 +80,8 @@ class _Settings:
     PREFIX = "onramp.stripe"
     KEYS = {"secret_key_env", "secret_key_file", "webhook_secret_env", "webhook_secret_file", "api_base",
             "tolerance_s", "default_network", "default_currency", "reconcile_interval_s", "reconcile_lookback_h",
-            "allowed", "timeout_s", "max_network_retries"}
+            "allowed", "timeout_s", "max_network_retries", "publishable_key_env", "publishable_key_file",
+            "widget_base_url"}
 
     def __init__(self, raw: Mapping[str, Any], environ: Mapping[str, str]):
         self.raw, self.environ = raw, environ
@@ -132,7 +158,7 @@ class StripeOnrampProvider:
         self.default_network = s.string("default_network", "ethereum")
         self.default_currency = s.string("default_currency", "usdc")
         self.reconcile_interval_s = s.number("reconcile_interval_s", 300)
-        self.reconcile_lookback_h = s.number("reconcile_lookback_h", 24)
+        self.reconcile_lookback_h = s.number("reconcile_lookback_h", 72)
         self.timeout_s = s.number("timeout_s", 30)
         self.max_network_retries = s.number("max_network_retries", 2, integer=True, exclusive=False)
         self.allowed = s.allowed()
@@ -140,10 +166,34 @@ class StripeOnrampProvider:
             raise ConfigError(s._key("default_network"), f"{self.default_currency} on {self.default_network} is "
                               "not in onramp.stripe.allowed")
         keys = s.secret("secret_key", "STRIPE_SECRET_KEY")
-        if len(keys) != 1 or not keys[0].startswith(("sk_", "rk_")):
+        if len(keys) != 1 or not keys[0].startswith(("sk_test_", "rk_test_", "sk_live_", "rk_live_")):
             where = "secret_key_file" if "secret_key_file" in config else "secret_key_env"
-            raise ConfigError(s._key(where), "must hold one Stripe secret key (sk_… or rk_…)")
+            raise ConfigError(s._key(where), "must hold one Stripe secret key (sk_test_…, sk_live_…, rk_test_… "
+                              "or rk_live_…)")
         self._secret_key = keys[0]
+        # Sessions of the other mode are never credited: a sandbox session delivers nothing.
+        self.livemode = key_livemode(self._secret_key)
+        self.publishable_key = None
+        if "publishable_key_env" in config or "publishable_key_file" in config:
+            [pk, *more] = s.secret("publishable_key", "STRIPE_PUBLISHABLE_KEY")
+            where = "publishable_key_file" if "publishable_key_file" in config else "publishable_key_env"
+            if more or not pk.startswith(("pk_test_", "pk_live_")):
+                raise ConfigError(s._key(where), "must hold one Stripe publishable key (pk_test_… or pk_live_…)")
+            if pk.startswith("pk_live_") != self.livemode:
+                raise ConfigError(s._key(where), "the publishable key's mode (test/live) differs from the "
+                                  "secret key's")
+            self.publishable_key = pk
+        self.widget_base_url = None
+        if "widget_base_url" in config:
+            base = s.string("widget_base_url", "").rstrip("/")
+            parts = urlsplit(base)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+                raise ConfigError(s._key("widget_base_url"), "must be a bare http(s) origin such as "
+                                  "http://127.0.0.1:12111 (the emulator's stand-in widget; unset: Stripe's)")
+            if self.livemode:
+                raise ConfigError(s._key("widget_base_url"), "the stand-in widget is for test keys only: "
+                                  "a live key loads Stripe's own scripts")
+            self.widget_base_url = base
         self._webhook_secrets = tuple(s.secret("webhook_secret", "STRIPE_WEBHOOK_SECRET"))
         if not all(w.startswith("whsec_") for w in self._webhook_secrets):
             where = "webhook_secret_file" if "webhook_secret_file" in config else "webhook_secret_env"
@@ -169,9 +219,13 @@ class StripeOnrampProvider:
             else:
                 message = _scrub(exc.user_message or "Stripe returned an error without a message", self._secret_key)
             suffix = f" ({code})" if code else ""
-            raise OnrampError(f"Stripe: {message}{suffix}",
-                              data={"code": code, "type": kind, "http_status": exc.http_status,
-                                    "request_id": exc.request_id}) from None
+            data = {"code": code, "type": kind, "http_status": exc.http_status, "request_id": exc.request_id}
+            if code in REGION_CODES:
+                raise RegionNotAllowed(f"Stripe: {message}{suffix}", data=data) from None
+            if code in OPERATOR_CODES:
+                raise OnrampError(f"Stripe refused ({code}): {OPERATOR_CODES[code]}. Stripe said: {message}",
+                                  data=data) from None
+            raise OnrampError(f"Stripe: {message}{suffix}", data=data) from None
         return obj.to_dict()
 
     @staticmethod
@@ -185,6 +239,11 @@ class StripeOnrampProvider:
         metadata = raw.get("metadata") or {}
         created = raw.get("created")
         status = raw.get("status")
+        livemode = raw.get("livemode")
+        addresses = details.get("wallet_addresses")
+        addresses = {("base" if k == "base_network" else k): v for k, v in addresses.items()
+                     if isinstance(v, str) and v} if isinstance(addresses, Mapping) else {}
+        used = details.get("wallet_address")
         return SessionInfo(
             id=raw["id"],
             status=status if isinstance(status, str) else "unknown",
@@ -197,6 +256,9 @@ class StripeOnrampProvider:
             wallet_tag=metadata.get(WALLET_TAG_KEY) if isinstance(metadata, Mapping) else None,
             transaction_id=details.get("transaction_id"),
             raw=dict(raw),
+            livemode=livemode if isinstance(livemode, bool) else None,
+            delivered_to=used if isinstance(used, str) and used else None,
+            addresses=addresses,
         )
 
     async def create_session(self, req: SessionRequest) -> SessionInfo:
@@ -226,10 +288,13 @@ class StripeOnrampProvider:
             raise OnrampError(f"{session_id!r} is not a Stripe onramp session id")
         return self._session(await self._request("get", f"{SESSIONS_PATH}/{session_id}"))
 
-    async def list_sessions(self, created_gte: int) -> list[SessionInfo]:
-        """Every session created at or after ``created_gte`` (unix s), following ``starting_after``, newest first."""
+    async def list_sessions(self, created_gte: int, status: str | None = None) -> list[SessionInfo]:
+        """Every session created at or after ``created_gte`` (unix s), following ``starting_after``, newest first;
+        ``status`` filters at Stripe (the list endpoint takes it: the spec's enum of the five statuses)."""
         sessions: list[SessionInfo] = []
         params: dict[str, Any] = {"created": {"gte": int(created_gte)}, "limit": 100}
+        if status is not None:
+            params["status"] = status
         for _ in range(_MAX_PAGES):
             page = await self._request("get", SESSIONS_PATH, **params)
             data = page.get("data")
@@ -240,6 +305,57 @@ class StripeOnrampProvider:
                 return sessions
             params["starting_after"] = sessions[-1].id
         raise OnrampError(f"more than {_MAX_PAGES} pages of sessions since {created_gte}: shorten the lookback")
+
+    async def quote(self, req: QuoteRequest) -> Quote:
+        """Stripe's price for ``req`` (``GET /v1/crypto/onramp/quotes``): the entry for its network and currency."""
+        params: dict[str, Any] = {"destination_currencies": [req.currency], "destination_networks": [req.network]}
+        if req.amount_is == "source":
+            params.update(source_amount=req.amount, source_currency=req.source_currency)
+        else:
+            params["destination_amount"] = req.amount
+        answer = await self._request("get", QUOTES_PATH, **params)
+        quotes = answer.get("destination_network_quotes")
+        entries = quotes.get(request_wallet_key(req.network)) if isinstance(quotes, Mapping) else None
+        entry = next((e for e in entries or () if isinstance(e, Mapping)
+                      and e.get("destination_currency") == req.currency), None)
+        if entry is None:
+            raise OnrampError(f"Stripe quoted nothing for {req.currency} on {req.network}")
+        fees = entry.get("fees") if isinstance(entry.get("fees"), Mapping) else {}
+
+        def text(value: Any) -> str | None:
+            return value if isinstance(value, str) else None
+
+        fetched = answer.get("rate_fetched_at")
+        return Quote(network=req.network, currency=req.currency,
+                     destination_amount=text(entry.get("destination_amount")),
+                     source_amount=text(answer.get("source_amount")),
+                     source_currency=text(answer.get("source_currency")),
+                     source_total_amount=text(entry.get("source_total_amount")),
+                     network_fee=text(fees.get("network_fee_monetary")),
+                     transaction_fee=text(fees.get("transaction_fee_monetary")),
+                     fetched_at=fetched if isinstance(fetched, int) and not isinstance(fetched, bool) else None)
+
+    def embed(self, info: SessionInfo) -> Embed | None:
+        """The embedded onramp widget for one session (None without a publishable key or a client secret).
+
+        Stripe's scripts from Stripe's hosts; with ``widget_base_url`` (test keys only) the emulator's stand-in.
+        """
+        if not self.publishable_key or not info.client_secret:
+            return None
+        if self.widget_base_url:
+            base = self.widget_base_url
+            scripts, hosts = (f"{base}/v3/", f"{base}/crypto-onramp-outer.js"), (base,)
+            frames = connects = imgs = hosts
+        else:
+            scripts = (STRIPE_JS, ONRAMP_JS)
+            hosts = ("https://js.stripe.com", "https://crypto-js.stripe.com")
+            frames = (*hosts, "https://crypto.link.com")
+            connects = ("https://api.stripe.com", *hosts)
+            imgs = ("https://*.stripe.com",)
+        return Embed(scripts=scripts, script_hosts=hosts, frame_hosts=frames, connect_hosts=connects,
+                     img_hosts=imgs, bootstrap_js=_BOOTSTRAP_JS,
+                     config={"publishable_key": self.publishable_key, "client_secret": info.client_secret,
+                             "session_id": info.id})
 
     def verify_webhook(self, body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
         """Verify ``Stripe-Signature`` (any v1 with any secret; age and future skew within tolerance); parse."""
@@ -310,6 +426,22 @@ class StripeOnrampProvider:
     async def aclose(self) -> None:
         """Close the HTTP connection pool."""
         await self._http.close_async()
+
+
+# Mounts Stripe's embedded onramp (the guide's calls) and shows the status it reports in the browser.
+_BOOTSTRAP_JS = """
+(function () {
+  var cfg = window.ONRAMP_CONFIG;
+  var status = document.getElementById("status");
+  var onramp = window.StripeOnramp(cfg.publishable_key);
+  var session = onramp.createSession({clientSecret: cfg.client_secret});
+  session.addEventListener("onramp_session_updated", function (e) {
+    var s = e && e.payload && e.payload.session;
+    if (s && s.status) { status.textContent = s.status; }
+  });
+  session.mount("#onramp-element");
+})();
+"""
 
 
 def make_provider(config: Mapping[str, Any]) -> StripeOnrampProvider:

@@ -151,7 +151,8 @@ def _wallet_addresses(raw: Any) -> tuple[dict[str, str], str | None]:
     return found, tag
 
 
-def validate_create(params: Mapping[str, Any], unsupported_ips: tuple[str, ...] = ()) -> dict[str, Any]:
+def validate_create(params: Mapping[str, Any], unsupported_ips: tuple[str, ...] = (),
+                    unsupportable_ips: tuple[str, ...] = ()) -> dict[str, Any]:
     """Check create params with Stripe's rules and codes; returns the session's transaction details and extras."""
     check_params(params, CREATE_PARAMS, frozenset({
         "customer_ip_address", "destination_amount", "destination_currency", "destination_network",
@@ -234,6 +235,9 @@ def validate_create(params: Mapping[str, Any], unsupported_ips: tuple[str, ...] 
         if any(ip in ipaddress.ip_network(net) for net in unsupported_ips):
             raise onramp_error("crypto_onramp_unsupported_country", "Transactions are not supported in this "
                                "country.", "customer_ip_address")
+        if any(ip in ipaddress.ip_network(net) for net in unsupportable_ips):
+            raise onramp_error("crypto_onramp_unsupportable_customer", "We are unable to support this customer.",
+                               "customer_ip_address")
     metadata = p.get("metadata")
     if isinstance(metadata, list):
         metadata = {str(i): v for i, v in enumerate(metadata)}
@@ -291,15 +295,19 @@ class SessionStore:
     """Every session the emulator knows, in creation order; ``on_change(session)`` runs after each status change."""
 
     def __init__(self, *, clock: Callable[[], float] = time.time, on_change: Callable[[dict], None] | None = None,
-                 public_url: Callable[[], str] = lambda: "http://127.0.0.1"):
+                 public_url: Callable[[], str] = lambda: "http://127.0.0.1",
+                 livemode: Callable[[], bool] = lambda: False, hosted: Callable[[], bool] = lambda: True):
         self.clock = clock
+        self.livemode = livemode
+        self.hosted = hosted
         self.on_change = on_change or (lambda session: None)
         self.public_url = public_url
         self.sessions: dict[str, dict[str, Any]] = {}
 
-    def create(self, params: Mapping[str, Any], unsupported_ips: tuple[str, ...] = ()) -> dict[str, Any]:
+    def create(self, params: Mapping[str, Any], unsupported_ips: tuple[str, ...] = (),
+               unsupportable_ips: tuple[str, ...] = ()) -> dict[str, Any]:
         """Validate and store a new session in ``initialized``; returns a copy of the object."""
-        details = validate_create(params, unsupported_ips)
+        details = validate_create(params, unsupported_ips, unsupportable_ips)
         session_id = random_id("cos_")
         session = {
             "id": session_id,
@@ -307,9 +315,9 @@ class SessionStore:
             "client_secret": f"{session_id}_secret_{random_id('', 32)}",
             "created": int(self.clock()),
             "kyc_details_provided": details["kyc_details_provided"],
-            "livemode": False,
+            "livemode": bool(self.livemode()),
             "metadata": details["metadata"],
-            "redirect_url": f"{self.public_url()}/checkout/{session_id}",
+            "redirect_url": f"{self.public_url()}/checkout/{session_id}" if self.hosted() else None,
             "status": "initialized",
             "transaction_details": details["transaction_details"],
         }
@@ -408,6 +416,80 @@ class SessionStore:
             raise ApiError(409, f"Session {session_id} is {session['status']}: it cannot be rejected.",
                            code="crypto_onramp_session_error")
         return self.set_status(session_id, "rejected")
+
+
+def by_client_secret(store: "SessionStore", client_secret: str) -> dict[str, Any] | None:
+    """The stored session a client secret belongs to (the embedded widget's only credential)."""
+    return next((s for s in store.sessions.values() if secrets.compare_digest(s["client_secret"], client_secret)),
+                None)
+
+
+QUOTE_PARAMS = frozenset({"source_amount", "source_currency", "destination_amount", "destination_currencies",
+                          "destination_networks", "expand"})
+QUOTE_NETWORK_FEE = "0.01"        # fixed fees of the emulator's quotes (USD)
+QUOTE_FEE_RATE = Decimal("0.015")  # transaction fee: 1.5 % of the fiat amount, at least 0.01
+
+
+def quote_answer(query: Mapping[str, Any], livemode: bool, now: int) -> dict[str, Any]:
+    """``GET /v1/crypto/onramp/quotes``: a quote per requested (or supported) network and currency."""
+    check_params(query, QUOTE_PARAMS, frozenset({"source_amount", "source_currency", "destination_amount"}))
+    currencies = _string_list(query["destination_currencies"], "destination_currencies") \
+        if "destination_currencies" in query else None
+    networks = _string_list(query["destination_networks"], "destination_networks") \
+        if "destination_networks" in query else sorted(NETWORKS)
+    if "source_amount" in query and "destination_amount" in query:
+        raise onramp_error("crypto_onramp_invalid_source_destination_pair",
+                           "source_amount and destination_amount are mutually exclusive: set only one.")
+    source_currency = query.get("source_currency", "usd")
+    if source_currency != "usd":
+        raise onramp_error("crypto_onramp_invalid_source_currency", "Quotes are in usd.", "source_currency")
+    destination = None
+    if "destination_amount" in query:
+        if currencies is None or len(currencies) != 1 or len(networks) != 1:
+            raise onramp_error("crypto_onramp_invalid_destination_currencies_and_networks",
+                               "With destination_amount, set exactly one destination_currencies and one "
+                               "destination_networks.")
+        destination = _decimal(query["destination_amount"], "crypto_onramp_invalid_destination_amount",
+                               "destination_amount")
+        source = None
+    else:
+        source = _decimal(query.get("source_amount", "100"), "crypto_onramp_invalid_source_amount", "source_amount")
+        if source != source.quantize(Decimal("0.01"), rounding=ROUND_DOWN):
+            raise onramp_error("crypto_onramp_invalid_source_amount",
+                               "source_amount can have at most 2 decimal places.", "source_amount")
+    by_network: dict[str, list[dict[str, Any]]] = {}
+    for network in networks:
+        if network not in NETWORKS:
+            raise ApiError(400, f"Invalid destination_networks: {network}", param="destination_networks")
+        for currency in currencies or sorted(SUPPORTED_PAIRS[network]):
+            if currency not in SUPPORTED_PAIRS[network]:
+                if currencies is not None and len(networks) == 1:
+                    raise onramp_error("crypto_onramp_invalid_destination_currency_and_network_pair",
+                                       f"The destination currency and network pair ({currency} on {network}) "
+                                       "isn't supported.")
+                continue
+            rate = Decimal(RATE_USD.get(currency, "1"))
+            places = Decimal(1).scaleb(-CURRENCY_DECIMALS.get(currency, 18))
+            if destination is not None:
+                fiat = (destination * rate).quantize(Decimal("0.01"), rounding=ROUND_UP)
+                crypto = destination
+            else:
+                fiat = source
+                crypto = (source / rate).quantize(places, rounding=ROUND_DOWN)
+            fee = max(Decimal("0.01"), (fiat * QUOTE_FEE_RATE).quantize(Decimal("0.01"), rounding=ROUND_UP))
+            by_network.setdefault(wallet_key(network), []).append({
+                "id": random_id("cpq_"), "destination_amount": str(crypto), "destination_currency": currency,
+                "destination_network": network,
+                "fees": {"network_fee_monetary": QUOTE_NETWORK_FEE, "transaction_fee_monetary": str(fee)},
+                "source_total_amount": str(fiat + fee + Decimal(QUOTE_NETWORK_FEE)),
+            })
+    first = next(iter(by_network.values()), [{}])[0]
+    source_amount = str(source) if source is not None else \
+        (str(Decimal(first["source_total_amount"]) - Decimal(first["fees"]["transaction_fee_monetary"])
+             - Decimal(QUOTE_NETWORK_FEE)) if first else None)
+    return {"id": random_id("cpqs_"), "object": "crypto.onramp.quotes", "livemode": livemode,
+            "rate_fetched_at": now, "source_amount": source_amount, "source_currency": "usd",
+            "destination_network_quotes": by_network}
 
 
 LIST_PARAMS = frozenset({"created", "destination_currency", "destination_network", "ending_before", "expand",
