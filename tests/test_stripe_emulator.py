@@ -257,6 +257,94 @@ async def test_idempotency_key(nursery):
         assert len(emu.store.sessions) == 2
 
 
+async def test_idempotency_saves_a_500_once_the_endpoint_ran_and_never_a_validation_failure(nursery):
+    """Stripe's idempotency page: results are saved once the endpoint began, 500s included; a request that
+    failed validation is not saved, so the key can be used again with corrected params."""
+    with trio.fail_after(20):
+        emu = await start_emulator(nursery)
+        async with httpx.AsyncClient(base_url=emu.base_url, headers=AUTH) as http:
+            key = {"Idempotency-Key": "ran-then-failed"}
+            emu.inject_errors(500, count=1, in_endpoint=True)
+            first = await http.post("/v1/crypto/onramp_sessions", data=create_form(), headers=key)
+            assert first.status_code == 500 and first.json()["error"]["type"] == "api_error"
+            replay = await http.post("/v1/crypto/onramp_sessions", data=create_form(), headers=key)
+            assert replay.status_code == 500 and replay.headers["idempotent-replayed"] == "true"
+            assert replay.json() == first.json()
+            # The same key with other params conflicts with the saved 500.
+            other = await http.post("/v1/crypto/onramp_sessions", data=create_form(destination_amount="11"),
+                                    headers=key)
+            assert other.status_code == 400 and other.json()["error"]["type"] == "idempotency_error"
+            # A validation failure is not saved: the key then carries the corrected request.
+            key = {"Idempotency-Key": "invalid-then-fixed"}
+            invalid = await http.post("/v1/crypto/onramp_sessions", data=create_form(destination_network="nowhere"),
+                                      headers=key)
+            assert invalid.status_code == 400 and "idempotent-replayed" not in invalid.headers
+            fixed = await http.post("/v1/crypto/onramp_sessions", data=create_form(), headers=key)
+            assert fixed.status_code == 200 and "idempotent-replayed" not in fixed.headers
+            again = await http.post("/v1/crypto/onramp_sessions", data=create_form(), headers=key)
+            assert again.json()["id"] == fixed.json()["id"] and again.headers["idempotent-replayed"] == "true"
+        assert len(emu.store.sessions) == 1
+
+
+async def test_switches_livemode_live_keys_and_embedded_only(nursery):
+    with trio.fail_after(20):
+        emu = await start_emulator(nursery, livemode=True, accept_live_keys=True, hosted_checkout=False)
+        live = {"Authorization": "Bearer sk_live_emulator123456789"}
+        async with httpx.AsyncClient(base_url=emu.base_url) as http:
+            made = (await http.post("/v1/crypto/onramp_sessions", data=create_form(), headers=live)).json()
+            assert made["livemode"] is True and made["redirect_url"] is None
+            check_schema(SCHEMAS["crypto.onramp_session"], made)
+            emu.complete_session(made["id"])
+            assert {e["livemode"] for e in emu.events} == {True}
+            # The stand-in widget: its scripts, and its calls authenticated by the client secret alone.
+            script = await http.get("/crypto-onramp-outer.js")
+            assert script.status_code == 200 and "window.StripeOnramp" in script.text
+            assert script.headers["content-type"].startswith("text/javascript")
+            assert (await http.get("/v3/")).status_code == 200
+            seen = (await http.get("/embedded/session", params={"client_secret": made["client_secret"]})).json()
+            assert seen["id"] == made["id"] and seen["status"] == "fulfillment_complete"
+            assert made["client_secret"] not in json.dumps(seen)
+            assert (await http.get("/embedded/session", params={"client_secret": "nope"})).status_code == 404
+
+
+async def test_quotes_answer_with_fixed_fees(nursery):
+    with trio.fail_after(20):
+        emu = await start_emulator(nursery)
+        async with httpx.AsyncClient(base_url=emu.base_url, headers=AUTH) as http:
+            r = await http.get("/v1/crypto/onramp/quotes", params={
+                "destination_amount": "100", "destination_currencies[]": "usdc", "destination_networks[]": "base"})
+            quote = r.json()
+            assert r.status_code == 200 and quote["object"] == "crypto.onramp.quotes" and quote["livemode"] is False
+            [entry] = quote["destination_network_quotes"]["base_network"]
+            assert entry["fees"] == {"network_fee_monetary": "0.01", "transaction_fee_monetary": "1.50"}
+            assert (entry["destination_amount"], entry["source_total_amount"]) == ("100", "101.51")
+            two = await http.get("/v1/crypto/onramp/quotes", params={
+                "destination_amount": "1", "destination_currencies[0]": "usdc", "destination_currencies[1]": "eth",
+                "destination_networks[0]": "base"})
+            assert two.status_code == 400 and two.json()["error"]["code"] == \
+                "crypto_onramp_invalid_destination_currencies_and_networks"
+            fiat = (await http.get("/v1/crypto/onramp/quotes", params={"source_amount": "30",
+                                                                       "source_currency": "usd"})).json()
+            assert {"base_network", "ethereum", "solana"} <= set(fiat["destination_network_quotes"])
+
+
+async def test_refusals_on_demand(nursery):
+    with trio.fail_after(20):
+        emu = await start_emulator(nursery)
+        async with httpx.AsyncClient(base_url=emu.base_url, headers=AUTH) as http:
+            for code, kind in (("crypto_onramp_disabled", "api_error"),
+                               ("crypto_onramp_merchant_not_properly_setup", "invalid_request_error"),
+                               ("crypto_onramp_unsupported_country", "invalid_request_error"),
+                               ("crypto_onramp_unsupportable_customer", "invalid_request_error")):
+                assert (await http.post("/_emulator/refuse", data={"code": code})).json() == {"code": code}
+                r = await http.post("/v1/crypto/onramp_sessions", data=create_form())
+                assert r.status_code == 400 and r.json()["error"]["code"] == code
+                assert r.json()["error"]["type"] == kind
+            await http.post("/_emulator/refuse", data={})
+            assert (await http.post("/v1/crypto/onramp_sessions", data=create_form())).status_code == 200
+            assert len(emu.store.sessions) == 1
+
+
 async def test_list_filters_and_paging(nursery):
     with trio.fail_after(20):
         now = [1_700_000_000]
@@ -317,7 +405,7 @@ async def test_error_injection_methods_and_routes(nursery):
                 assert limited.status_code == 429 and limited.json()["error"]["code"] == "rate_limit"
             await http.post("/_emulator/errors/clear")
             assert (await http.get("/v1/crypto/onramp_sessions")).status_code == 200
-            # A create that failed with an injected 500 is not remembered under its idempotency key.
+            # A 500 injected before the endpoint began (a front door failure) is not saved under the key.
             emu.inject_errors(500, count=1)
             key = {"Idempotency-Key": "retry-me"}
             assert (await http.post("/v1/crypto/onramp_sessions", data=create_form(), headers=key)).status_code == 500

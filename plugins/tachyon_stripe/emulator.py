@@ -366,12 +366,15 @@ class StripeEmulator:
     def _route(self, method: str, path: str, params: dict[str, Any]) -> Response:
         if path == SESSIONS_PATH and method == "POST":
             session = self.store.create(params, self.config.unsupported_ips, self.config.unsupportable_ips)
-            if self.refusal is not None:
-                status, kind, message = REFUSALS[self.refusal]
+            try:   # the params validated (store.create); what fails from here leaves no session behind
+                if self.refusal is not None:
+                    status, kind, message = REFUSALS[self.refusal]
+                    raise ApiError(status, message, code=self.refusal, type_=kind)
+                if self._fail_in_endpoint:
+                    self._injected_failure()
+            except ApiError:
                 self.store.sessions.pop(session["id"])
-                raise ApiError(status, message, code=self.refusal, type_=kind)
-            if self._fail_in_endpoint:
-                self._injected_failure()
+                raise
             return _json(200, session)
         if path == QUOTES_PATH and method == "GET":
             return _json(200, quote_answer(params, self.livemode, int(self.clock())))
