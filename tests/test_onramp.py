@@ -20,6 +20,7 @@ from tachyon_stripe.emulator import EmulatorConfig, StripeEmulator, serve_emulat
 WHSEC_A = "whsec_onramp_test_secret_aaaa"
 WHSEC_B = "whsec_onramp_test_secret_bbbb"
 API_KEY = "sk_test_onramp_0123456789"
+PUBLISHABLE_KEY = "pk_test_onramp_0123456789"
 PASSWORD = "correct horse battery"
 ETH = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
 USDC = {"symbol": "USDC", "decimals": 6, "networks": ["ethereum", "solana", "polygon", "base"]}
@@ -73,8 +74,17 @@ class Env:
 async def onramp_env(nursery: trio.Nursery, dir_: Path, *, secrets: tuple[str, ...] = (WHSEC_A,),
                      stripe: dict | None = None, create_wallet: bool = True, test_plugin: bool = False,
                      env: dict | None = None, http: dict | None = None, api_key: str = API_KEY,
-                     emulator: dict | None = None) -> AsyncIterator[Env]:
-    """Start the emulator (in its own nursery) and a tachyond whose [onramp.stripe] points at it."""
+                     emulator: dict | None = None, embedded: bool = False) -> AsyncIterator[Env]:
+    """Start the emulator (in its own nursery) and a tachyond whose [onramp.stripe] points at it.
+
+    ``embedded``: sessions carry no redirect_url and the daemon's page mounts the emulator's stand-in widget.
+    """
+    stripe = dict(stripe or {})
+    emulator = dict(emulator or {})
+    if embedded:
+        (dir_ / "pk").write_text(PUBLISHABLE_KEY)
+        emulator["hosted_checkout"] = False
+        stripe["publishable_key_file"] = str(dir_ / "pk")
     (dir_ / "sk").write_text(api_key)
     (dir_ / "whsec").write_text(",".join(secrets))
     (dir_ / "pw").write_text(PASSWORD)
@@ -84,7 +94,7 @@ async def onramp_env(nursery: trio.Nursery, dir_: Path, *, secrets: tuple[str, .
         doc = base_document(dir_, tokens=[USDC], wallet={"password_file": str(dir_ / "pw")}, onramp={"stripe": {
             "secret_key_file": str(dir_ / "sk"), "webhook_secret_file": str(dir_ / "whsec"),
             "api_base": emu.base_url, "reconcile_interval_s": 3600, "max_network_retries": 0, "timeout_s": 5,
-            **(stripe or {})}})
+            **({"widget_base_url": emu.base_url} if embedded else {}), **stripe}})
         if http:
             doc["http"].update(http)
         daemon = DaemonProc(dir_, doc, test_plugin=test_plugin, env=env)

@@ -113,3 +113,40 @@ async def test_a_real_browser_pays_and_the_daemon_lists_the_topup(nursery, sockd
                 await driver.aclose()
         driver_proc.terminate()
         driver_proc.wait(10)
+
+
+async def test_a_real_browser_pays_through_the_embedded_page(nursery, sockdir):
+    """redirect_url null: the daemon's own page mounts the (stand-in) widget under its strict CSP; pay; pending."""
+    chromium = require_tool("chromium")
+    chromedriver = require_tool("chromedriver")
+    port = free_port()
+    profile = Path(tempfile.mkdtemp(prefix="chrome-", dir=sockdir))
+    driver_proc = subprocess.Popen([chromedriver, f"--port={port}"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+    driver = WebDriver(f"http://127.0.0.1:{port}")
+    try:
+        with trio.fail_after(60):
+            async with onramp_env(nursery, sockdir, embedded=True) as env:
+                session = await env.create("15.75")
+                assert session["url"] == f"{env.http}/onramp/{session['id']}"
+                await driver.wait_ready()
+                await driver.start(chromium, profile)
+                await driver.go(session["url"])
+                assert await driver.text(await driver.find("#session-id")) == session["id"]
+                # The widget is mounted by the scripts the CSP allows (the emulator's origin) and our nonce.
+                assert (await driver.text_of("#onramp-summary")).startswith("Buy 15.75 usdc on ethereum")
+                await driver.click(await driver.find("button#onramp-pay"))
+                while "Payment complete" not in await driver.text_of("#onramp-notice"):
+                    await trio.sleep(0.05)
+                # The page shows the status the widget reported.
+                while await driver.text_of("#status") != "fulfillment_complete":
+                    await trio.sleep(0.05)
+                [topup] = await env.wait_pending()
+                assert topup["session_id"] == session["id"] and topup["amount"] == "15.75"
+                assert session["client_secret"] not in env.daemon.stderr()
+    finally:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(10):
+                await driver.aclose()
+        driver_proc.terminate()
+        driver_proc.wait(10)

@@ -189,3 +189,50 @@ async def test_quote_through_rpc_and_ctl(nursery, sockdir):
             assert bad.code == -32010
             odd = await env.error("onramp.quote", {"amount": "1", "network": "bitcoin", "currency": "usdc"})
             assert odd.code == -32031 and "crypto_onramp_invalid_destination_currency_and_network_pair" in odd.message
+
+
+async def test_embedded_page_for_our_sessions_only_with_a_strict_csp(nursery, sockdir):
+    """redirect_url null: create-session returns the daemon's page, which mounts the widget for our session only."""
+    import httpx
+
+    from test_onramp import PUBLISHABLE_KEY
+
+    with trio.fail_after(40):
+        async with onramp_env(nursery, sockdir, embedded=True) as env:
+            session = await env.create("12")
+            assert env.emu.get_session(session["id"])["redirect_url"] is None
+            assert session["url"] == f"{env.http}/onramp/{session['id']}" and session["url_kind"] == "embedded"
+            assert set(session) >= {"id", "url", "client_secret", "status", "provider"}
+            foreign = env.emu.create_foreign_session()
+            async with httpx.AsyncClient() as http:
+                page = await http.get(session["url"], timeout=10)
+                assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+                csp = dict(part.strip().split(" ", 1) for part in page.headers["content-security-policy"].split(";"))
+                origin = env.emu.base_url
+                assert csp["default-src"] == "'none'" and csp["frame-ancestors"] == "'none'"
+                assert csp["script-src"].split()[1:] == [origin] and csp["script-src"].startswith("'nonce-")
+                assert csp["connect-src"] == origin and csp["frame-src"] == origin
+                assert page.headers["cache-control"] == "no-store"
+                assert page.headers["referrer-policy"] == "no-referrer"
+                assert f'src="{origin}/v3/"' in page.text and f'src="{origin}/crypto-onramp-outer.js"' in page.text
+                assert session["client_secret"] in page.text and PUBLISHABLE_KEY in page.text
+                assert '<dd id="status">initialized</dd>' in page.text
+                # Any other id: 404, without asking Stripe about it (a foreign session Stripe knows included).
+                before = len(env.emu.requests)
+                for other in (foreign["id"], "cos_doesnotexist", "x" * 300, "cos_a%2Fb", "cos-dash"):
+                    r = await http.get(f"{env.http}/onramp/{other}", timeout=10)
+                    assert r.status_code == 404, other
+                    assert foreign["client_secret"] not in r.text
+                assert len(env.emu.requests) == before
+                await env.call("wallet.lock")
+                locked = await http.get(session["url"], timeout=10)
+                assert locked.status_code == 503 and session["client_secret"] not in locked.text
+            assert session["client_secret"] not in env.daemon.stderr()
+
+
+async def test_without_a_publishable_key_the_daemon_says_it_has_no_page(nursery, sockdir):
+    with trio.fail_after(40):
+        async with onramp_env(nursery, sockdir, emulator={"hosted_checkout": False}) as env:
+            session = await env.create("3")
+            assert session["url"] is None and session["url_kind"] == "none"
+            assert "publishable_key" in env.daemon.stderr()
