@@ -236,3 +236,30 @@ async def test_without_a_publishable_key_the_daemon_says_it_has_no_page(nursery,
             session = await env.create("3")
             assert session["url"] is None and session["url_kind"] == "none"
             assert "publishable_key" in env.daemon.stderr()
+
+
+async def test_reconciler_lists_only_complete_sessions_through_every_page_of_72_hours(nursery, sockdir):
+    import time
+
+    with trio.fail_after(60):
+        async with onramp_env(nursery, sockdir) as env:
+            env.emu.stop_webhooks()
+            tag = {"tachyon_wallet": env.wallet_id}
+            params = {"destination_currency": "usdc", "destination_network": "ethereum", "destination_amount": "1",
+                      "wallet_addresses": {"ethereum": ETH}, "metadata": tag}
+            complete = []
+            for i in range(230):
+                made = env.emu.create_foreign_session(params)
+                env.emu.store.sessions[made["id"]]["status"] = "fulfillment_complete"
+                complete.append(made["id"])
+            for _ in range(5):   # tagged but unpaid: not listed at all
+                env.emu.create_foreign_session(params)
+            now = int(time.time())
+            env.emu.store.sessions[complete[0]]["created"] = now - 70 * 3600   # resumed days later: in the window
+            env.emu.store.sessions[complete[1]]["created"] = now - 73 * 3600   # outside the default 72 h
+            assert await env.call("onramp.reconcile") == {"checked": 229, "enqueued": 229}
+            pages = [r["params"] for r in env.emu.requests if r["method"] == "GET" and r["path"].endswith("sessions")]
+            assert len(pages) == 3 and all(p["status"] == "fulfillment_complete" for p in pages)
+            assert "starting_after" not in pages[0] and pages[1]["starting_after"] and pages[2]["starting_after"]
+            assert abs(int(pages[0]["created"]["gte"]) - (now - 72 * 3600)) < 60
+            assert (await env.call("onramp.reconcile", {"lookback_h": 74}))["checked"] == 230
