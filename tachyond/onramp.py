@@ -36,6 +36,17 @@ MAX_REASON_CHARS = 500
 DEFAULT_LOOKBACK_H = 72   # a buyer may resume a session days after creating it
 
 
+def _takes_status(list_sessions: Any) -> bool:
+    """Whether a provider's ``list_sessions`` accepts the ``status`` filter (added later to the protocol)."""
+    import inspect
+
+    try:
+        params = inspect.signature(list_sessions).parameters
+    except (TypeError, ValueError):
+        return False
+    return "status" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def _same_address(a: str, b: str) -> bool:
     """EVM-style hex addresses compare without case (a checksum is only a spelling); others exactly."""
     if a.startswith("0x") and b.startswith("0x"):
@@ -408,7 +419,11 @@ class OnrampService:
         if wallet_id is None:
             return {"checked": 0, "enqueued": 0}
         try:
-            sessions = await provider.list_sessions(int(time.time() - lookback_h * 3600), status=COMPLETE)
+            since = int(time.time() - lookback_h * 3600)
+            if _takes_status(provider.list_sessions):
+                sessions = await provider.list_sessions(since, status=COMPLETE)
+            else:   # a provider written before the status filter: it lists all, the loop below filters
+                sessions = await provider.list_sessions(since)
         except OnrampError:
             self.metrics.provider_api_errors.labels(name).inc()
             raise

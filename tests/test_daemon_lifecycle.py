@@ -51,6 +51,15 @@ def test_dev_mode_starts_and_ctl_status_reaches_it(sockdir):
         assert set(info["markets"]) == {"ZEC/USDC", "BASE/USDC"}
         maker = {b["token"]: b for b in d.call("ledger.balances", {"account": "maker"})}
         assert maker["ZEC"]["locked_minor"] > 0 and maker["BASE"]["locked_minor"] > 0
+        # make run pays through the daemon's embedded page, which mounts the emulator's stand-in widget.
+        session = d.call("onramp.create_session", {"destination_address": "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+                                                   "amount": "5"})
+        assert session["url_kind"] == "embedded" and session["url"] == f"http://127.0.0.1:8787/onramp/{session['id']}"
+        import httpx
+
+        page = httpx.get(session["url"], timeout=10)
+        assert page.status_code == 200 and 'src="http://127.0.0.1:12111/crypto-onramp-outer.js"' in page.text
+        assert httpx.get("http://127.0.0.1:12111/crypto-onramp-outer.js", timeout=10).status_code == 200
     finally:
         assert d.stop() == 0
     assert not (sockdir / ".tachyon-dev" / "rpc.sock").exists()
