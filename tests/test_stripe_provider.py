@@ -85,6 +85,32 @@ def test_bad_config_names_the_key(config, key, reason):
     assert info.value.key == key and reason in info.value.reason
 
 
+def test_key_mode_publishable_key_and_widget_base(tmp_path):
+    """The key's mode is the livemode gate; the publishable key must share it; the stand-in is test-only."""
+    assert provider_for().livemode is False and provider_for().publishable_key is None
+    live = {"STRIPE_SECRET_KEY": "rk_live_abc123", "STRIPE_WEBHOOK_SECRET": NEW}
+    assert provider_for(env=live).livemode is True
+    pk = tmp_path / "pk"
+    pk.write_text("pk_test_abc123\n")
+    provider = provider_for(publishable_key_file=str(pk), widget_base_url="http://127.0.0.1:12111")
+    assert provider.publishable_key == "pk_test_abc123" and provider.widget_base_url == "http://127.0.0.1:12111"
+    with pytest.raises(ConfigError) as info:
+        provider_for(env=live, publishable_key_file=str(pk))
+    assert info.value.key == "onramp.stripe.publishable_key_file" and "mode" in info.value.reason
+    with pytest.raises(ConfigError) as info:
+        provider_for(env={**live, "PK": "pk_live_abc"}, publishable_key_env="PK", widget_base_url="http://127.0.0.1:1")
+    assert info.value.key == "onramp.stripe.widget_base_url" and "test keys only" in info.value.reason
+    with pytest.raises(ConfigError) as info:
+        provider_for(env={**ENV, "PK": "sk_test_notpublic"}, publishable_key_env="PK")
+    assert "sk_test_notpublic" not in str(info.value) and "pk_test_" in info.value.reason
+    with pytest.raises(ConfigError) as info:
+        provider_for(widget_base_url="http://127.0.0.1:1/path")
+    assert info.value.key == "onramp.stripe.widget_base_url"
+    with pytest.raises(ConfigError) as info:
+        provider_for(env={"STRIPE_SECRET_KEY": "sk_other_abc", "STRIPE_WEBHOOK_SECRET": NEW})
+    assert info.value.key == "onramp.stripe.secret_key_env"
+
+
 def test_missing_or_bad_secrets_name_key_and_variable_never_value(tmp_path):
     with pytest.raises(ConfigError) as info:
         provider_for(env={"STRIPE_WEBHOOK_SECRET": NEW})
