@@ -193,6 +193,13 @@ def run(args: argparse.Namespace, client: Client, out: Output) -> None:  # noqa:
         out.show(call("plugins.list", label="plugins"), lambda r: table(r, ["name", "version", "builtin", "hooks"]))
     elif cmd == "stop":
         out.show(call("daemon.stop", label="stop"), lambda r: "tachyond is stopping")
+    elif cmd == "reload":
+        out.show(call("daemon.reload", label="reload"),
+                 lambda r: "applied: " + ", ".join(r["changed"]) if r["changed"] else "nothing changed")
+    elif cmd == "config":
+        out.show(call("daemon.config", label="config"),
+                 lambda r: f"# {r['source']}\n" + table([{"key": k, "value": v["value"], "from": v["from"]}
+                                                        for k, v in r["keys"].items()]))
     elif cmd == "wallet":
         if sub == "create":
             out.show(call("wallet.create", {"password": read_password(args, "New wallet password: ", confirm=True)}, label="wallet-create"), kv)
@@ -343,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("method", nargs="?")
     sp.add_parser("plugins", help="loaded plugins")
     sp.add_parser("stop", help="stop the daemon gracefully")
+    sp.add_parser("reload", help="re-read the config file and apply what may change while running (daemon.reload)")
+    sp.add_parser("config", help="the effective configuration and where each key came from (daemon.config)")
 
     w = sp.add_parser("wallet", help="wallet create|unlock|lock|change-password|backup").add_subparsers(dest="sub", metavar="SUB")
     w.required = True

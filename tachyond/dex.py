@@ -122,6 +122,25 @@ class DexService:
     def refresh_gauges(self) -> None:
         self.metrics.orders_open.set(len(self._open))
 
+    def prepare_config(self, new_cfg: Any, changed: list[str]) -> Any:
+        """Reload: an open engine whose [engines.<name>] keys changed (only its token may) prepares the change
+        through its own ``prepare_config(table) -> apply``; an engine not open yet reads the new table when
+        it opens. An engine without the hook refuses the reload by name."""
+        from .config import ConfigError
+
+        applies = []
+        for name in sorted({k.split(".")[1] for k in changed if k.startswith("engines.")}):
+            engine = self.engines.get(name)
+            if engine is None:
+                continue
+            prepare = getattr(engine, "prepare_config", None)
+            if prepare is None:
+                raise ConfigError(f"engines.{name}", "this engine cannot change its settings while running; restart")
+            applies.append(prepare(dict(new_cfg.engines.get(name, {}))))
+        if not applies:
+            return None
+        return lambda: [apply() for apply in applies if apply is not None] and None
+
     async def health(self) -> dict[str, str]:
         problems = {f"engine:{name}": why for name, why in self.failures.items()}
         for name, engine in self.engines.items():
