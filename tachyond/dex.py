@@ -578,10 +578,13 @@ class DexService:
             raise NotFound(f"no order {order_id!r}")
         raise OrderNotOpen(f"order {order_id} is {stored['status']}, not open")
 
-    async def orders(self, account: str | None, market: str | None, status: str | None) -> list[dict]:
+    async def orders(self, account: str | None, market: str | None, status: str | None,
+                     limit: int | None = None, after: str | None = None) -> list[dict]:
         if market is not None:
             self.market(market)
-        rows = await self.wallet.read(orders_read, account, market, status)
+        if limit is not None and not 1 <= limit <= MAX_TRADES_LIMIT:
+            raise InvalidParams(f"limit must be from 1 to {MAX_TRADES_LIMIT}")
+        rows = await self.wallet.read(orders_read, account, market, status, limit, after)
         return [self._public_with(r) for r in rows]
 
     async def order_book(self, market: str, depth: int = DEFAULT_DEPTH) -> dict:
@@ -592,11 +595,11 @@ class DexService:
                 "bids": [[m.fmt_price(p), m.fmt_qty(q)] for p, q in d.bids],
                 "asks": [[m.fmt_price(p), m.fmt_qty(q)] for p, q in d.asks]}
 
-    async def trades(self, market: str | None, account: str | None, limit: int) -> list[dict]:
+    async def trades(self, market: str | None, account: str | None, limit: int, before: int | None = None) -> list[dict]:
         if market is not None:
             self.market(market)
         if not 1 <= limit <= MAX_TRADES_LIMIT:
             raise InvalidParams(f"limit must be from 1 to {MAX_TRADES_LIMIT}")
-        rows = await self.wallet.read(trades_read, market, account, limit)
+        rows = await self.wallet.read(trades_read, market, account, limit, before)
         return [trade_public(t, self.markets[t["market"]]) for t in rows]
 
