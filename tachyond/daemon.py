@@ -257,6 +257,9 @@ class Daemon:
         """Tell the services that need the key (engines, the onramp inbox worker) that the wallet is unlocked."""
         if self.wallet.state != "unlocked":
             return
+        indexed = await self.ledger.index_history()  # entries from before the history index (an upgrade)
+        if indexed:
+            log.info("ledger: %d journal entries added to the history index", indexed)
         for service in (self.dex, self.onramp):
             if service is not None:
                 await service.on_unlocked()
