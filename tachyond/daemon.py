@@ -357,6 +357,11 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["inspect"]:  # `tachyond inspect PATH`: a stopped wallet file, read-only
+        from .inspect_wallet import main as inspect_main
+
+        return inspect_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.print_default_config:
         sys.stdout.write(default_document_toml())

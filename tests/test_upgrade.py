@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,13 @@ def _modules(path: Path) -> dict[str, int]:
         return dict(conn.execute("SELECT name, applied FROM schema_modules"))
 
 
+def _inspect(path: Path) -> dict:
+    r = subprocess.run([sys.executable, "-m", "tachyond", "inspect", "--json", str(path)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
 def _dump(path: Path) -> list[str]:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
         return list(conn.iterdump())
@@ -33,6 +43,10 @@ def test_a_release_wallet_opens_after_the_migration_with_a_backup_beside_it(daem
         shutil.copy(RELEASE / name, data / name)
     original = _dump(RELEASE / "wallet.db")
     assert _modules(data / "wallet.db")["ledger"] == 5
+    before = _inspect(data / "wallet.db")
+    assert before["modules"]["ledger"] == {"applied": 5, "this_release": 7}
+    assert {t["name"]: t["rows"] for t in before["tables"]}["ledger_journal"] == 25
+    assert "ledger_history" not in {t["name"] for t in before["tables"]}
     (sockdir / "pw").write_text(PASSWORD)
     doc = base_document(sockdir, wallet={"password_file": str(sockdir / "pw")},
                         tokens=[{"symbol": "USDC", "decimals": 6}, {"symbol": "ZEC", "decimals": 8}],
@@ -68,3 +82,15 @@ def test_a_release_wallet_opens_after_the_migration_with_a_backup_beside_it(daem
     d2 = daemon_factory(doc).start()
     assert d2.call("ledger.history", {"account": "bob", "limit": 1})[0]["key"] == "transfer:after"
     assert len(list(data.glob("wallet.db.pre-migration-*.bak"))) == 1
+    assert d2.stop() == 0
+    after = _inspect(data / "wallet.db")
+    assert after["modules"]["ledger"] == {"applied": 7, "this_release": 7}
+    rows = {t["name"]: t["rows"] for t in after["tables"]}
+    assert rows["ledger_journal"] == 26 and rows["ledger_history"] > 26
+    human = subprocess.run([sys.executable, "-m", "tachyond", "inspect", str(backup)], capture_output=True, text=True,
+                           timeout=30)
+    assert human.returncode == 0 and "(migrated at the next start, after a backup)" in human.stdout
+    assert PASSWORD not in human.stdout and "alice" not in human.stdout
+    missing = subprocess.run([sys.executable, "-m", "tachyond", "inspect", str(sockdir / "nope.db")],
+                             capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 1 and "no such file" in missing.stderr
