@@ -385,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_parser("stop", help="stop the daemon gracefully")
     sp.add_parser("reload", help="re-read the config file and apply what may change while running (daemon.reload)")
     sp.add_parser("config", help="the effective configuration and where each key came from (daemon.config)")
+    cp = sp.add_parser("completion", help="print a shell completion script: completion bash|zsh")
+    cp.add_argument("shell", choices=["bash", "zsh"])
 
     w = sp.add_parser("wallet", help="wallet create|unlock|lock|change-password|backup").add_subparsers(dest="sub", metavar="SUB")
     w.required = True
@@ -489,6 +491,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # Like other Unix tools: a reader that goes away (`| head`) ends us quietly, not with a traceback.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["__complete"]:  # hidden: what the completion scripts call on TAB
+        from .completion import complete_main
+
+        return complete_main(argv[1:])
+    if argv[:1] == ["completion"]:
+        from .completion import script
+
+        if len(argv) != 2 or argv[1] not in ("bash", "zsh"):
+            print("usage: tachyon-ctl completion bash|zsh", file=sys.stderr)
+            return EXIT_USAGE
+        sys.stdout.write(script(argv[1]))
+        return EXIT_OK
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
