@@ -57,8 +57,9 @@ class Reloader:
         async with self._lock:
             d = self.daemon
             if self.path is None:
-                raise ReloadRefused("config: this daemon runs the embedded --dev configuration; there is no file "
-                                    "to re-read (restart it instead)")
+                what = "the embedded --dev configuration" if d.config.dev else f"a configuration from {d.config.source}"
+                raise ReloadRefused(f"config: this daemon runs {what}, not a file; there is nothing to re-read "
+                                    "(restart it instead)")
             try:
                 new = await trio.to_thread.run_sync(load, self.path)
                 raw = await trio.to_thread.run_sync(load_raw, self.path)

@@ -99,6 +99,22 @@ async def test_stripe_api_key_rotates_from_a_file_without_a_restart(nursery, soc
             assert (await env.create("6"))["status"] == "initialized"
 
 
+async def test_reconciler_settings_apply_on_reload(nursery, sockdir):
+    """reconcile_interval_s 3600 -> 0.5 by reload: the reconciler backfills a session no webhook brought."""
+    with trio.fail_after(40):
+        async with onramp_env(nursery, sockdir, stripe={"reconcile_interval_s": 3600}) as env:
+            env.emu.stop_webhooks()
+            session = await env.create("7")
+            env.emu.complete_session(session["id"])
+            doc = env.daemon.doc
+            doc["onramp"]["stripe"]["reconcile_interval_s"] = 0.5
+            _write(sockdir, doc)
+            assert await _reload(env) == ["onramp.stripe.reconcile_interval_s"]
+            [topup] = await env.wait_pending()  # the timer, restarted with 0.5 s, found it
+            assert topup["session_id"] == session["id"]
+            assert not env.emu.delivery_attempts
+
+
 def _write(dir_, doc) -> None:
     (dir_ / "tachyond.toml").write_text(tomli_w.dumps(doc))
 
@@ -149,6 +165,13 @@ async def test_reload_refuses_a_broken_file_and_a_socket_change_and_keeps_servin
         assert (await call("daemon.info"))["wallet"] == "absent"  # same daemon, still serving
         r = run_ctl("reload", socket_path=d.socket)  # nothing changed since
         assert r.returncode == 0 and json.loads(r.stdout) == {"changed": []}
+        assert (await call("daemon.config"))["keys"]["daemon.log_level"] == {"value": "warning", "from": "file"}
+        # The log format applies to the next line: the reload's own report is JSON.
+        _write(sockdir, dict(doc, daemon={**doc["daemon"], "log_format": "json"},
+                             http={**doc["http"], "allow_ips": ["10.0.0.0/8"], "max_body_bytes": 4096}))
+        assert await call("daemon.reload") == {"changed": ["daemon.log_format", "daemon.log_level"]}
+        last = json.loads(d.stderr().strip().splitlines()[-1])
+        assert last["logger"] == "tachyond.reload" and "daemon.log_format" in last["msg"]
 
 
 async def test_daemon_config_shows_where_each_key_came_from_and_hides_secrets(daemon_factory, sockdir):
