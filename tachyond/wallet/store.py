@@ -383,7 +383,11 @@ class Wallet:
         """Before a migration changes an existing wallet file, copy it (still encrypted) beside it:
         ``wallet.db.pre-migration-<UTC time>.bak``, 0600, one self-contained file. None when none is due."""
         pending = self.pending_migrations(conn)
-        if not pending:
+        try:
+            has_modules = conn.execute("SELECT count(*) FROM schema_modules WHERE applied > 0").fetchone()[0] > 0
+        except sqlite3.OperationalError:
+            has_modules = False
+        if not pending or not has_modules:  # nothing a module wrote yet (a bare wallet): nothing to migrate
             return None
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         dest = self.path.with_name(f"{self.path.name}.pre-migration-{stamp}.bak")
