@@ -45,6 +45,7 @@ class Reloader:
             except ConfigError:
                 self.raw = None
         self.reloads = 0
+        self.last: dict[str, Any] | None = None  # the last reload: {at, by, ok, changed | error}, for daemon.config
         self.snapshot = flatten(cfg)  # the running config's keys, secrets as read at start (or last reload)
         self._lock = trio.Lock()
 
@@ -53,7 +54,19 @@ class Reloader:
         self.hooks.append((name, prepare))
 
     async def reload(self, why: str) -> dict[str, list[str]]:
-        """Re-read the file; apply the dynamic keys -> ``{changed: [dotted keys]}``; ReloadRefused otherwise."""
+        """Re-read the file; apply the dynamic keys -> ``{changed: [dotted keys]}``; ReloadRefused otherwise.
+        Either way the outcome is kept for ``daemon.config`` (a refused SIGHUP has no one to answer)."""
+        import time
+
+        try:
+            result = await self._reload(why)
+        except ReloadRefused as exc:
+            self.last = {"at": time.time(), "by": why, "ok": False, "error": exc.message}
+            raise
+        self.last = {"at": time.time(), "by": why, "ok": True, "changed": result["changed"]}
+        return result
+
+    async def _reload(self, why: str) -> dict[str, list[str]]:
         async with self._lock:
             d = self.daemon
             if self.path is None:
@@ -103,7 +116,8 @@ class Reloader:
     def effective(self) -> dict[str, Any]:
         """``daemon.config``: the running configuration with where each key came from."""
         cfg: Config = self.daemon.config
-        return {"source": cfg.source, "reloads": self.reloads, "keys": provenance(cfg, self.raw)}
+        return {"source": cfg.source, "reloads": self.reloads, "last_reload": self.last,
+                "keys": provenance(cfg, self.raw)}
 
 
 def _prepare_logs(new: Config, changed: list[str]) -> Apply | None:
@@ -124,8 +138,10 @@ def register_reload_methods(d: Any) -> None:
         applied) when the file does not parse or a key that needs a restart changed."""
         return await d.reloader.reload("daemon.reload RPC")
 
-    @r.method("daemon.config", result="{source, reloads, keys: {dotted.key: {value, from: file|default|env|dev}}}")
+    @r.method("daemon.config", result="{source, reloads, last_reload: {at, by, ok, changed | error} | null, "
+                                      "keys: {dotted.key: {value, from: file|default|env|dev}}}")
     async def daemon_config(p: dict[str, Any]) -> Any:
         """The effective configuration and where each key came from; secret values are shown only as
-        <set>/<unset> (the *_file path or *_env variable name that refers to them is shown)."""
+        <set>/<unset> (the *_file path or *_env variable name that refers to them is shown). `reloads` counts
+        applied reloads; `last_reload` is the last attempt's outcome (a refused SIGHUP shows its error here)."""
         return d.reloader.effective()

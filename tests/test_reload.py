@@ -132,6 +132,12 @@ async def test_reload_refuses_a_broken_file_and_a_socket_change_and_keeps_servin
             await call("daemon.reload")
         assert info.value.code == -32060 and info.value.message.startswith("config: ")
         assert "not valid TOML" in info.value.message and "nothing applied" in info.value.message
+        # SIGHUP answers no one: the refusal is logged with its key and shown by daemon.config.
+        d.signal(signal.SIGHUP)
+        while (last := (await call("daemon.config"))["last_reload"])["by"] != "SIGHUP":
+            await trio.sleep(0.05)
+        assert last["ok"] is False and last["error"].startswith("config: ") and "not valid TOML" in last["error"]
+        assert "reload (SIGHUP) refused, the running configuration is kept: config: " in d.stderr()
 
         moved = dict(doc, daemon={**doc["daemon"], "socket": str(sockdir / "other.sock"), "log_level": "warning"})
         _write(sockdir, moved)
