@@ -421,7 +421,7 @@ SECRET_WORDS = ("secret", "token", "password", "key")
 SET, UNSET = "<set>", "<unset>"
 
 
-def _secret_stem(key: str) -> str | None:
+def secret_stem(key: str) -> str | None:
     """``webhook_secret_file`` -> ``webhook_secret``; None for a key that is not a secret reference."""
     for suffix in SECRET_SUFFIXES:
         if key.endswith(suffix) and any(w in key for w in SECRET_WORDS):
@@ -432,7 +432,7 @@ def _secret_stem(key: str) -> str | None:
 def is_secret_key(dotted: str) -> bool:
     """A key whose value is a secret itself (shown as <set>/<unset>), not a reference to one."""
     last = dotted.rsplit(".", 1)[-1]
-    return _secret_stem(last) is None and any(w in last for w in SECRET_WORDS) and not last.endswith("_s") \
+    return secret_stem(last) is None and any(w in last for w in SECRET_WORDS) and not last.endswith("_s") \
         and last not in ("password_file",)
 
 
@@ -484,7 +484,7 @@ def flatten(cfg: Config) -> dict[str, Any]:
         for name, table in getattr(cfg, group).items():
             _flatten_table(out, f"{group}.{name}", table)
             for key in list(table):
-                stem = _secret_stem(key)
+                stem = secret_stem(key)
                 if stem is not None:
                     out[f"{group}.{name}.{stem}"] = _digest(read_secret_reference(table, stem)[0])
     out["plugins.disabled"] = tuple(cfg.disabled_plugins)
@@ -519,10 +519,10 @@ def is_dynamic(dotted: str) -> bool:
     parts = dotted.split(".")
     if len(parts) == 3 and parts[0] in ("onramp", "engines"):
         key = parts[2]
-        stem = _secret_stem(key)
+        stem = secret_stem(key)
         if parts[0] == "onramp":
             # A secret reference (``*_file``/``*_env``), the secret it points at (its stem), the reconciler.
-            return key in DYNAMIC_ONRAMP_KEYS or stem is not None or _secret_stem(key + "_file") == key
+            return key in DYNAMIC_ONRAMP_KEYS or stem is not None or secret_stem(key + "_file") == key
         return key in DYNAMIC_ENGINE_KEYS
     return False
 
@@ -600,7 +600,7 @@ def provenance(cfg: Config, raw: Mapping[str, Any] | None) -> dict[str, dict[str
                 put(key, UNSET if value in (None, "") else SET, origin(key)) if is_secret_key(key) \
                     else put(key, value, origin(key))
             for key in list(table):
-                stem = _secret_stem(key)
+                stem = secret_stem(key)
                 if stem is not None:
                     value, where = read_secret_reference(table, stem)
                     put(f"{group}.{name}.{stem}", SET if value else UNSET, where)

@@ -21,7 +21,8 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from . import logs
-from .config import Config, ConfigError, diff, flatten, load, load_raw, provenance, restart_only
+from .config import (Config, ConfigError, secret_stem, diff, flatten, load, load_raw, provenance,
+                     read_secret_reference, restart_only)
 from .errors import ReloadRefused
 
 log = logging.getLogger("tachyond.reload")
@@ -47,6 +48,7 @@ class Reloader:
         self.reloads = 0
         self.last: dict[str, Any] | None = None  # the last reload: {at, by, ok, changed | error}, for daemon.config
         self.snapshot = flatten(cfg)  # the running config's keys, secrets as read at start (or last reload)
+        register_secrets(cfg)
         self._lock = trio.Lock()
 
     def add(self, name: str, prepare: Prepare) -> None:
@@ -102,6 +104,7 @@ class Reloader:
                     applies.append(apply)
             d.config = new
             self.raw, self.snapshot = raw, new_snapshot
+            register_secrets(new)  # a rotated-in secret is scrubbed from log lines like the one it replaces
             for apply in applies:
                 result = apply()
                 if inspect.isawaitable(result):
@@ -118,6 +121,20 @@ class Reloader:
         cfg: Config = self.daemon.config
         return {"source": cfg.source, "reloads": self.reloads, "last_reload": self.last,
                 "keys": provenance(cfg, self.raw)}
+
+
+def register_secrets(cfg: Config) -> None:
+    """Every secret the provider and engine tables refer to (``*_file``/``*_env``; each value of a list)
+    joins the log scrubber's set."""
+    for group in (cfg.engines, cfg.onramp):
+        for table in group.values():
+            for key in list(table):
+                stem = secret_stem(key)
+                if stem is None:
+                    continue
+                value = read_secret_reference(table, stem)[0]
+                for part in (value or "").split(","):
+                    logs.add_secret(part.strip())
 
 
 def _prepare_logs(new: Config, changed: list[str]) -> Apply | None:
