@@ -41,7 +41,7 @@ def test_a_release_wallet_opens_after_the_migration_with_a_backup_beside_it(daem
     data.mkdir(mode=0o700)
     for name in ("wallet.db", "engine-sqlite.db"):
         shutil.copy(RELEASE / name, data / name)
-    original = _dump(RELEASE / "wallet.db")
+    original = _dump(data / "wallet.db")  # the copy: reading the fixture in place would leave -shm/-wal beside it
     assert _modules(data / "wallet.db")["ledger"] == 5
     before = _inspect(data / "wallet.db")
     assert before["modules"]["ledger"] == {"applied": 5, "this_release": 7}
