@@ -141,6 +141,38 @@ def drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
+PAGE = 1000  # the daemon's largest page
+
+
+def page_all(client: Client, method: str, params: dict[str, Any], cursor: str, label: str) -> list[Any]:
+    """Every item of a paged list method: each next page starts from the last id of the one before
+    (``before`` for newest-first lists, ``after`` for oldest-first ones); a short page is the last."""
+    items: list[Any] = []
+    params = {**params, "limit": PAGE}
+    seen: set[Any] = set()
+    while True:
+        page = client.call(method, params, label=label)
+        items.extend(page)
+        if len(page) < PAGE:
+            return items
+        last = page[-1]["id"]
+        if last in seen:  # a daemon that ignores the cursor would loop for ever
+            raise RpcError(-32000, f"{method} returned the same page twice (cursor {cursor}={last})")
+        seen.add(last)
+        params[cursor] = last
+
+
+def listing(client: Client, args: argparse.Namespace, method: str, params: dict[str, Any], cursor: str,
+            label: str) -> list[Any]:
+    """One page as asked (limit, cursor), or with --all every page."""
+    if getattr(args, "all", False):
+        if getattr(args, "limit", None) is not None or getattr(args, cursor, None) is not None:
+            raise UsageError(f"--all pages through everything: leave out --limit and --{cursor}")
+        return page_all(client, method, drop_none(params), cursor, label)
+    extra = {"limit": getattr(args, "limit", None), cursor: getattr(args, cursor, None)}
+    return client.call(method, drop_none({**params, **extra}), label=label)
+
+
 ORDER_COLS = ["id", "market", "side", "type", "price", "qty", "filled", "status", "fee"]
 TRADE_COLS = ["id", "market", "price", "qty", "taker_side", "maker_fee", "taker_fee", "ts"]
 
@@ -193,6 +225,13 @@ def run(args: argparse.Namespace, client: Client, out: Output) -> None:  # noqa:
         out.show(call("plugins.list", label="plugins"), lambda r: table(r, ["name", "version", "builtin", "hooks"]))
     elif cmd == "stop":
         out.show(call("daemon.stop", label="stop"), lambda r: "tachyond is stopping")
+    elif cmd == "reload":
+        out.show(call("daemon.reload", label="reload"),
+                 lambda r: "applied: " + ", ".join(r["changed"]) if r["changed"] else "nothing changed")
+    elif cmd == "config":
+        out.show(call("daemon.config", label="config"),
+                 lambda r: f"# {r['source']}\n" + table([{"key": k, "value": v["value"], "from": v["from"]}
+                                                        for k, v in r["keys"].items()]))
     elif cmd == "wallet":
         if sub == "create":
             out.show(call("wallet.create", {"password": read_password(args, "New wallet password: ", confirm=True)}, label="wallet-create"), kv)
@@ -215,7 +254,7 @@ def run(args: argparse.Namespace, client: Client, out: Output) -> None:  # noqa:
                  lambda r: table(r, ["account", "token", "available", "locked"]))
     elif cmd == "ledger":
         if sub == "history":
-            out.show(call("ledger.history", drop_none({"account": args.account, "limit": args.limit, "before": args.before}), label="history"),
+            out.show(listing(client, args, "ledger.history", {"account": args.account}, "before", "history"),
                      lambda r: table([{"id": e["id"], "kind": e["kind"], "ts": e.get("ts"), "key": e.get("key"),
                                        "postings": "; ".join(f"{p['account']} {p['token']} {p.get('bucket', '')} {p['amount']}" for p in e.get("postings", []))}
                                       for e in r]))
@@ -273,13 +312,14 @@ def run(args: argparse.Namespace, client: Client, out: Output) -> None:  # noqa:
         elif sub == "cancel":
             out.show(call("dex.cancel_order", {"order_id": args.order_id}, label="cancel"), kv)
         elif sub == "orders":
-            out.show(call("dex.orders", drop_none({"account": args.account, "market": args.market, "status": args.status}), label="orders"),
+            out.show(listing(client, args, "dex.orders", {"account": args.account, "market": args.market,
+                                                          "status": args.status}, "after", "orders"),
                      lambda r: table(r, ORDER_COLS))
         elif sub == "order-book":
             out.show(call("dex.order_book", drop_none({"market": only_market(client, args.market), "depth": args.depth}), label="order-book"),
                      order_book_ladder)
         elif sub == "trades":
-            out.show(call("dex.trades", drop_none({"market": args.market, "account": args.account, "limit": args.limit}), label="trades"),
+            out.show(listing(client, args, "dex.trades", {"market": args.market, "account": args.account}, "before", "trades"),
                      lambda r: table(r, TRADE_COLS))
         elif sub == "watch":
             watch_trades(client, args, out)
@@ -352,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("method", nargs="?")
     sp.add_parser("plugins", help="loaded plugins")
     sp.add_parser("stop", help="stop the daemon gracefully")
+    sp.add_parser("reload", help="re-read the config file and apply what may change while running (daemon.reload)")
+    sp.add_parser("config", help="the effective configuration and where each key came from (daemon.config)")
+    cp = sp.add_parser("completion", help="print a shell completion script: completion bash|zsh")
+    cp.add_argument("shell", choices=["bash", "zsh"])
 
     w = sp.add_parser("wallet", help="wallet create|unlock|lock|change-password|backup").add_subparsers(dest="sub", metavar="SUB")
     w.required = True
@@ -377,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     hi.add_argument("--account")
     hi.add_argument("--limit", type=int)
     hi.add_argument("--before", type=int, help="entry id to page back from")
+    hi.add_argument("--all", action="store_true", help="every entry, page by page")
     lg.add_parser("verify")
     for name in ("deposit", "withdraw"):
         p = lg.add_parser(name)
@@ -441,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     od.add_argument("--account")
     od.add_argument("--market")
     od.add_argument("--status", choices=["open", "closed", "canceled", "expired", "rejected"])
+    od.add_argument("--limit", type=int)
+    od.add_argument("--after", help="order id: the orders placed after it (the last id of the previous page)")
+    od.add_argument("--all", action="store_true", help="every order, page by page")
     ob = d.add_parser("order-book")
     ob.add_argument("--market")
     ob.add_argument("--depth", type=int)
@@ -448,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--market")
     tr.add_argument("--account")
     tr.add_argument("--limit", type=int)
+    tr.add_argument("--before", type=int, help="trade id: the trades older than it (the last id of the previous page)")
+    tr.add_argument("--all", action="store_true", help="every trade, page by page")
     wt = d.add_parser("watch", help="print trades as they settle (dex.watch)")
     wt.add_argument("--market", help="only this market (default: every market)")
     wt.add_argument("--count", type=int, help="stop after this many trades")
@@ -459,6 +509,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # Like other Unix tools: a reader that goes away (`| head`) ends us quietly, not with a traceback.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["__complete"]:  # hidden: what the completion scripts call on TAB
+        from .completion import complete_main
+
+        return complete_main(argv[1:])
+    if argv[:1] == ["completion"]:
+        from .completion import script
+
+        if len(argv) != 2 or argv[1] not in ("bash", "zsh"):
+            print("usage: tachyon-ctl completion bash|zsh", file=sys.stderr)
+            return EXIT_USAGE
+        sys.stdout.write(script(argv[1]))
+        return EXIT_OK
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -55,6 +55,9 @@ class Daemon:
         self.socket_path: Path = config.daemon.socket
         self.http_binds: list[str] = []
         self.nursery: trio.Nursery | None = None
+        from .reload import Reloader
+
+        self.reloader = Reloader(self)  # SIGHUP and daemon.reload (tachyond/reload.py)
 
     # --- plugins --------------------------------------------------------------------------------
 
@@ -84,13 +87,14 @@ class Daemon:
         except PluginLoadError as exc:
             raise StartupError(str(exc)) from None
 
-    def _check_config_against_plugins(self) -> None:
+    def _check_config_against_plugins(self, config: Config | None = None) -> None:
         """Engines and providers the config names must be provided by a loaded plugin (a ConfigError otherwise)."""
+        cfg = config or self.config
         engines = ", ".join(sorted(self.engine_factories)) or "none"
-        for i, market in enumerate(self.config.markets):
+        for i, market in enumerate(cfg.markets):
             if market.engine not in self.engine_factories:
                 raise ConfigError(f"markets[{i}].engine", f"no loaded plugin provides engine {market.engine!r} (available: {engines})")
-        for name, table in self.config.engines.items():
+        for name, table in cfg.engines.items():
             if name not in self.engine_factories:
                 raise ConfigError(f"engines.{name}", f"no loaded plugin provides engine {name!r} (available: {engines})")
             validate = getattr(self.engine_factories[name][1], "validate_config", None)
@@ -102,7 +106,7 @@ class Daemon:
                     key, sep, reason = message.partition(": ") if message.startswith(f"engines.{name}.") else ("", "", "")
                     raise ConfigError(key, reason) if sep else ConfigError(f"engines.{name}", message) from None
         providers = ", ".join(sorted(self.provider_factories)) or "none"
-        for name in self.config.onramp:
+        for name in cfg.onramp:
             if name not in self.provider_factories:
                 raise ConfigError(f"onramp.{name}", f"no loaded plugin provides onramp provider {name!r} (available: {providers})")
 
@@ -217,6 +221,8 @@ class Daemon:
         from .onramp import OnrampService
 
         self.onramp = OnrampService(self)
+        for name, service in (("dex", self.dex), ("onramp", self.onramp)):
+            self.reloader.add(name, service.prepare_config)  # reload: each service applies its dynamic keys
 
     async def _start_services(self, nursery: trio.Nursery) -> None:
         """Open the wallet file (and unlock it from password_file); start the services that need it."""
@@ -251,6 +257,9 @@ class Daemon:
         """Tell the services that need the key (engines, the onramp inbox worker) that the wallet is unlocked."""
         if self.wallet.state != "unlocked":
             return
+        indexed = await self.ledger.index_history()  # entries from before the history index (an upgrade)
+        if indexed:
+            log.info("ledger: %d journal entries added to the history index", indexed)
         for service in (self.dex, self.onramp):
             if service is not None:
                 await service.on_unlocked()
@@ -268,7 +277,11 @@ class Daemon:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     logs.setup(self.config.daemon.log_level, self.config.daemon.log_format)
-                    log.info("SIGHUP: logs reopened")
+                    log.info("SIGHUP: logs reopened; reloading %s", self.config.source)
+                    try:
+                        await self.reloader.reload("SIGHUP")
+                    except TachyonError:
+                        pass  # logged by the reloader, with the key; the running configuration is kept
                     continue
                 self.request_stop(signal.Signals(signum).name)
 
@@ -317,6 +330,10 @@ def register_core_methods(d: Daemon) -> None:
         """Every loaded plugin with its version, the hooks it implements and whether it ships with tachyond."""
         return d.plugins.listing()
 
+    from .reload import register_reload_methods
+
+    register_reload_methods(d)
+
 
 # --- the command line -----------------------------------------------------------------------------
 
@@ -340,6 +357,11 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["inspect"]:  # `tachyond inspect PATH`: a stopped wallet file, read-only
+        from .inspect_wallet import main as inspect_main
+
+        return inspect_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.print_default_config:
         sys.stdout.write(default_document_toml())

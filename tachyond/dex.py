@@ -122,6 +122,25 @@ class DexService:
     def refresh_gauges(self) -> None:
         self.metrics.orders_open.set(len(self._open))
 
+    def prepare_config(self, new_cfg: Any, changed: list[str]) -> Any:
+        """Reload: an open engine whose [engines.<name>] keys changed (only its token may) prepares the change
+        through its own ``prepare_config(table) -> apply``; an engine not open yet reads the new table when
+        it opens. An engine without the hook refuses the reload by name."""
+        from .config import ConfigError
+
+        applies = []
+        for name in sorted({k.split(".")[1] for k in changed if k.startswith("engines.")}):
+            engine = self.engines.get(name)
+            if engine is None:
+                continue
+            prepare = getattr(engine, "prepare_config", None)
+            if prepare is None:
+                raise ConfigError(f"engines.{name}", "this engine cannot change its settings while running; restart")
+            applies.append(prepare(dict(new_cfg.engines.get(name, {}))))
+        if not applies:
+            return None
+        return lambda: [apply() for apply in applies if apply is not None] and None
+
     async def health(self) -> dict[str, str]:
         problems = {f"engine:{name}": why for name, why in self.failures.items()}
         for name, engine in self.engines.items():
@@ -559,10 +578,13 @@ class DexService:
             raise NotFound(f"no order {order_id!r}")
         raise OrderNotOpen(f"order {order_id} is {stored['status']}, not open")
 
-    async def orders(self, account: str | None, market: str | None, status: str | None) -> list[dict]:
+    async def orders(self, account: str | None, market: str | None, status: str | None,
+                     limit: int | None = None, after: str | None = None) -> list[dict]:
         if market is not None:
             self.market(market)
-        rows = await self.wallet.read(orders_read, account, market, status)
+        if limit is not None and not 1 <= limit <= MAX_TRADES_LIMIT:
+            raise InvalidParams(f"limit must be from 1 to {MAX_TRADES_LIMIT}")
+        rows = await self.wallet.read(orders_read, account, market, status, limit, after)
         return [self._public_with(r) for r in rows]
 
     async def order_book(self, market: str, depth: int = DEFAULT_DEPTH) -> dict:
@@ -573,11 +595,11 @@ class DexService:
                 "bids": [[m.fmt_price(p), m.fmt_qty(q)] for p, q in d.bids],
                 "asks": [[m.fmt_price(p), m.fmt_qty(q)] for p, q in d.asks]}
 
-    async def trades(self, market: str | None, account: str | None, limit: int) -> list[dict]:
+    async def trades(self, market: str | None, account: str | None, limit: int, before: int | None = None) -> list[dict]:
         if market is not None:
             self.market(market)
         if not 1 <= limit <= MAX_TRADES_LIMIT:
             raise InvalidParams(f"limit must be from 1 to {MAX_TRADES_LIMIT}")
-        rows = await self.wallet.read(trades_read, market, account, limit)
+        rows = await self.wallet.read(trades_read, market, account, limit, before)
         return [trade_public(t, self.markets[t["market"]]) for t in rows]
 

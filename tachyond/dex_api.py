@@ -52,10 +52,17 @@ def register_dex_methods(d: Any, dex: Any) -> None:
         return await dex.cancel_order(p.get("order_id"), p.get("client_order_id"), p.get("account"))
 
     @r.method("dex.orders", [Param("account", required=False), Param("market", required=False),
-                             Param("status", required=False, enum=STATUSES)], result=f"[{ORDER}]")
+                             Param("status", required=False, enum=STATUSES),
+                             Param("limit", "integer", required=False, minimum=1,
+                                   description="at most this many (1..1000); default: all"),
+                             Param("after", required=False,
+                                   description="an order id, the last of the previous page: the orders placed after it")],
+              result=f"[{ORDER}]")
     async def orders(p: dict[str, Any]) -> Any:
-        """Orders, oldest first, optionally filtered by account, market and status."""
-        return await dex.orders(p.get("account"), p.get("market"), p.get("status"))
+        """Orders, oldest first, optionally filtered by account, market and status. Paging: pass the last
+        order's id of a page as `after` (with the same filters and a `limit`) for the next; a page shorter
+        than `limit` is the last."""
+        return await dex.orders(p.get("account"), p.get("market"), p.get("status"), p.get("limit"), p.get("after"))
 
     @r.method("dex.order_book", [Param("market"), Param("depth", "integer", required=False, minimum=1)],
               result="{market, seq, bids: [[price, qty]...], asks: [[price, qty]...]} best first")
@@ -64,12 +71,16 @@ def register_dex_methods(d: Any, dex: Any) -> None:
         return await dex.order_book(p["market"], p.get("depth", 20))
 
     @r.method("dex.trades", [Param("market", required=False), Param("account", required=False),
-                             Param("limit", "integer", required=False, minimum=1)],
+                             Param("limit", "integer", required=False, minimum=1, description="1..1000, default 100"),
+                             Param("before", "integer", required=False,
+                                   description="a trade id, the last of the previous page: the trades older than it")],
               result="[{id, seq, market, price, qty, maker_order_id, taker_order_id, taker_side, maker_fee, "
                      "taker_fee, ts}] newest first")
     async def trades(p: dict[str, Any]) -> Any:
-        """Trades, newest first (default limit 100), optionally for one market or one account (either side)."""
-        return await dex.trades(p.get("market"), p.get("account"), p.get("limit", 100))
+        """Trades, newest first (default limit 100), optionally for one market or one account (either side).
+        Paging: pass the last trade's id of a page as `before` (with the same filters) for the next; a page
+        shorter than `limit` is the last."""
+        return await dex.trades(p.get("market"), p.get("account"), p.get("limit", 100), p.get("before"))
 
     @r.method("dex.watch", [Param("market", required=False, description="only this market's trades; default: all")],
               result="{subscription, market}; then notifications dex.trade {subscription, trade} on this connection")

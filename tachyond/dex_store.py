@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping
 from .amounts import fmt_minor
 from .engine import DONE_CANCELED, DONE_EXPIRED, DONE_FILLED, DONE_POST_ONLY, DONE_SELF_TRADE, Event
 from .dex_market import Market, fee_minor
-from .errors import InsufficientFunds, UnknownAccount
+from .errors import InsufficientFunds, NotFound, UnknownAccount
 from .ledger import LedgerTx, Posting, lock_postings, release_postings
 from .wallet.store import ReadTx
 
@@ -198,23 +198,39 @@ def trades_by_id_read(rtx: ReadTx, trade_ids: Iterable[int]) -> list[dict]:
     return out
 
 
-def orders_read(rtx: ReadTx, account: str | None, market: str | None, status: str | None) -> list[dict]:
-    """Orders matching the filters, oldest first, each with its trades (filters apply after decryption)."""
-    sql = "SELECT id, value FROM dex_orders" + (" WHERE is_open = 1" if status == "open" else "") + " ORDER BY id"
-    out = []
-    for rowid, blob in rtx.conn.execute(sql):
+def orders_read(rtx: ReadTx, account: str | None, market: str | None, status: str | None,
+                limit: int | None = None, after: str | None = None) -> list[dict]:
+    """Orders matching the filters, oldest first, each with its trades (filters apply after decryption).
+
+    ``after`` (an order id, the last one of the previous page) pages on: only orders placed after it.
+    """
+    after_row = 0
+    if after is not None:
+        row = rtx.conn.execute("SELECT id FROM dex_orders WHERE oid_hash = ?", (rtx.lookup("dex-order", after),)).fetchone()
+        if row is None:
+            raise NotFound(f"no order {after} (after must be the id of an order, the last of the previous page)")
+        after_row = row[0]
+    sql = ("SELECT id, value FROM dex_orders WHERE id > ?" + (" AND is_open = 1" if status == "open" else "")
+           + " ORDER BY id")
+    out: list[dict] = []
+    for rowid, blob in rtx.conn.execute(sql, (after_row,)):
         order = rtx.open_json("dex_orders", "value", rowid, blob)
         if (account is None or order["account"] == account) and (market is None or order["market"] == market) \
                 and (status is None or order["status"] == status):
             out.append({**order, "trade_rows": trades_by_id_read(rtx, order["trades"])})
+            if limit is not None and len(out) >= limit:
+                break
     return out
 
 
-def trades_read(rtx: ReadTx, market: str | None, account: str | None, limit: int) -> list[dict]:
-    """Trades newest first, filtered by market and by an account on either side."""
+def trades_read(rtx: ReadTx, market: str | None, account: str | None, limit: int,
+                before: int | None = None) -> list[dict]:
+    """Trades newest first, filtered by market and by an account on either side; ``before`` (a trade id, the
+    last one of the previous page) pages back: only trades older than it."""
     rtx.keys  # locked -> WalletLocked even when there are no trades
     out = []
-    for rowid, blob in rtx.conn.execute("SELECT id, value FROM dex_trades ORDER BY id DESC"):
+    for rowid, blob in rtx.conn.execute("SELECT id, value FROM dex_trades WHERE id < ? ORDER BY id DESC",
+                                        (before if before is not None else 2**63 - 1,)):
         trade = rtx.open_json("dex_trades", "value", rowid, blob)
         if (market is None or trade["market"] == market) and \
                 (account is None or account in (trade["maker_account"], trade["taker_account"])):

@@ -155,9 +155,16 @@ class ShuttingDown(TachyonError):
         super().__init__(message, **kw)
 
 
+class ReloadRefused(TachyonError):
+    """A reload that applied nothing: the file does not parse, or a key that needs a restart changed."""
+
+    code = -32060
+    title = "reload refused"
+
+
 ALL_ERRORS: list[type[TachyonError]] = [
     TachyonError, InvalidParams, WalletLocked, WalletAbsent, WalletExists, WrongPassword, NotFound,
     AmountError, UnknownToken, UnknownAccount, InsufficientFunds, Conflict, IntegrityError,
     UnknownMarket, OrderRejected, OrderNotOpen, EngineError, InvalidAddress, OnrampError,
-    ProviderNotConfigured, RegionNotAllowed, PluginError, ShuttingDown,
+    ProviderNotConfigured, RegionNotAllowed, PluginError, ShuttingDown, ReloadRefused,
 ]

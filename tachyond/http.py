@@ -64,6 +64,19 @@ class WebhookFastPath:
         self.cfg: HttpConfig = daemon.config.http
         self.allowed = self.cfg.allowed_networks()
 
+    def prepare_config(self, new_cfg: Any, changed: list[str]) -> Any:
+        """Reload: the [http] limits and allow_ips apply to the next request; open connections stay."""
+        if not any(k.startswith("http.") for k in changed):
+            return None
+        http: HttpConfig = new_cfg.http
+        allowed = http.allowed_networks()
+
+        def apply() -> None:
+            self.cfg, self.allowed = http, allowed
+            self.limiter.rate, self.limiter.burst = float(http.rate_limit_per_s), 2.0 * http.rate_limit_per_s
+            self.app.config["MAX_CONTENT_LENGTH"] = http.max_body_bytes
+        return apply
+
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         path = scope.get("path", "")
         if scope["type"] != "http" or not path.startswith("/webhook/") or "/" in path[9:] or len(path) == 9:
@@ -195,5 +208,7 @@ async def serve_http(daemon: Any, shutdown: trio.Event, *, task_status: Any = tr
     """Serve until ``shutdown`` is set; reports the bound URLs through ``task_status``."""
     app = make_app(daemon)
     fast = WebhookFastPath(daemon, app, daemon.webhook_limiter)
+    if getattr(daemon, "reloader", None) is not None:
+        daemon.reloader.add("http", fast.prepare_config)
     await hypercorn_serve(fast, hypercorn_config(daemon.config.http), shutdown_trigger=shutdown.wait,
                           task_status=task_status, mode="asgi")

@@ -36,7 +36,15 @@ LEDGER_SCHEMA = [
     " body BLOB NOT NULL, mac BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS ledger_head (one INTEGER PRIMARY KEY CHECK (one = 1), last_id INTEGER NOT NULL,"
     " last_mac BLOB NOT NULL, head_mac BLOB NOT NULL)",
+    # Migration 6 (release 0.2): the history index, one row per (account, entry) keyed by an HMAC of the
+    # account (never its name). Entries that existed before it are indexed at the first unlock; until then
+    # 'history_index_through' in meta holds the last id not indexed and history by account scans.
+    "CREATE TABLE IF NOT EXISTS ledger_history (account_tag BLOB NOT NULL, entry_id INTEGER NOT NULL,"
+    " PRIMARY KEY (account_tag, entry_id)) WITHOUT ROWID",
+    "INSERT OR REPLACE INTO meta (key, value) SELECT 'history_index_through', CAST(CAST(id AS TEXT) AS BLOB)"
+    " FROM ledger_journal ORDER BY id DESC LIMIT 1",
 ]
+HISTORY_BACKFILL_CHUNK = 5000
 
 
 @dataclass(frozen=True)
@@ -195,6 +203,10 @@ class LedgerTx(Tx):
         return self._hold_row(hold)[3]
 
     # ----- the journal -----
+    def history_tag(self, account: str) -> bytes:
+        """The history index's key for an account: an HMAC, so the file links entries, never names them."""
+        return self.lookup("history", account)
+
     def _head(self) -> tuple[int, bytes]:
         head = self._heads.get(0)
         if head is None:
@@ -319,6 +331,8 @@ class LedgerTx(Tx):
         mac = self.keys.chain_mac(last_mac, entry_id.to_bytes(8, "big"), key_hash, body_ct)
         self.conn.execute("INSERT INTO ledger_journal (id, key_hash, body, mac) VALUES (?, ?, ?, ?)",
                           (entry_id, key_hash, body_ct, mac))
+        self.conn.executemany("INSERT OR IGNORE INTO ledger_history (account_tag, entry_id) VALUES (?, ?)",
+                              [(self.history_tag(a), entry_id) for a in {p.account for p in postings}])
         self._put(self._heads, 0, (entry_id, mac))
         self._put(self._dirty, ("head",), entry_id)
         return entry_dict(entry_id, body, self.tokens)
@@ -368,6 +382,7 @@ class Ledger:
     def __init__(self, wallet: Wallet, tokens: dict[str, Token]):
         self.wallet = wallet
         self.tokens = dict(tokens)
+        self.history_rows_read = 0  # journal rows ledger.history has read (and decrypted), for tests and metrics
         wallet.add_schema("ledger", LEDGER_SCHEMA)
         wallet.tx_factory = functools.partial(LedgerTx, tokens=self.tokens)
         wallet.add_create_hook(_create_default)
@@ -481,10 +496,18 @@ class Ledger:
     def _history_sync(self, rtx: ReadTx, account: str | None, limit: int, before: int | None) -> list[dict]:
         rtx.keys  # absent or locked: say so, even when the journal is empty
         out = []
-        rows = rtx.conn.execute("SELECT id, body FROM ledger_journal WHERE id < ? ORDER BY id DESC",
-                                (before if before is not None else 2**63 - 1,))
-        # Entries carry no clear account column (that would link entries per account), so filtering decrypts.
+        before = before if before is not None else 2**63 - 1
+        if account is not None and _history_index_through(rtx) is None:
+            # The index (an HMAC of the account per entry) names the rows: no other entry is read.
+            rows = rtx.conn.execute(
+                "SELECT j.id, j.body FROM ledger_history h JOIN ledger_journal j ON j.id = h.entry_id"
+                " WHERE h.account_tag = ? AND h.entry_id < ? ORDER BY h.entry_id DESC LIMIT ?",
+                (rtx.lookup("history", account), before, limit))
+        else:
+            # Every entry, or an account's before its wallet's old entries are indexed: decrypt and filter.
+            rows = rtx.conn.execute("SELECT id, body FROM ledger_journal WHERE id < ? ORDER BY id DESC", (before,))
         for entry_id, blob in rows:
+            self.history_rows_read += 1
             body = rtx.open_json("ledger_journal", "body", entry_id, blob)
             if account is None or any(p[0] == account for p in body["postings"]):
                 out.append(entry_dict(entry_id, body, self.tokens))
@@ -492,9 +515,44 @@ class Ledger:
                     break
         return out
 
+    async def index_history(self) -> int:
+        """Index the entries a wallet held before the history index existed (after an upgrade), in chunks
+        of HISTORY_BACKFILL_CHUNK entries per transaction; needs the key. Returns how many were indexed."""
+        done = 0
+        while True:
+            n = await self.wallet.write(_index_history_chunk)
+            if n is None:
+                return done
+            done += n
+
     async def verify(self) -> dict:
         """Replay the journal: chain MACs, per-token sums, balances and holds as stored -> {ok, entries, problems}."""
         return await self.wallet.read(_verify_sync)
+
+
+def _history_index_through(rtx: ReadTx | Tx) -> int | None:
+    """The last entry id not yet in the history index (None: every entry is indexed)."""
+    row = rtx.conn.execute("SELECT value FROM meta WHERE key = 'history_index_through'").fetchone()
+    return int(bytes(row[0])) if row else None
+
+
+def _index_history_chunk(tx: LedgerTx) -> int | None:
+    """Index the newest HISTORY_BACKFILL_CHUNK unindexed entries; None when nothing was left to do."""
+    through = _history_index_through(tx)
+    if through is None:
+        return None
+    low = max(0, through - HISTORY_BACKFILL_CHUNK)
+    rows = []
+    for entry_id, blob in tx.conn.execute("SELECT id, body FROM ledger_journal WHERE id > ? AND id <= ?",
+                                          (low, through)):
+        body = tx.open_json("ledger_journal", "body", entry_id, blob)
+        rows += [(tx.history_tag(a), entry_id) for a in {p[0] for p in body["postings"]}]
+    tx.conn.executemany("INSERT OR IGNORE INTO ledger_history (account_tag, entry_id) VALUES (?, ?)", rows)
+    if low == 0:
+        tx.conn.execute("DELETE FROM meta WHERE key = 'history_index_through'")
+    else:
+        tx.conn.execute("UPDATE meta SET value = ? WHERE key = 'history_index_through'", (str(low).encode(),))
+    return through - low
 
 
 def _verify_sync(rtx: ReadTx) -> dict:

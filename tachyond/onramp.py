@@ -119,11 +119,41 @@ class OnrampService:
         self._cancel: trio.CancelScope | None = None
         self._running = False
         self.last_reconcile: dict[str, dict] = {}
+        self._retired: list[Any] = []           # providers replaced by a reload, closed at aclose
+        self._reconfigured = trio.Event()       # set (and replaced) by a reload: reconciler timers re-read
         from .onramp_rpc import register_onramp_methods
 
         register_onramp_methods(daemon, self)
 
     # ----- the daemon's hooks ----------------------------------------------------------------
+
+    def prepare_config(self, new_cfg: Any, changed: list[str]) -> Any:
+        """Reload: build a new provider for each [onramp.<name>] whose keys or secrets changed (a bad secret
+        refuses the reload here, before anything is applied); the returned apply swaps them in. Webhooks
+        in flight finish on the provider they started with; the old one is closed when the service stops."""
+        names = sorted({k.split(".")[1] for k in changed if k.startswith("onramp.")})
+        built: dict[str, Any] = {}
+        for name in names:
+            plugin, factory = self.daemon.provider_factories[name]
+            try:
+                built[name] = factory(dict(new_cfg.onramp[name]))
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise ConfigError(f"onramp.{name}", f"plugin {plugin!r} failed to build the provider: "
+                                  f"{type(exc).__name__}: {exc}") from None
+        if not built:
+            return None
+
+        def apply() -> None:
+            for name, provider in built.items():
+                old = self.providers.get(name)
+                self.providers[name] = provider
+                if old is not None:
+                    self._retired.append(old)
+            woken, self._reconfigured = self._reconfigured, trio.Event()
+            woken.set()
+        return apply
 
     def has_provider(self, name: str) -> bool:
         return name in self.providers
@@ -133,8 +163,8 @@ class OnrampService:
         with trio.CancelScope() as self._cancel:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._worker)
-                for name, provider in self.providers.items():
-                    nursery.start_soon(self._reconcile_timer, name, provider)
+                for name in self.providers:
+                    nursery.start_soon(self._reconcile_timer, name)
                 self._running = True
                 task_status.started()
         self._running = False
@@ -147,7 +177,7 @@ class OnrampService:
         """Stop the worker and timers, then close the providers (their HTTP pools)."""
         if self._cancel is not None:
             self._cancel.cancel()
-        for name, provider in self.providers.items():
+        for name, provider in [*self.providers.items(), *(("retired", p) for p in self._retired)]:
             try:
                 await provider.aclose()
             except Exception:
@@ -383,11 +413,16 @@ class OnrampService:
 
     # ----- the reconciler ---------------------------------------------------------------------
 
-    async def _reconcile_timer(self, name: str, provider: Any) -> None:
-        interval_s = float(getattr(provider, "reconcile_interval_s", 300))
-        lookback_h = float(getattr(provider, "reconcile_lookback_h", DEFAULT_LOOKBACK_H))
+    async def _reconcile_timer(self, name: str) -> None:
         while True:
-            await trio.sleep(interval_s)
+            provider = self.providers[name]  # re-read each round: a reload may have replaced it
+            interval_s = float(getattr(provider, "reconcile_interval_s", 300))
+            lookback_h = float(getattr(provider, "reconcile_lookback_h", DEFAULT_LOOKBACK_H))
+            reconfigured = self._reconfigured
+            with trio.move_on_after(interval_s):
+                await reconfigured.wait()
+            if reconfigured.is_set():
+                continue  # new settings: start the interval again with them
             try:
                 result = await self.reconcile_provider(name, lookback_h)
                 if result["enqueued"]:

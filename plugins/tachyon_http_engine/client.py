@@ -14,7 +14,7 @@ from tachyond.errors import EngineError, UnknownMarket
 
 DEFAULT_TIMEOUT_S = 5
 DEFAULT_TOKEN_ENV = "TACHYON_ENGINE_TOKEN"
-_KEYS = ("url", "timeout_s", "token_env")
+_KEYS = ("url", "timeout_s", "token_env", "token_file")
 
 
 def _seg(text: str) -> str:
@@ -50,21 +50,57 @@ class HttpEngine:
         if not isinstance(token_env, str) or not token_env:
             raise EngineError("engines.http.token_env: must name an environment variable")
 
+    @staticmethod
+    def read_token(config: dict) -> str:
+        """The bearer token: ``token_file``'s content (``$CREDENTIALS_DIRECTORY/…`` allowed), else ``token_env``'s."""
+        from tachyond.config import expand_path
+
+        if config.get("token_file"):
+            try:
+                token = open(expand_path(config["token_file"]), encoding="utf-8").read().strip()
+            except OSError as exc:
+                raise EngineError(f"engines.http.token_file: cannot read {config['token_file']}: {exc.strerror}") from None
+            if not token:
+                raise EngineError(f"engines.http.token_file: {config['token_file']} is empty")
+            return token
+        env = config.get("token_env", DEFAULT_TOKEN_ENV)
+        token = os.environ.get(env, "")
+        if not token:
+            raise EngineError(f"engines.http.token_env: environment variable {env} is not set or empty")
+        return token
+
+    def prepare_config(self, config: dict) -> Any:
+        """Reload: read the new token now (a ConfigError naming the key when it cannot be read); the returned
+        apply makes every later request carry it. Requests in flight finish with the old one."""
+        from tachyond.config import ConfigError
+
+        try:
+            self.validate_config(config)
+            token = self.read_token(config)
+        except EngineError as exc:
+            key, _, reason = exc.message.partition(": ")
+            raise ConfigError(key, reason) from None
+
+        def apply() -> None:
+            self.token_env = config.get("token_env", DEFAULT_TOKEN_ENV)
+            self._config = dict(config)
+            if self._client is not None:
+                self._client.headers["Authorization"] = f"Bearer {token}"
+        return apply
+
     def __init__(self, ctx: EngineContext):
         self.validate_config(dict(ctx.config))
         self.name = ctx.name
         self.url = ctx.config["url"].rstrip("/")
         self.timeout_s = float(ctx.config.get("timeout_s", DEFAULT_TIMEOUT_S))
         self.token_env = ctx.config.get("token_env", DEFAULT_TOKEN_ENV)
+        self._config = dict(ctx.config)
         self._client: httpx.AsyncClient | None = None
         self._markets: set[str] = set()
 
     async def start(self, markets: Sequence[MarketSpec]) -> None:
         """Connect and check that the server defines every market exactly as the daemon does."""
-        token = os.environ.get(self.token_env, "")
-        if not token:
-            raise EngineError(f"engine server {self.url}: environment variable {self.token_env} "
-                              "(engines.http.token_env) is not set or empty")
+        token = self.read_token(self._config)
         self._client = httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s,
                                          headers={"Authorization": f"Bearer {token}"})
         served = {m.get("symbol"): m for m in (await self._call("GET", "/v1/markets"))["markets"]
@@ -104,7 +140,8 @@ class HttpEngine:
         if resp.status_code == 200 and isinstance(body, dict):
             return body
         if resp.status_code == 401:
-            raise EngineError(f"engine server {self.url} refused the bearer token from {self.token_env}")
+            raise EngineError(f"engine server {self.url} refused the bearer token from "
+                              f"{'token_file' if self._config.get('token_file') else self.token_env}")
         if resp.status_code == 404 and message:
             raise UnknownMarket(f"engine server {self.url}: {message}")
         if resp.status_code == 409 and message:

@@ -153,7 +153,8 @@ class EngineApp:
     def __init__(self, backend: ServerBackend, markets: tuple[MarketConfig, ...], token: str):
         self.backend = backend
         self.markets = markets
-        self._expected = f"Bearer {token}".encode()
+        # A comma-separated list while a token is being rotated (docs/operations.md): any of them is accepted.
+        self._expected = tuple(f"Bearer {t.strip()}".encode() for t in token.split(",") if t.strip())
 
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable) -> None:
         if scope["type"] == "lifespan":
@@ -179,7 +180,7 @@ class EngineApp:
         for key, value in scope.get("headers", []):
             if key.lower() == b"authorization":
                 auth = value
-        if not hmac.compare_digest(auth, self._expected):
+        if not any([hmac.compare_digest(auth, expected) for expected in self._expected]):
             return _json_body(401, {"error": "missing or wrong bearer token"})
         # Market symbols hold a "/": route on the raw path, then decode each segment (ZEC%2FUSDC).
         raw_path = scope.get("raw_path") or scope["path"].encode()

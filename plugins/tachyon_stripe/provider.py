@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import stripe
 
-from tachyond.config import ConfigError
+from tachyond.config import ConfigError, expand_path
 from tachyond.errors import OnrampError, RegionNotAllowed
 from tachyond.providers import (Embed, Quote, QuoteRequest, SessionInfo, SessionRequest, WebhookEvent,
                                 WebhookRejected)
@@ -116,7 +116,7 @@ class _Settings:
         if file_key in self.raw:
             path = self.string(file_key, "")
             try:
-                text = Path(path).read_text("utf-8")
+                text = Path(expand_path(path)).read_text("utf-8")
             except OSError as exc:
                 raise ConfigError(self._key(file_key), f"cannot read {path}: {exc.strerror}") from None
             where, key = f"file {path}", self._key(file_key)

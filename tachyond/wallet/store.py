@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import queue
@@ -214,6 +215,7 @@ class Wallet:
         self._cache_keys: WalletKeys | None = None
         self._closing = False
         self._submit_lock = threading.Lock()
+        self.migration_backup: Path | None = None  # the copy taken before the last migration, if one ran
 
     # ----- extension points (call before start) -----
     def add_schema(self, name: str, statements: list[str]) -> None:
@@ -343,8 +345,11 @@ class Wallet:
 
     def _open_sync(self) -> sqlite3.Connection:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        existed = self.path.exists() and self.path.stat().st_size > 0
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         conn = self._connect()
+        if existed:
+            self.migration_backup = self._backup_before_migration(conn)
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
@@ -364,6 +369,43 @@ class Wallet:
             conn.close()
             raise
         return conn
+
+    def pending_migrations(self, conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+        """{module: (statements applied, statements known)} for every module this file is behind on."""
+        try:
+            applied = dict(conn.execute("SELECT name, applied FROM schema_modules"))
+        except sqlite3.OperationalError:  # no schema yet: a file this code never opened
+            return {}
+        return {name: (applied.get(name, 0), len(st)) for name, st in self._schemas.items()
+                if applied.get(name, 0) < len(st)}
+
+    def _backup_before_migration(self, conn: sqlite3.Connection) -> Path | None:
+        """Before a migration changes an existing wallet file, copy it (still encrypted) beside it:
+        ``wallet.db.pre-migration-<UTC time>.bak``, 0600, one self-contained file. None when none is due."""
+        pending = self.pending_migrations(conn)
+        try:
+            has_modules = conn.execute("SELECT count(*) FROM schema_modules WHERE applied > 0").fetchone()[0] > 0
+        except sqlite3.OperationalError:
+            has_modules = False
+        if not pending or not has_modules:  # nothing a module wrote yet (a bare wallet): nothing to migrate
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest = self.path.with_name(f"{self.path.name}.pre-migration-{stamp}.bak")
+        n = 1
+        while dest.exists():
+            n += 1
+            dest = self.path.with_name(f"{self.path.name}.pre-migration-{stamp}-{n}.bak")
+        os.close(os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        dst = sqlite3.connect(dest, isolation_level=None)
+        try:
+            conn.backup(dst)
+            dst.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            dst.close()
+        what = ", ".join(f"{name} {have}->{want}" for name, (have, want) in sorted(pending.items()))
+        logging.getLogger("tachyond.wallet").warning("wallet schema migration (%s): the file as it was is "
+                                                     "copied to %s", what, dest)
+        return dest
 
     # ----- the writer -----
     async def write(self, fn: Callable[..., Any], *args: Any) -> Any:
