@@ -6,7 +6,7 @@ import functools
 import hmac
 import re
 import secrets
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -215,10 +215,16 @@ class LedgerTx(Tx):
                                   or not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in links)):
             raise InvalidParams("links must be a list of entry ids or keys")
         key_hash = self.lookup("entry", key)
+        postings = list(postings)
         row = self.conn.execute("SELECT id, body FROM ledger_journal WHERE key_hash = ?", (key_hash,)).fetchone()
         if row is not None:
-            return {**entry_dict(row[0], self.open_json("ledger_journal", "body", row[0], row[1]), self.tokens),
-                    "repeated": True}
+            body = self.open_json("ledger_journal", "body", row[0], row[1])
+            # A key names one movement: the same key with other content (amount, account, token) is a caller's
+            # mistake that returning the first entry would hide. No postings asks for the first entry as it is.
+            if postings and not _same_content(body, kind, postings):
+                raise Conflict(f"idempotency key {key!r} was already used for entry {row[0]} with different "
+                               f"content (kind, accounts, tokens or amounts)", data={"key": key, "entry_id": row[0]})
+            return {**entry_dict(row[0], body, self.tokens), "repeated": True}
         postings = [self._check_posting(p) for p in postings]
         if not postings:
             raise InvalidParams("an entry needs at least one posting")
@@ -352,6 +358,13 @@ class LedgerTx(Tx):
             head_mac = self.keys.chain_mac(b"head", entry_id.to_bytes(8, "big"), mac)
             self.conn.execute("INSERT OR REPLACE INTO ledger_head VALUES (1, ?, ?, ?)", (entry_id, mac, head_mac))
         dirty.clear()
+
+
+def _same_content(body: dict, kind: str, postings: list[Posting]) -> bool:
+    """Whether a stored entry body records this kind and these postings (in any order)."""
+    stored = Counter(tuple(p) for p in body["postings"])
+    given = Counter((p.account, p.token, p.bucket, p.delta_minor, p.hold) for p in postings)
+    return body["kind"] == kind and stored == given
 
 
 def _post(tx: LedgerTx, key: str, kind: str, postings: list[Posting]) -> dict:

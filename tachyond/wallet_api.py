@@ -96,7 +96,8 @@ def register_wallet_methods(d: Any) -> None:
 
     @r.method("ledger.deposit", [Param("account", required=False), Param("token"), amount,
                                  Param("reference", description="idempotency reference, e.g. a transaction hash")],
-              result="the entry (the first one when the reference repeats)")
+              result="the entry (the first one when the reference repeats with the same content; "
+                     "Conflict -32014 naming it when with other content)")
     async def deposit(p: dict[str, Any]) -> Any:
         """Credit an account from `external:chain` (what a chain-sync plugin calls when base assets arrive); idempotent by reference."""
         wallet.keys  # WalletAbsent / WalletLocked before anything else
@@ -104,7 +105,8 @@ def register_wallet_methods(d: Any) -> None:
         return await ledger.deposit(p.get("account", "default"), tok.symbol, tok.to_minor(p["amount"]), p["reference"])
 
     @r.method("ledger.withdraw", [Param("account", required=False), Param("token"), amount, Param("reference")],
-              result="the entry (the first one when the reference repeats)")
+              result="the entry (the first one when the reference repeats with the same content; "
+                     "Conflict -32014 naming it when with other content)")
     async def withdraw(p: dict[str, Any]) -> Any:
         """Debit an account to `external:chain`; idempotent by reference."""
         wallet.keys  # WalletAbsent / WalletLocked before anything else
@@ -112,7 +114,7 @@ def register_wallet_methods(d: Any) -> None:
         return await ledger.withdraw(p.get("account", "default"), tok.symbol, tok.to_minor(p["amount"]), p["reference"])
 
     @r.method("ledger.transfer", [Param("from"), Param("to"), Param("token"), amount, Param("reference", required=False)],
-              result="the entry")
+              result="the entry (a repeated reference: as ledger.deposit)")
     async def transfer(p: dict[str, Any]) -> Any:
         """Move available funds between two accounts of this wallet; idempotent by reference when one is given."""
         wallet.keys  # WalletAbsent / WalletLocked before anything else
