@@ -15,6 +15,7 @@ import trio
 
 from . import __version__, logs
 from .errors import ShuttingDown, TachyonError
+from .hardening import PRIVATE_UMASK, disable_core_dumps, make_private_dir
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_document_toml, load
 from .metrics import Metrics
 from .plugins import PluginLoadError, Plugins
@@ -161,7 +162,7 @@ class Daemon:
         """Start every service in one nursery; return after a graceful stop."""
         cfg = self.config
         try:
-            cfg.daemon.data_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dir(cfg.daemon.data_dir)  # 0700 before anything is written in it
         except OSError as exc:
             raise StartupError(f"daemon.data_dir: cannot create {cfg.daemon.data_dir}: {exc.strerror or exc}") from exc
         rpc = RpcServer(self.dispatcher, drain_timeout_s=DRAIN_TIMEOUT_S)
@@ -350,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tachyond: config error: {exc}", file=sys.stderr)
         return 2
     logs.setup(config.daemon.log_level, config.daemon.log_format)
+    os.umask(PRIVATE_UMASK)  # whatever the daemon or a plugin creates is private unless it says otherwise
+    hardened = disable_core_dumps()
+    if not all(hardened.values()):
+        log.warning("core dumps could not be fully disabled (%s): a crash could leave the unlocked key on disk",
+                    ", ".join(k for k, ok in hardened.items() if not ok))
     try:
         if args.check_config:
             daemon = Daemon(config)

@@ -89,6 +89,7 @@ class EventStore:
     def _load(self) -> Loaded:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock()
+        _private_file(self.path)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._conn = conn
         conn.execute("PRAGMA journal_mode=WAL")
@@ -170,7 +171,8 @@ class EventStore:
 
     def _lock(self) -> None:
         """Hold an exclusive lock beside the file: two live instances would issue the same sequence numbers."""
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -185,6 +187,19 @@ class EventStore:
 
     def _transaction(self) -> "_Transaction":
         return _Transaction(self._require())
+
+
+def _private_file(path: Path) -> None:
+    """The file and its -wal/-shm 0600 whatever the umask (SQLite gives the WAL and SHM the file's own mode)."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{path}{suffix}")
+        if side.exists() and not side.is_symlink():
+            os.chmod(side, 0o600)
 
 
 class _Transaction:

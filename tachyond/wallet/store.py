@@ -17,6 +17,7 @@ import outcome
 import trio
 
 from ..errors import Conflict, InvalidParams, ShuttingDown, WalletAbsent, WalletExists, WalletLocked, WrongPassword
+from ..hardening import make_private_dir, private_sqlite_file
 from . import crypto
 from .crypto import Cipher, WalletKeys
 
@@ -342,8 +343,8 @@ class Wallet:
         return conn
 
     def _open_sync(self) -> sqlite3.Connection:
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        make_private_dir(self.data_dir)
+        private_sqlite_file(self.path)
         conn = self._connect()
         try:
             conn.execute("PRAGMA journal_mode = WAL")
@@ -615,22 +616,57 @@ class Wallet:
         return await trio.to_thread.run_sync(self._backup_sync, dest)
 
     def _backup_sync(self, dest: Path) -> dict:
+        # The destination is created here (O_EXCL: never an existing file; O_NOFOLLOW: never through a link)
+        # and written only through this descriptor: reopening it by path would let whoever controls its
+        # directory swap in a symlink between the two opens and have the daemon write where it points.
         try:
-            fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except FileExistsError:
             raise Conflict(f"backup destination {dest} already exists") from None
         except OSError as exc:
             raise InvalidParams(f"cannot create backup file {dest}: {exc.strerror}") from None
-        os.close(fd)
-        src = self._connect()
-        dst = sqlite3.connect(dest, isolation_level=None)
         try:
-            src.backup(dst)
-            dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+            os.fchmod(fd, 0o600)
+            written = self._backup_into(fd)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(dest)
+            except OSError:
+                pass
+            raise
+        os.close(fd)
+        return {"path": str(dest), "bytes": written}
+
+    def _backup_into(self, fd: int) -> int:
+        """SQLite's online backup into a private scratch file in data_dir, then copied into fd; -> bytes."""
+        scratch = self.data_dir / f".backup-{secrets.token_hex(8)}.db"
+        private_sqlite_file(scratch)
+        try:
+            src = self._connect()
+            dst = sqlite3.connect(scratch, isolation_level=None)
+            try:
+                src.backup(dst)
+                dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+            finally:
+                dst.close()
+                src.close()
+            written = 0
+            with open(scratch, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    view = memoryview(chunk)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+                        written += n
+            return written
         finally:
-            dst.close()
-            src.close()
-        return {"path": str(dest), "bytes": dest.stat().st_size}
+            for suffix in ("", "-journal"):
+                try:
+                    os.unlink(f"{scratch}{suffix}")
+                except FileNotFoundError:
+                    pass
 
     # ----- sealing to the wallet -----
     def seal_to_wallet(self, plaintext: bytes) -> bytes:
