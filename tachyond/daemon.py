@@ -209,6 +209,7 @@ class Daemon:
         from .wallet.store import Wallet
 
         self.wallet = Wallet(self.config.daemon.data_dir)
+        self.wallet.add_lock_listener(self.on_locked)
         self.ledger = Ledger(self.wallet, self.config.token_map())
         # Each service registers its wallet schema and its RPC methods in its constructor.
         from .dex import DexService
@@ -255,6 +256,12 @@ class Daemon:
         for service in (self.dex, self.onramp):
             if service is not None:
                 await service.on_unlocked()
+
+    async def on_locked(self) -> None:
+        """Tell the services that hold key material (engines) that the wallet was locked: they drop it."""
+        for service in (self.dex, self.onramp):
+            if service is not None and hasattr(service, "on_locked"):
+                await service.on_locked()
 
     async def _stop_services(self) -> None:
         """Close services in reverse order (the servers have drained): onramp, dex; the wallet closes last."""

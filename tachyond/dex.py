@@ -69,6 +69,7 @@ class DexService:
         self._owners: dict[str, str] = {}
         self._opened = False
         self._opening = trio.Lock()
+        self._engines_locked: set[str] = set()  # engines that dropped their keys (on_lock) until on_unlock
         self._queues: dict[str, list[_Request]] = {s: [] for s in self.markets}
         self._leading = {s: False for s in self.markets}
         self._nursery: trio.Nursery | None = None
@@ -94,10 +95,28 @@ class DexService:
             finally:
                 self._nursery = None
 
+    async def on_locked(self) -> None:
+        """The wallet was locked: each engine with an ``on_lock`` hook drops its key material, after the
+        submit or cancel it is running (under the engine's lock); until ``on_unlock`` its market refuses orders."""
+        for name, engine in list(self.engines.items()):
+            hook = getattr(engine, "on_lock", None)
+            if hook is None:
+                continue
+            async with self._engine_locks[name]:
+                if self.wallet.state == "unlocked":
+                    return  # unlocked again meanwhile
+                self._engines_locked.add(name)
+                try:
+                    await hook()
+                except Exception as exc:
+                    log.exception("engine %s failed to drop its keys at lock", name)
+                    self.failures[name] = f"failed to drop its keys at lock: {type(exc).__name__}: {exc}"
+
     async def on_unlocked(self) -> None:
         """Open every engine (they need the wallet's cipher), then recover each: replay or re-seed."""
         async with self._opening:
             if self._opened:
+                await self._unlock_engines()
                 return
             for order in await self.wallet.read(open_orders_read):
                 self._remember(order)
@@ -109,6 +128,20 @@ class DexService:
                     log.exception("engine %s could not start or recover", name)
                     self.failures[name] = f"could not start or recover: {type(exc).__name__}: {exc}"
             self._opened = True
+
+    async def _unlock_engines(self) -> None:
+        """Give the wallet's cipher back to the engines that dropped it at the last lock (``on_unlock``)."""
+        for name in sorted(self._engines_locked):
+            engine = self.engines.get(name)
+            async with self._engine_locks[name]:
+                if self.wallet.state != "unlocked" or name not in self._engines_locked:
+                    continue
+                try:
+                    await engine.on_unlock(self.wallet.cipher)
+                except Exception as exc:
+                    log.exception("engine %s could not take the key back at unlock", name)
+                    self.failures[name] = f"could not take the key back at unlock: {type(exc).__name__}: {exc}"
+                self._engines_locked.discard(name)
 
     async def aclose(self) -> None:
         """Close every engine (the sqlite engine writes a snapshot)."""
@@ -260,12 +293,12 @@ class DexService:
 
     async def _ensure_open(self, m: Market) -> Any:
         """The market's engine; opens the engines first if the wallet was unlocked without telling us (create)."""
-        if not self._opened and self.wallet.state == "unlocked":
+        if (not self._opened or self._engines_locked) and self.wallet.state == "unlocked":
             await self.on_unlocked()
         return self._ready(m)
 
     def _ready(self, m: Market) -> Any:
-        if self.wallet.state != "unlocked":
+        if self.wallet.state != "unlocked" or m.engine in self._engines_locked:
             raise WalletLocked()
         if m.engine in self.failures:
             raise EngineError(f"engine {m.engine} is not serving: {self.failures[m.engine]}")
@@ -519,7 +552,7 @@ class DexService:
             raise InvalidParams("give order_id, or client_order_id (with account when not default)")
         if self.wallet.state != "unlocked":
             raise WalletLocked()
-        if not self._opened:
+        if not self._opened or self._engines_locked:
             await self.on_unlocked()
         if order_id is None:
             account = account or "default"

@@ -17,8 +17,8 @@ def register_wallet_methods(d: Any) -> None:
     @r.method("wallet.create", [Param("password", description=PASSWORD)], result="{created: true, public_id}")
     async def create(p: dict[str, Any]) -> Any:
         """Create the wallet (left unlocked); an error if one exists in data_dir."""
-        logs.add_secret(p["password"])
         result = await wallet.create(p["password"])
+        logs.add_secret(p["password"])  # redacted once it is the wallet's password, not before
         await d.on_unlocked()  # a new wallet is unlocked: engines open, the onramp inbox is worked
         return result
 
@@ -29,24 +29,25 @@ def register_wallet_methods(d: Any) -> None:
               result="{unlocked: true, until?}")
     async def unlock(p: dict[str, Any]) -> Any:
         """Unlock with the password. A new unlock replaces the previous timeout; wrong passwords wait longer each time."""
-        logs.add_secret(p["password"])
         timeout_s = p.get("timeout_s", d.config.wallet.unlock_timeout_s)
         result = await wallet.unlock(p["password"], timeout_s)
+        logs.add_secret(p["password"])  # verified: a wrong password never enters the redaction set
         await d.on_unlocked()
         return result
 
     @r.method("wallet.lock", result="{locked: true}")
     async def lock(p: dict[str, Any]) -> Any:
-        """Drop the key from memory; anything that needs it answers `wallet is locked`."""
+        """Drop the key from memory (the wallet's, its writer's and every engine's: answers once all have); anything that needs it answers `wallet is locked`."""
         return await wallet.lock()
 
     @r.method("wallet.change_password", [Param("old_password", description=PASSWORD), Param("new_password", description=PASSWORD)],
               result="{changed: true}")
     async def change_password(p: dict[str, Any]) -> Any:
         """Rewrap the data key under the new password; nothing else is rewritten."""
+        result = await wallet.change_password(p["old_password"], p["new_password"])
         logs.add_secret(p["old_password"])
         logs.add_secret(p["new_password"])
-        return await wallet.change_password(p["old_password"], p["new_password"])
+        return result
 
     @r.method("wallet.backup", [Param("path", description="a new file the daemon's user can create")], result="{path, bytes}")
     async def backup(p: dict[str, Any]) -> Any:

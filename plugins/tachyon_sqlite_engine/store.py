@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tachyond.engine import Cipher, Event
-from tachyond.errors import EngineError
+from tachyond.errors import EngineError, WalletLocked
 from tachyond.matching import Matcher
 
 SCHEMA_VERSION = b"1"
@@ -69,10 +69,27 @@ class EventStore:
 
     def __init__(self, path: Path, cipher: Cipher):
         self.path = path
-        self._cipher = cipher
+        self._cipher: Cipher | None = cipher
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._mac_key = b""
+
+    @property
+    def cipher(self) -> Cipher:
+        if self._cipher is None:
+            raise WalletLocked()
+        return self._cipher
+
+    def forget_keys(self) -> None:
+        """Drop the wallet cipher and the order-id MAC key (the wallet was locked)."""
+        self._cipher = None
+        self._mac_key = b""
+
+    def set_cipher(self, cipher: Cipher) -> None:
+        """Take the wallet cipher again (unlocked) and reopen the MAC key with it."""
+        row = self._require().execute("SELECT value FROM meta WHERE key = 'mac_key'").fetchone()
+        self._mac_key = cipher.open(b"meta|value|mac_key", row[0])
+        self._cipher = cipher
 
     def mac(self, order_id: str) -> bytes:
         """A keyed MAC of an order id: lets the file remember used ids without revealing them."""
@@ -101,13 +118,13 @@ class EventStore:
             with self._transaction():
                 conn.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
                 conn.execute("INSERT INTO meta(key, value) VALUES ('mac_key', ?)",
-                             (self._cipher.seal(b"meta|value|mac_key", self._mac_key),))
+                             (self.cipher.seal(b"meta|value|mac_key", self._mac_key),))
                 conn.execute("INSERT INTO meta(key, value) VALUES ('log_floor', '0')")
             meta = dict(conn.execute("SELECT key, value FROM meta"))
         elif bytes(meta["schema"]) != SCHEMA_VERSION:
             raise EngineError(f"{self.path.name} has schema {meta['schema']!r}; this engine reads {SCHEMA_VERSION!r}")
         else:
-            self._mac_key = self._cipher.open(b"meta|value|mac_key", meta["mac_key"])
+            self._mac_key = self.cipher.open(b"meta|value|mac_key", meta["mac_key"])
         log_floor = int(meta["log_floor"])
 
         matcher = Matcher(known_ids=(bytes(r[0]) for r in conn.execute("SELECT mac FROM order_ids")),
@@ -116,12 +133,12 @@ class EventStore:
         row = conn.execute("SELECT seq, body FROM snapshots ORDER BY seq DESC LIMIT 1").fetchone()
         if row is not None:
             snapshot_seq = row[0]
-            matcher.load(json.loads(self._cipher.open(_snapshot_aad(snapshot_seq), row[1]))["books"])
+            matcher.load(json.loads(self.cipher.open(_snapshot_aad(snapshot_seq), row[1]))["books"])
         last_seq = max(snapshot_seq, log_floor)
         for seq, body in conn.execute("SELECT seq, body FROM events WHERE seq > ? ORDER BY seq", (last_seq,)):
             if seq != last_seq + 1:
                 raise EngineError(f"{self.path.name}: the event log jumps from seq {last_seq} to {seq}")
-            event, rest = _decode_event(seq, self._cipher.open(_event_aad(seq), body))
+            event, rest = _decode_event(seq, self.cipher.open(_event_aad(seq), body))
             _replay(matcher, event, rest)
             last_seq = seq
         matcher.last_seq = last_seq
@@ -131,7 +148,7 @@ class EventStore:
         """In one durable transaction: log the batch's events, store a snapshot, drop events <= cutoff_seq."""
         conn = self._require()
         ts_ms = time.time_ns() // 1_000_000
-        seal = self._cipher.seal
+        seal = self.cipher.seal
         macs: list[tuple[bytes]] = []
         rows: list[tuple[int, int, bytes]] = []
         for mac, events, rest in batch:
@@ -159,7 +176,7 @@ class EventStore:
         """Logged events with seq > after_seq, in order, at most ``limit``."""
         conn = self._require()
         cur = conn.execute("SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
-        return [_decode_event(seq, self._cipher.open(_event_aad(seq), body))[0] for seq, body in cur]
+        return [_decode_event(seq, self.cipher.open(_event_aad(seq), body))[0] for seq, body in cur]
 
     def close(self) -> None:
         if self._conn is not None:

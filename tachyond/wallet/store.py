@@ -11,7 +11,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import outcome
 import trio
@@ -204,6 +204,8 @@ class Wallet:
         self.failed_unlocks = 0
         self._schemas: dict[str, list[str]] = {}
         self._create_hooks: list[Callable[[Tx], object]] = []
+        self._lock_listeners: list[Callable[[], Awaitable[object]]] = []
+        self._keys_dropped = trio.Event()
         self._meta: dict[str, bytes] = {}
         self._keys: WalletKeys | None = None
         self._unlocked_until: float | None = None
@@ -225,6 +227,10 @@ class Wallet:
         if known is not None and known != list(statements):
             raise ValueError(f"schema {name!r} registered twice with different statements")
         self._schemas[name] = list(statements)
+
+    def add_lock_listener(self, fn: Callable[[], Awaitable[object]]) -> None:
+        """``await fn()`` after every lock (wallet.lock, the unlock timeout): holders of key material drop it."""
+        self._lock_listeners.append(fn)
 
     def add_create_hook(self, fn: Callable[[Tx], object]) -> None:
         """fn(tx) runs inside the transaction that creates the wallet (e.g. the ledger's `default` account)."""
@@ -286,9 +292,33 @@ class Wallet:
         return self._keys
 
     def _drop_keys(self) -> None:
+        had_keys = self._keys is not None
         self._keys = None
         self._unlocked_until = None
         self.timer.disarm()
+        if had_keys:
+            self._keys_dropped.set()  # serve() then tells the other holders (the writer's cache, engines)
+
+    async def _after_drop(self) -> None:
+        """Make every other holder drop the key: the writer's cache and last batch, then the lock listeners."""
+        if self._keys is not None:
+            return  # unlocked again meanwhile: the holders keep serving
+        try:
+            # A no-op with no keys: the writer flushes and clears its decrypted cache and forgets the
+            # previous keys (Tx, the last batch's ops), exactly as it does when keys change between ops.
+            await self._submit(_forget_keys_op, (), None)
+        except ShuttingDown:
+            pass
+        for listener in self._lock_listeners:
+            if self._keys is not None:
+                return
+            await listener()
+
+    async def _serve_lock_listeners(self) -> None:
+        while True:
+            await self._keys_dropped.wait()
+            self._keys_dropped = trio.Event()
+            await self._after_drop()
 
     # ----- open / close -----
     async def start(self) -> None:
@@ -327,8 +357,10 @@ class Wallet:
         """Run the store for the daemon: start, relock on timeout until cancelled, then close."""
         await self.start()
         try:
-            task_status.started()
-            await self.timer.run(self._drop_keys)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._serve_lock_listeners)
+                task_status.started()
+                await self.timer.run(self._drop_keys)
         finally:
             with trio.CancelScope(shield=True):
                 await self.aclose()
@@ -588,9 +620,11 @@ class Wallet:
         return result
 
     async def lock(self) -> dict:
-        """Drop the data key (and, at the writer's next batch, its decrypted cache)."""
+        """Drop the data key; returns once the writer's cache and every lock listener (engines) dropped theirs."""
         self._require_present()
         self._drop_keys()
+        self._keys_dropped = trio.Event()  # handled here, not again by serve()
+        await self._after_drop()
         return {"locked": True}
 
     async def change_password(self, old_password: str, new_password: str) -> dict:
@@ -677,6 +711,10 @@ class Wallet:
     def open_sealed(self, blob: bytes) -> bytes:
         """Open a blob from seal_to_wallet (needs the wallet unlocked)."""
         return crypto.open_sealed_with(self._require_keys().private_raw, blob)
+
+
+def _forget_keys_op(tx: Tx) -> None:
+    """Nothing to write: queued with no keys so the writer drops the ones it held."""
 
 
 def _key_aad(wallet_id: str | None) -> bytes:
