@@ -206,9 +206,16 @@ class Daemon:
     def build_services(self) -> None:
         """Construct the wallet and ledger (and register their schemas) before anything runs."""
         from .ledger import Ledger
-        from .wallet.store import Wallet
+        from .wallet.store import INSECURE_TEST_SCRYPT_ENV, Wallet, scrypt_n_from_env
 
-        self.wallet = Wallet(self.config.daemon.data_dir)
+        try:
+            scrypt_n = scrypt_n_from_env()
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        if os.environ.get(INSECURE_TEST_SCRYPT_ENV):
+            log.warning("%s=%d lowers the wallet's password hashing for tests: never set it for real money",
+                        INSECURE_TEST_SCRYPT_ENV, scrypt_n)
+        self.wallet = Wallet(self.config.daemon.data_dir, scrypt_n=scrypt_n)
         self.wallet.add_lock_listener(self.on_locked)
         self.ledger = Ledger(self.wallet, self.config.token_map())
         # Each service registers its wallet schema and its RPC methods in its constructor.

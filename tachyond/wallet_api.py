@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import logs
+from .errors import InvalidParams
 from .rpc import Param
 
 PASSWORD = "a non-empty string; never logged"
@@ -14,9 +15,18 @@ def register_wallet_methods(d: Any) -> None:
     r = d.registry
     wallet, ledger = d.wallet, d.ledger
 
+    def check_new_password(password: object, param: str) -> None:
+        """[wallet] min_password_length, for a password being set (create, change_password)."""
+        minimum = d.config.wallet.min_password_length
+        if isinstance(password, str) and len(password) < minimum:
+            raise InvalidParams(f"{param} must be at least {minimum} characters ([wallet] min_password_length)",
+                                data={"param": param})
+
     @r.method("wallet.create", [Param("password", description=PASSWORD)], result="{created: true, public_id}")
     async def create(p: dict[str, Any]) -> Any:
         """Create the wallet (left unlocked); an error if one exists in data_dir."""
+        if wallet.state == "absent":
+            check_new_password(p["password"], "password")
         result = await wallet.create(p["password"])
         logs.add_secret(p["password"])  # redacted once it is the wallet's password, not before
         await d.on_unlocked()  # a new wallet is unlocked: engines open, the onramp inbox is worked
@@ -44,6 +54,7 @@ def register_wallet_methods(d: Any) -> None:
               result="{changed: true}")
     async def change_password(p: dict[str, Any]) -> Any:
         """Rewrap the data key under the new password; nothing else is rewritten."""
+        check_new_password(p["new_password"], "new_password")
         result = await wallet.change_password(p["old_password"], p["new_password"])
         logs.add_secret(p["old_password"])
         logs.add_secret(p["new_password"])

@@ -38,8 +38,13 @@ class Cipher:
             raise IntegrityError(f"stored value at {where} failed authentication: the wallet file was altered or damaged") from exc
 
 
-# scrypt cost: n=2**15 (r=8, p=1, 32 MiB) derives in ~0.13 s on the reference machine (2 cores); 2**16 took ~0.22 s.
-DEFAULT_SCRYPT_N = 2**15
+# scrypt cost for new wallets and password changes: N=2**17, r=8, p=1 (128 MiB). bench/bench_unlock.py on the
+# reference machine (2 cores, load average 8 from other work): 1.4 s per unlock (N=2**15: 0.46 s); the same
+# machine idle took 0.13 s at 2**15, so about 0.5 s at 2**17. Numbers in docs/security.md.
+# Wallets made with older parameters still open; the next password change upgrades them.
+DEFAULT_SCRYPT_N = 2**17
+MIN_SCRYPT_N = 2**10  # below this a stored parameter set is refused as damaged, not derived
+MAX_SCRYPT_N = 2**22  # 4 GiB at r=8: above this a stored parameter set is refused (memory exhaustion)
 SCRYPT_R = 8
 SCRYPT_P = 1
 KEY_BYTES = 32
@@ -77,6 +82,11 @@ def new_private_key() -> tuple[bytes, bytes]:
     priv = X25519PrivateKey.generate()
     return (priv.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()),
             priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def public_from_private(private_raw: bytes) -> bytes:
+    """The raw X25519 public key of a raw private key."""
+    return X25519PrivateKey.from_private_bytes(private_raw).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def seal_to_public(public_raw: bytes, plaintext: bytes) -> bytes:

@@ -16,12 +16,15 @@ from typing import Any, Awaitable, Callable
 import outcome
 import trio
 
-from ..errors import Conflict, InvalidParams, ShuttingDown, WalletAbsent, WalletExists, WalletLocked, WrongPassword
+from ..errors import (Conflict, IntegrityError, InvalidParams, ShuttingDown, WalletAbsent, WalletExists, WalletLocked,
+                      WrongPassword)
 from ..hardening import make_private_dir, private_sqlite_file
 from . import crypto
 from .crypto import Cipher, WalletKeys
 
 WALLET_FILE = "wallet.db"
+KDF_VERSION = 2
+INSECURE_TEST_SCRYPT_ENV = "TACHYOND_INSECURE_TEST_SCRYPT_N"  # the test suite's override; never in production
 SCHEMA_VERSION = 1
 MAX_UNLOCK_TIMEOUT_S = 10**8
 WRONG_PASSWORD_BASE_DELAY_S = 0.25
@@ -576,18 +579,28 @@ class Wallet:
 
     def _wrap_sync(self, password: str, data_key: bytes, wallet_id: str) -> tuple[bytes, bytes]:
         salt = secrets.token_bytes(crypto.SALT_BYTES)
-        kdf = {"alg": "scrypt", "salt": salt.hex(), "n": self.scrypt_n, "r": crypto.SCRYPT_R, "p": crypto.SCRYPT_P}
+        kdf = dumps({"alg": "scrypt", "v": KDF_VERSION, "salt": salt.hex(), "n": self.scrypt_n, "r": crypto.SCRYPT_R,
+                     "p": crypto.SCRYPT_P})
         kek = crypto.derive_password_key(password, salt, self.scrypt_n)
-        return dumps(kdf), crypto.wrap_key(kek, data_key, _key_aad(wallet_id))
+        return kdf, crypto.wrap_key(kek, data_key, _key_aad(wallet_id, kdf))
 
     def _unwrap_sync(self, password: str) -> WalletKeys | None:
-        kdf = json.loads(self._meta["kdf"])
+        kdf_raw = self._meta["kdf"]
+        kdf = _check_kdf(kdf_raw)
         kek = crypto.derive_password_key(password, bytes.fromhex(kdf["salt"]), kdf["n"], kdf["r"], kdf["p"])
-        data_key = crypto.unwrap_key(kek, self._meta["wrapped_key"], _key_aad(self.public_id))
+        # v2 binds the exact stored parameters into the key wrap: a file whose cost was lowered by whoever
+        # could write it no longer unwraps, so the weaker derivation is never trusted. v1 (older wallets)
+        # bound only the wallet id; the next password change rewrites it as v2.
+        wrap_aad = _key_aad(self.public_id, kdf_raw if kdf.get("v") == KDF_VERSION else None)
+        data_key = crypto.unwrap_key(kek, self._meta["wrapped_key"], wrap_aad)
         if data_key is None:
             return None
         cipher = Cipher(data_key)
         private_raw = cipher.open(aad("meta", "value", "private_key"), self._meta["private_key"])
+        if crypto.public_from_private(private_raw) != self._meta.get("public_key"):
+            # Webhooks are sealed to meta.public_key while locked: a swapped one would send them to someone else.
+            raise IntegrityError("the wallet's stored public key does not match its private key: the wallet file "
+                                 "was altered (inbox events sealed to it could not be opened by this wallet)")
         return WalletKeys(data_key, private_raw)
 
     async def _check_password(self, password: str) -> WalletKeys:
@@ -717,8 +730,37 @@ def _forget_keys_op(tx: Tx) -> None:
     """Nothing to write: queued with no keys so the writer drops the ones it held."""
 
 
-def _key_aad(wallet_id: str | None) -> bytes:
-    return b"tachyon data key v1|" + (wallet_id or "").encode()
+def _key_aad(wallet_id: str | None, kdf: bytes | None = None) -> bytes:
+    """Associated data of the key wrap: the wallet id, and (v2) the exact stored KDF parameters."""
+    if kdf is None:
+        return b"tachyon data key v1|" + (wallet_id or "").encode()
+    return b"tachyon data key v2|" + (wallet_id or "").encode() + b"|" + kdf
+
+
+def _check_kdf(raw: bytes) -> dict:
+    """Stored KDF parameters, refused (IntegrityError) when they are not a sane scrypt set."""
+    try:
+        kdf = json.loads(raw)
+        n, r, p = kdf["n"], kdf["r"], kdf["p"]
+        bytes.fromhex(kdf["salt"])
+        ok = (kdf["alg"] == "scrypt" and all(type(x) is int for x in (n, r, p))
+              and crypto.MIN_SCRYPT_N <= n <= crypto.MAX_SCRYPT_N and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16)
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise IntegrityError("the wallet's stored key-derivation parameters are damaged or out of range")
+    return kdf
+
+
+def scrypt_n_from_env() -> int:
+    """DEFAULT_SCRYPT_N, unless TACHYOND_INSECURE_TEST_SCRYPT_N (tests only: a power of two) lowers it."""
+    value = os.environ.get(INSECURE_TEST_SCRYPT_ENV)
+    if not value:
+        return crypto.DEFAULT_SCRYPT_N
+    n = int(value)
+    if n < crypto.MIN_SCRYPT_N or n & (n - 1):
+        raise ValueError(f"{INSECURE_TEST_SCRYPT_ENV} must be a power of two >= {crypto.MIN_SCRYPT_N}")
+    return n
 
 
 def _check_password(password: object) -> None:
