@@ -21,7 +21,7 @@ from .dex_market import Market
 from .dex_store import (DEX_SCHEMA, engine_seqs_read, open_orders_read, order_public, order_read, orders_read,
                         record_orders_op, set_engine_seq_op, settle_op, trade_public, trades_read)
 from .engine import DONE_CANCELED, EngineContext, EngineOrder, Event, MarketSpec
-from .errors import (EngineError, InvalidParams, NotFound, OrderNotOpen, OrderRejected, TachyonError,
+from .errors import (EngineError, IntegrityError, InvalidParams, NotFound, OrderNotOpen, OrderRejected, TachyonError,
                      UnknownMarket, WalletLocked)
 from .ledger import check_user_account
 from .rpc import detach_call_context
@@ -80,6 +80,9 @@ class DexService:
             self._settle_tail[name].set()
         self.watchers: dict[str, Watcher] = {}
         daemon.wallet.add_schema("dex", DEX_SCHEMA)
+        daemon.wallet.add_rekey("dex_orders", sealed=("value",), lookups=("oid_hash", "coid_hash"))
+        daemon.wallet.add_rekey("dex_trades", sealed=("value",))
+        daemon.wallet.add_rotate_listener(self.on_rotated)
         from .dex_api import register_dex_methods
 
         register_dex_methods(daemon, self)
@@ -128,6 +131,21 @@ class DexService:
                     log.exception("engine %s could not start or recover", name)
                     self.failures[name] = f"could not start or recover: {type(exc).__name__}: {exc}"
             self._opened = True
+            if self.wallet.rotation_pending and not self.failures:
+                await self.wallet.finish_rotation()
+
+    async def on_rotated(self, cipher: Any, previous: Any) -> bool:
+        """The data key was rotated: engines with a ``rekey`` hook re-encrypt their files from ``previous`` to
+        ``cipher``. False ("not yet") when the engines are not open: on_unlocked opens them and finishes."""
+        if not self._opened and self.engine_names:
+            return False
+        for name, engine in list(self.engines.items()):
+            hook = getattr(engine, "rekey", None)
+            if hook is None:
+                continue
+            async with self._engine_locks[name]:
+                await hook(cipher, previous)
+        return True
 
     async def _unlock_engines(self) -> None:
         """Give the wallet's cipher back to the engines that dropped it at the last lock (``on_unlock``)."""
@@ -169,10 +187,22 @@ class DexService:
     async def _open_engine(self, name: str, base_seq: int, applied_seq: int) -> None:
         _plugin, factory = self.daemon.engine_factories[name]
         cfg = self.daemon.config
-        ctx = EngineContext(name, cfg.daemon.data_dir, self.wallet.cipher, config=dict(cfg.engines.get(name, {})))
-        engine = factory(ctx)
-        await engine.start([MarketSpec(m.symbol, m.base, m.quote, str(m.tick), str(m.lot))
-                            for m in self.markets.values() if m.engine == name])
+        specs = [MarketSpec(m.symbol, m.base, m.quote, str(m.tick), str(m.lot))
+                 for m in self.markets.values() if m.engine == name]
+        # A data-key rotation cut short (crash) leaves engine files under the previous key: open with it, and
+        # finish_rotation() (at the end of on_unlocked) re-encrypts them; one already re-encrypted opens with
+        # the current key.
+        previous = self.wallet.previous_cipher() if self.wallet.rotation_pending else None
+        for cipher in ([previous] if previous is not None else []) + [self.wallet.cipher]:
+            ctx = EngineContext(name, cfg.daemon.data_dir, cipher, config=dict(cfg.engines.get(name, {})))
+            engine = factory(ctx)
+            try:
+                await engine.start(specs)
+                break
+            except IntegrityError:
+                if cipher is not previous:
+                    raise
+                await engine.aclose()
         self.engines[name] = engine
         async with self._engine_locks[name]:
             if engine.durable and await engine.last_seq() >= applied_seq:

@@ -367,6 +367,20 @@ def _same_content(body: dict, kind: str, postings: list[Posting]) -> bool:
     return body["kind"] == kind and stored == given
 
 
+def _rekey_chain(tx: Tx, old_keys, new_keys) -> None:
+    """After a rotation re-sealed the journal: recompute its MAC chain and head with the new chain key."""
+    prev_mac, last_id = ZERO_MAC, 0
+    rows = tx.conn.execute("SELECT id, key_hash, body FROM ledger_journal ORDER BY id").fetchall()
+    for entry_id, key_hash, body in rows:
+        prev_mac = new_keys.chain_mac(prev_mac, entry_id.to_bytes(8, "big"), bytes(key_hash), bytes(body))
+        tx.conn.execute("UPDATE ledger_journal SET mac = ? WHERE id = ?", (prev_mac, entry_id))
+        last_id = entry_id
+    if tx.conn.execute("SELECT 1 FROM ledger_head WHERE one = 1").fetchone():
+        head_mac = new_keys.chain_mac(b"head", last_id.to_bytes(8, "big"), prev_mac)
+        tx.conn.execute("UPDATE ledger_head SET last_id = ?, last_mac = ?, head_mac = ? WHERE one = 1",
+                        (last_id, prev_mac, head_mac))
+
+
 def _post(tx: LedgerTx, key: str, kind: str, postings: list[Posting]) -> dict:
     return tx.post_entry(key, kind, postings)
 
@@ -384,6 +398,12 @@ class Ledger:
         wallet.add_schema("ledger", LEDGER_SCHEMA)
         wallet.tx_factory = functools.partial(LedgerTx, tokens=self.tokens)
         wallet.add_create_hook(_create_default)
+        # What a data-key rotation re-encrypts (wallet.change_password rotate_data_key).
+        wallet.add_rekey("ledger_accounts", sealed=("value",), lookups=("name_hash",))
+        wallet.add_rekey("ledger_balances", sealed=("value",), lookups=("key_hash",))
+        wallet.add_rekey("ledger_holds", sealed=("value",), lookups=("hold_hash",))
+        wallet.add_rekey("ledger_journal", sealed=("body",), lookups=("key_hash",))
+        wallet.add_rekey_hook(_rekey_chain)
 
     def token(self, symbol: object) -> Token:
         if not isinstance(symbol, str) or symbol not in self.tokens:

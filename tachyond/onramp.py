@@ -59,6 +59,9 @@ class OnrampService:
                 raise ConfigError(f"onramp.{name}", f"plugin {plugin!r} failed to build the provider: "
                                   f"{type(exc).__name__}: {exc}") from None
         self.wallet.add_schema("onramp", store.SCHEMA)
+        for table in ("onramp_sessions", "onramp_pending", "onramp_outcomes"):
+            self.wallet.add_rekey(table, sealed=("value",), lookups=("session_hash",))
+        self.wallet.add_rekey("onramp_inbox", to_wallet=("sealed",))
         self._wake = trio.Event()
         self._failures: dict[int, tuple[int, float]] = {}  # inbox id -> (consecutive failures, retry at, monotonic)
         self._pending_count = 0

@@ -50,12 +50,15 @@ def register_wallet_methods(d: Any) -> None:
         """Drop the key from memory (the wallet's, its writer's and every engine's: answers once all have); anything that needs it answers `wallet is locked`."""
         return await wallet.lock()
 
-    @r.method("wallet.change_password", [Param("old_password", description=PASSWORD), Param("new_password", description=PASSWORD)],
-              result="{changed: true}")
+    @r.method("wallet.change_password", [Param("old_password", description=PASSWORD), Param("new_password", description=PASSWORD),
+                                         Param("rotate_data_key", "boolean", required=False,
+                                               description="also replace the data key and re-encrypt everything "
+                                                           "under it (default false)")],
+              result="{changed: true, rotated?: true}")
     async def change_password(p: dict[str, Any]) -> Any:
-        """Rewrap the data key under the new password; nothing else is rewritten."""
+        """Rewrap the data key under the new password. With rotate_data_key, first replace the data key (and the X25519 key) and re-encrypt the wallet, the inbox and engine files, so an old backup with an old password opens nothing written after; the wallet reads as locked meanwhile."""
         check_new_password(p["new_password"], "new_password")
-        result = await wallet.change_password(p["old_password"], p["new_password"])
+        result = await wallet.change_password(p["old_password"], p["new_password"], p.get("rotate_data_key", False))
         logs.add_secret(p["old_password"])
         logs.add_secret(p["new_password"])
         return result

@@ -147,6 +147,15 @@ class SqliteEngine:
             async with self._db_lock:  # no events_after mid-decrypt
                 self._store.forget_keys()
 
+    async def rekey(self, cipher: Cipher, previous: Cipher) -> None:
+        """The wallet's data key was rotated: re-encrypt the file from ``previous`` to ``cipher`` (after the
+        write in progress); works while locked (the engine stays locked)."""
+        with trio.CancelScope(shield=True):
+            await self._write_until(lambda: not self._writing and not self._pending
+                                    and self._compact_done >= self._compact_requested)
+            async with self._db_lock:
+                await trio.to_thread.run_sync(self._store.rekey, cipher, previous)
+
     async def on_unlock(self, cipher: Cipher) -> None:
         """The wallet was unlocked: take its cipher again (reopens the MAC key from the file)."""
         if not self._locked or self._closed:

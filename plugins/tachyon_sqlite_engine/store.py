@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tachyond.engine import Cipher, Event
-from tachyond.errors import EngineError, WalletLocked
+from tachyond.errors import EngineError, IntegrityError, WalletLocked
 from tachyond.matching import Matcher
 
 SCHEMA_VERSION = b"1"
@@ -90,6 +90,30 @@ class EventStore:
         row = self._require().execute("SELECT value FROM meta WHERE key = 'mac_key'").fetchone()
         self._mac_key = cipher.open(b"meta|value|mac_key", row[0])
         self._cipher = cipher
+
+    def rekey(self, new: Cipher, old: Cipher) -> None:
+        """Re-seal every event, snapshot and the MAC key from ``old`` to ``new`` in one transaction (a data-key
+        rotation); nothing to do when the file is under ``new`` already (a rotation finished after a crash).
+        A locked store (no cipher) stays locked."""
+        conn = self._require()
+        sealed_mac_key = conn.execute("SELECT value FROM meta WHERE key = 'mac_key'").fetchone()[0]
+        try:
+            new.open(b"meta|value|mac_key", sealed_mac_key)
+        except IntegrityError:
+            pass
+        else:
+            if self._cipher is not None:
+                self._cipher = new
+            return
+        with self._transaction():
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'mac_key'",
+                         (new.seal(b"meta|value|mac_key", old.open(b"meta|value|mac_key", sealed_mac_key)),))
+            for table, where in (("events", _event_aad), ("snapshots", _snapshot_aad)):
+                rows = conn.execute(f"SELECT seq, body FROM {table}").fetchall()
+                conn.executemany(f"UPDATE {table} SET body = ? WHERE seq = ?",
+                                 [(new.seal(where(seq), old.open(where(seq), body)), seq) for seq, body in rows])
+        if self._cipher is not None:
+            self._cipher = new
 
     def mac(self, order_id: str) -> bytes:
         """A keyed MAC of an order id: lets the file remember used ids without revealing them."""

@@ -116,16 +116,32 @@ def open_sealed_with(private_raw: bytes, blob: bytes) -> bytes:
 class WalletKeys:
     """Everything derived from the unlocked data key: the value cipher, the lookup MAC key, the chain key."""
 
-    def __init__(self, data_key: bytes, private_raw: bytes | None = None):
+    def __init__(self, data_key: bytes, private_raw: bytes | None = None, previous_lookup_keys: tuple[bytes, ...] = ()):
         self.data_key = data_key
         self.cipher = Cipher(data_key)
         self._lookup_key = hkdf(data_key, b"tachyon lookup v1")
+        # After a data-key rotation, lookups are HMAC(new, HMAC(older, ...)): rotation rehashes each stored
+        # lookup with the new key without knowing the names behind it; the older keys come from the
+        # previous data keys (sealed under this one in meta), so they protect nothing new on their own.
+        self.previous_lookup_keys = tuple(previous_lookup_keys)
         self.chain_key = hkdf(data_key, b"tachyon journal chain v1")
         self.private_raw = private_raw
+        self.rotating_from: bytes | None = None  # the previous data key while a rotation is pending
 
     def lookup(self, domain: str, value: str) -> bytes:
         """Deterministic HMAC of a name or key, stored in a UNIQUE column instead of the name itself."""
-        return hmac.digest(self._lookup_key, domain.encode() + b"\x00" + value.encode("utf-8"), "sha256")
+        digest = domain.encode() + b"\x00" + value.encode("utf-8")
+        for key in self.previous_lookup_keys:
+            digest = hmac.digest(key, digest, "sha256")
+        return hmac.digest(self._lookup_key, digest, "sha256")
+
+    def rehash_lookup(self, stored: bytes) -> bytes:
+        """A lookup stored under the previous data key, as this (next) key's lookup() computes it."""
+        return hmac.digest(self._lookup_key, stored, "sha256")
+
+    def lookup_chain(self) -> tuple[bytes, ...]:
+        """The lookup keys a successor must apply before its own (see __init__)."""
+        return (*self.previous_lookup_keys, self._lookup_key)
 
     def chain_mac(self, *parts: bytes) -> bytes:
         """HMAC over length-prefixed parts with the journal chain key."""

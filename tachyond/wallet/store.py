@@ -208,6 +208,9 @@ class Wallet:
         self._schemas: dict[str, list[str]] = {}
         self._create_hooks: list[Callable[[Tx], object]] = []
         self._lock_listeners: list[Callable[[], Awaitable[object]]] = []
+        self._rekey_specs: dict[str, dict[str, tuple[str, ...]]] = {}
+        self._rekey_hooks: list[Callable[[Tx, WalletKeys, WalletKeys], object]] = []
+        self._rotate_listeners: list[Callable[[Cipher], Awaitable[object]]] = []
         self._keys_dropped = trio.Event()
         self._meta: dict[str, bytes] = {}
         self._keys: WalletKeys | None = None
@@ -234,6 +237,24 @@ class Wallet:
     def add_lock_listener(self, fn: Callable[[], Awaitable[object]]) -> None:
         """``await fn()`` after every lock (wallet.lock, the unlock timeout): holders of key material drop it."""
         self._lock_listeners.append(fn)
+
+    def add_rekey(self, table: str, *, sealed: tuple[str, ...] = (), lookups: tuple[str, ...] = (),
+                  to_wallet: tuple[str, ...] = ()) -> None:
+        """Declare what a data-key rotation re-encrypts in ``table`` (rows keyed by ``id``): ``sealed`` columns
+        (sealed with aad(table, column, id)), ``lookups`` (HMAC lookup columns) and ``to_wallet`` columns
+        (seal_to_wallet blobs). A module that stores anything under the data key must declare it."""
+        self._rekey_specs[table] = {"sealed": tuple(sealed), "lookups": tuple(lookups), "to_wallet": tuple(to_wallet)}
+
+    def add_rekey_hook(self, fn: Callable[[Tx, WalletKeys, WalletKeys], object]) -> None:
+        """fn(tx, old_keys, new_keys) runs in the rotation's transaction after the declared tables (e.g. to
+        recompute MACs made with a key derived from the data key)."""
+        self._rekey_hooks.append(fn)
+
+    def add_rotate_listener(self, fn: Callable[[Cipher, Cipher], Awaitable[object]]) -> None:
+        """``await fn(new_cipher, previous_cipher)`` after a rotation committed: holders of files under the
+        previous key re-encrypt them (the SQLite engine); False means "not yet" (its files are not open: it
+        will be called again at the next unlock). The previous key is forgotten once none says False."""
+        self._rotate_listeners.append(fn)
 
     def add_create_hook(self, fn: Callable[[Tx], object]) -> None:
         """fn(tx) runs inside the transaction that creates the wallet (e.g. the ledger's `default` account)."""
@@ -597,11 +618,18 @@ class Wallet:
             return None
         cipher = Cipher(data_key)
         private_raw = cipher.open(aad("meta", "value", "private_key"), self._meta["private_key"])
+        chain: tuple[bytes, ...] = ()
+        if "lookup_chain" in self._meta:
+            chain = tuple(bytes.fromhex(k) for k in
+                          json.loads(cipher.open(aad("meta", "value", "lookup_chain"), self._meta["lookup_chain"])))
+        keys = WalletKeys(data_key, private_raw, chain)
+        if "rotating_from" in self._meta:
+            keys.rotating_from = cipher.open(aad("meta", "value", "rotating_from"), self._meta["rotating_from"])
         if crypto.public_from_private(private_raw) != self._meta.get("public_key"):
             # Webhooks are sealed to meta.public_key while locked: a swapped one would send them to someone else.
             raise IntegrityError("the wallet's stored public key does not match its private key: the wallet file "
                                  "was altered (inbox events sealed to it could not be opened by this wallet)")
-        return WalletKeys(data_key, private_raw)
+        return keys
 
     async def _check_password(self, password: str) -> WalletKeys:
         """Derive and unwrap; on a wrong password wait longer each consecutive time, then raise WrongPassword."""
@@ -640,17 +668,117 @@ class Wallet:
         await self._after_drop()
         return {"locked": True}
 
-    async def change_password(self, old_password: str, new_password: str) -> dict:
-        """Rewrap the data key under a key derived from the new password; nothing else changes."""
+    async def change_password(self, old_password: str, new_password: str, rotate_data_key: bool = False) -> dict:
+        """Rewrap the data key under a key derived from the new password; with rotate_data_key, first replace
+        the data key (and the X25519 key) and re-encrypt everything under the new one."""
         self._require_present()
         _check_password(new_password)
+        if not isinstance(rotate_data_key, bool):
+            raise InvalidParams("rotate_data_key must be true or false", data={"param": "rotate_data_key"})
         async with self._unlock_lock:
             keys = await self._check_password(old_password)
+            if rotate_data_key:
+                await self._rotate(keys, new_password)
+                return {"changed": True, "rotated": True}
             kdf, wrapped = await trio.to_thread.run_sync(self._wrap_sync, new_password, keys.data_key,
                                                          self.public_id)
             await self._submit(self._store_meta_op, ({"kdf": kdf, "wrapped_key": wrapped},), keys)
             self._meta.update(kdf=kdf, wrapped_key=wrapped)
         return {"changed": True}
+
+    async def _rotate(self, old: WalletKeys, new_password: str) -> None:
+        """A new data key and X25519 key; every declared table, the meta and the inbox re-encrypted in one
+        transaction; then the rotate listeners (engine files); then the old key is forgotten.
+
+        While the rotation transaction runs the wallet reads as locked: an operation queued behind it with
+        the old keys would write old-key data into a re-encrypted file. Crash-safe: the old data key stays
+        in meta (sealed under the new one) until every listener re-encrypted its files; an unlock before
+        that hands it to them again (``rotation_pending``)."""
+        data_key = secrets.token_bytes(crypto.KEY_BYTES)
+        private_raw, public_raw = crypto.new_private_key()
+        new = WalletKeys(data_key, private_raw, old.lookup_chain())
+        kdf, wrapped = await trio.to_thread.run_sync(self._wrap_sync, new_password, data_key, self.public_id)
+        seal = new.cipher.seal
+        meta = {"kdf": kdf, "wrapped_key": wrapped, "public_key": public_raw,
+                "private_key": seal(aad("meta", "value", "private_key"), private_raw),
+                "lookup_chain": seal(aad("meta", "value", "lookup_chain"),
+                                     dumps([k.hex() for k in new.previous_lookup_keys])),
+                "rotating_from": seal(aad("meta", "value", "rotating_from"), old.data_key)}
+        unlocked_until, was_unlocked = self._unlocked_until, self._keys is not None
+        self._keys = None  # reads and writes answer WalletLocked until the re-encryption committed
+        try:
+            # Submitted with a copy of the old keys: the writer flushes and empties its cache when an op's
+            # keys object changes, before the op's savepoint, so nothing cached is sealed with the old key
+            # after the re-encryption, and a failed rotation rolls back only itself.
+            barrier = WalletKeys(old.data_key, old.private_raw, old.previous_lookup_keys)
+            await self._submit(self._rotate_op, (old, new, meta), barrier)
+        except BaseException:
+            self._keys = old if was_unlocked else None
+            raise
+        self._meta.update(meta)
+        new.rotating_from = old.data_key
+        if was_unlocked:  # a rotation does not unlock a locked wallet
+            self._keys = new
+            self._unlocked_until = unlocked_until
+        await self._finish_rotation(new)
+
+    @property
+    def rotation_pending(self) -> bool:
+        """A rotation committed but some holder (an engine file) may still be under the previous key."""
+        return "rotating_from" in self._meta
+
+    def previous_cipher(self) -> Cipher | None:
+        """The cipher of the data key before a pending rotation (None when none is pending)."""
+        keys = self._require_keys()
+        previous = getattr(keys, "rotating_from", None)
+        return Cipher(previous) if previous is not None else None
+
+    async def finish_rotation(self) -> bool:
+        """Finish a pending rotation with the unlocked keys (see _finish_rotation)."""
+        return await self._finish_rotation(self._require_keys())
+
+    async def _finish_rotation(self, keys: WalletKeys) -> bool:
+        """Run the rotate listeners (new cipher, previous cipher); when none answers False ("not yet": its
+        files are not open), forget the previous key. -> whether the rotation is finished."""
+        if not self.rotation_pending or keys.rotating_from is None:
+            return not self.rotation_pending
+        previous = Cipher(keys.rotating_from)
+        done = True
+        for listener in self._rotate_listeners:
+            if await listener(keys.cipher, previous) is False:
+                done = False
+        if done:
+            await self._submit(_delete_meta_op, ("rotating_from",), keys)
+            self._meta.pop("rotating_from", None)
+            keys.rotating_from = None
+        return done
+
+    def _rotate_op(self, tx: Tx, old: WalletKeys, new: WalletKeys, meta: dict) -> None:
+        conn = tx.conn
+        for table, spec in self._rekey_specs.items():
+            columns = [*spec["sealed"], *spec["lookups"], *spec["to_wallet"]]
+            if not columns:
+                continue
+            for row in conn.execute(f"SELECT id, {', '.join(columns)} FROM {table}").fetchall():
+                rowid, values = row[0], list(row[1:])
+                for i, column in enumerate(columns):
+                    value = values[i]
+                    if value is None or len(value) == 0:
+                        continue  # a nullable lookup, or a row whose value its own op has not written yet
+                    value = bytes(value)
+                    if column in spec["sealed"]:
+                        where = aad(table, column, rowid)
+                        values[i] = new.cipher.seal(where, old.cipher.open(where, value))
+                    elif column in spec["lookups"]:
+                        values[i] = new.rehash_lookup(value)
+                    else:
+                        values[i] = crypto.seal_to_public(meta["public_key"],
+                                                          crypto.open_sealed_with(old.private_raw, value))
+                assignments = ", ".join(f"{c} = ?" for c in columns)
+                conn.execute(f"UPDATE {table} SET {assignments} WHERE id = ?", (*values, rowid))
+        for hook in self._rekey_hooks:
+            hook(tx, old, new)
+        conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
 
     @staticmethod
     def _store_meta_op(tx: Tx, items: dict) -> None:
@@ -724,6 +852,10 @@ class Wallet:
     def open_sealed(self, blob: bytes) -> bytes:
         """Open a blob from seal_to_wallet (needs the wallet unlocked)."""
         return crypto.open_sealed_with(self._require_keys().private_raw, blob)
+
+
+def _delete_meta_op(tx: Tx, key: str) -> None:
+    tx.conn.execute("DELETE FROM meta WHERE key = ?", (key,))
 
 
 def _forget_keys_op(tx: Tx) -> None:
