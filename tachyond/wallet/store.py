@@ -706,6 +706,10 @@ class Wallet:
                 "rotating_from": seal(aad("meta", "value", "rotating_from"), old.data_key)}
         unlocked_until, was_unlocked = self._unlocked_until, self._keys is not None
         self._keys = None  # reads and writes answer WalletLocked until the re-encryption committed
+        # Webhooks keep arriving: one sealed from here on is queued behind the rotation, so it must be sealed
+        # to the new key (seal_to_wallet and the queueing of its write happen with no checkpoint between).
+        old_public = self._meta["public_key"]
+        self._meta["public_key"] = public_raw
         try:
             # Submitted with a copy of the old keys: the writer flushes and empties its cache when an op's
             # keys object changes, before the op's savepoint, so nothing cached is sealed with the old key
@@ -714,6 +718,7 @@ class Wallet:
             await self._submit(self._rotate_op, (old, new, meta), barrier)
         except BaseException:
             self._keys = old if was_unlocked else None
+            self._meta["public_key"] = old_public
             raise
         self._meta.update(meta)
         new.rotating_from = old.data_key
