@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 import trio
 
-from conftest import DaemonProc, ctl_json, run_ctl
+from conftest import DaemonProc, run_ctl
 from tachyond import errors
 from tachyond.wallet import crypto
 from tachyond.wallet.crypto import Cipher

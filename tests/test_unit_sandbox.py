@@ -5,7 +5,6 @@ loaded by tests/fixtures/unit_sandbox_exec.py as systemd would load them, with T
 from __future__ import annotations
 
 import ctypes.util
-import os
 import signal
 import socket
 import subprocess

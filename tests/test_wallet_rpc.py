@@ -176,7 +176,8 @@ def test_amounts_past_decimal_precision_are_refused_not_rounded(daemon_factory, 
 def test_reused_reference_with_other_amount_answers_conflict_over_the_socket(daemon_factory, sockdir):
     d = _wallet_daemon(daemon_factory, sockdir)
     first = d.call("ledger.deposit", {"token": "USDC", "amount": "10", "reference": "tx-reused"})
-    r = run_ctl("ledger", "deposit", "--token", "USDC", "--amount", "11", "--reference", "tx-reused", socket_path=d.socket)
+    r = run_ctl("ledger", "deposit", "--token", "USDC", "--amount", "11", "--reference", "tx-reused",
+                socket_path=d.socket)
     assert r.returncode == 1 and "-32014" in r.stderr and "deposit:tx-reused" in r.stderr
     raw = d.raw(b'{"jsonrpc":"2.0","id":1,"method":"ledger.deposit","params":'
                 b'{"token":"ZEC","amount":"10","reference":"tx-reused"}}\n')

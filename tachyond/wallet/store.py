@@ -881,7 +881,8 @@ def _check_kdf(raw: bytes) -> dict:
         n, r, p = kdf["n"], kdf["r"], kdf["p"]
         bytes.fromhex(kdf["salt"])
         ok = (kdf["alg"] == "scrypt" and all(type(x) is int for x in (n, r, p))
-              and crypto.MIN_SCRYPT_N <= n <= crypto.MAX_SCRYPT_N and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16)
+              and crypto.MIN_SCRYPT_N <= n <= crypto.MAX_SCRYPT_N and n & (n - 1) == 0
+              and 1 <= r <= 32 and 1 <= p <= 16)
     except (ValueError, KeyError, TypeError):
         ok = False
     if not ok:
