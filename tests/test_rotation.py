@@ -11,8 +11,10 @@ import sqlite3
 import pytest
 import trio
 
-from conftest import DaemonProc, run_ctl
+from conftest import DaemonProc, run_ctl, write_config
 from tachyond import errors
+from tachyond.config import load
+from tachyond.daemon import Daemon
 from tachyond.wallet import crypto
 from tachyond.wallet.crypto import Cipher
 from tachyond.wallet.store import Wallet, aad
@@ -146,3 +148,51 @@ async def test_the_inbox_is_resealed_and_a_rotation_cut_short_finishes_at_the_ne
             assert not wallet.rotation_pending and wallet.previous_cipher() is None and done == [b"ok"]
         assert not rows(tmp_path / "wallet.db", "SELECT 1 FROM meta WHERE key = 'rotating_from'")
         assert len(calls) == 1
+
+
+async def test_a_daemon_stopped_before_the_engine_file_was_rekeyed_finishes_at_the_next_unlock(sockdir):
+    """The wallet rotated, the engine file did not (the daemon stopped in between): the next unlock opens the
+    engine with the previous key, re-encrypts its file and forgets the previous key."""
+    doc = dex_document(sockdir, "sqlite")
+    doc.pop("wallet")
+    with trio.fail_after(90):
+        d = DaemonProc(sockdir, doc)
+        await trio.to_thread.run_sync(d.start)
+        try:
+            await trio.to_thread.run_sync(d.call, "wallet.create", {"password": OLD_PW})
+            await trio.to_thread.run_sync(d.call, "ledger.deposit", {"token": "USDC", "amount": "100",
+                                                                     "reference": "r"})
+            await trio.to_thread.run_sync(d.call, "dex.place_order", {"market": "ZEC/USDC", "side": "buy",
+                                                                      "type": "limit", "qty": "1", "price": "10.00"})
+        finally:
+            assert await trio.to_thread.run_sync(d.stop) == 0
+        engine_db = sockdir / "data" / "engine-sqlite.db"
+        old_sealed_mac_key = rows(engine_db, "SELECT value FROM meta WHERE key = 'mac_key'")[0][0]
+
+        # The wallet's half of a rotation, by the daemon's own wallet (every module's tables declared), with
+        # the engines never opened: their listener answers "not yet", as when the daemon stops right here.
+        daemon = Daemon(load(write_config(sockdir, doc)))
+        daemon.load_plugins()
+        daemon.wallet.scrypt_n = 2**10
+        async with daemon.wallet:
+            await daemon.wallet.change_password(OLD_PW, NEW_PW, rotate_data_key=True)
+            assert daemon.wallet.rotation_pending
+        assert rows(engine_db, "SELECT value FROM meta WHERE key = 'mac_key'")[0][0] == old_sealed_mac_key
+
+        d = DaemonProc(sockdir, doc)
+        await trio.to_thread.run_sync(d.start)
+        try:
+            await trio.to_thread.run_sync(d.call, "wallet.unlock", {"password": NEW_PW})
+            book = await trio.to_thread.run_sync(d.call, "dex.order_book", {"market": "ZEC/USDC"})
+            assert [level[0] for level in book["bids"]] == ["10.00"]
+            assert (await trio.to_thread.run_sync(d.call, "ledger.verify"))["ok"] is True
+            placed = await trio.to_thread.run_sync(d.call, "dex.place_order", {
+                "market": "ZEC/USDC", "side": "buy", "type": "limit", "qty": "1", "price": "9.00"})
+            assert placed["status"] == "open"
+        finally:
+            assert await trio.to_thread.run_sync(d.stop) == 0
+        assert not rows(sockdir / "data" / "wallet.db", "SELECT 1 FROM meta WHERE key = 'rotating_from'")
+        assert rows(engine_db, "SELECT value FROM meta WHERE key = 'mac_key'")[0][0] != old_sealed_mac_key
+        new = await keys_of(sockdir / "data", NEW_PW)
+        for seq, body in rows(engine_db, "SELECT seq, body FROM events"):
+            new.cipher.open(b"events|body|%d" % seq, body)  # all under the new key now

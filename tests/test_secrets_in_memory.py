@@ -15,10 +15,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from conftest import write_config
 from tachyon_ctl.client import Client, RpcError
+from tachyon_sqlite_engine import SqliteEngine
 from tachyond import logs
 from tachyond.config import load
 from tachyond.daemon import Daemon
+from tachyond.engine import EngineContext, EngineOrder, MarketSpec
+from tachyond.errors import WalletLocked
 from tachyond.wallet.crypto import Cipher, WalletKeys
+from tachyond.wallet.store import Wallet
 from test_dex_helpers import PASSWORD, dex_document
 
 WRONG = "not the password, but long enough to redact"
@@ -91,11 +95,6 @@ async def test_after_wallet_lock_no_object_reachable_from_the_daemon_holds_a_key
 
 
 async def test_the_unlock_timeout_tells_lock_listeners_and_the_sqlite_engine_drops_its_keys(tmp_path):
-    from tachyon_sqlite_engine import SqliteEngine
-    from tachyond.engine import EngineContext, EngineOrder, MarketSpec
-    from tachyond.errors import WalletLocked
-    from tachyond.wallet.store import Wallet
-
     market = MarketSpec("ZEC/USDC", "ZEC", "USDC", "0.01", "0.001")
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
