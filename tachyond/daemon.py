@@ -15,8 +15,8 @@ import trio
 
 from . import __version__, logs
 from .errors import ShuttingDown, TachyonError
-from .hardening import PRIVATE_UMASK, disable_core_dumps, make_private_dir
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_document_toml, load
+from .hardening import PRIVATE_UMASK, disable_core_dumps, make_private_dir
 from .metrics import Metrics
 from .plugins import PluginLoadError, Plugins
 from .rpc import Dispatcher, Registry, RpcServer, SocketInUse
