@@ -241,7 +241,10 @@ def run(args: argparse.Namespace, client: Client, out: Output) -> None:  # noqa:
             out.show(call("wallet.lock", label="wallet-lock"), kv)
         elif sub == "change-password":
             old, new = read_two_passwords(args)
-            out.show(call("wallet.change_password", {"old_password": old, "new_password": new}, label="wallet-change-password"), kv)
+            params = {"old_password": old, "new_password": new}
+            if args.rotate_data_key:
+                params["rotate_data_key"] = True
+            out.show(call("wallet.change_password", params, label="wallet-change-password"), kv)
         elif sub == "backup":
             out.show(call("wallet.backup", {"path": args.path}, label="wallet-backup"), kv)
     elif cmd == "accounts":
@@ -404,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--password-stdin", action="store_true", help="read the password(s) from stdin (one per line)")
         if name == "unlock":
             p.add_argument("--timeout", type=int, metavar="SECONDS", help="lock again after this many seconds")
+        if name == "change-password":
+            p.add_argument("--rotate-data-key", action="store_true",
+                           help="also replace the data key and re-encrypt everything under it")
     w.add_parser("lock")
     b = w.add_parser("backup")
     b.add_argument("path", help="where the daemon writes the (still encrypted) copy")

@@ -50,6 +50,7 @@ class DaemonConfig:
 class WalletConfig:
     password_file: Path | None = None
     unlock_timeout_s: int = 0
+    min_password_length: int = 8
 
 
 @dataclass(frozen=True)
@@ -219,10 +220,11 @@ def _daemon(t: Mapping[str, Any]) -> DaemonConfig:
 
 def _wallet(t: Mapping[str, Any]) -> WalletConfig:
     p = "wallet"
-    _no_unknown(t, {"password_file", "unlock_timeout_s"}, p)
+    _no_unknown(t, {"password_file", "unlock_timeout_s", "min_password_length"}, p)
     pw = _get(t, "password_file", str, None, p)
     timeout = _non_negative(_get(t, "unlock_timeout_s", int, 0, p), "wallet.unlock_timeout_s")
-    return WalletConfig(password_file=Path(pw) if pw else None, unlock_timeout_s=timeout)
+    min_len = _non_negative(_get(t, "min_password_length", int, 8, p), "wallet.min_password_length")
+    return WalletConfig(password_file=Path(pw) if pw else None, unlock_timeout_s=timeout, min_password_length=min_len)
 
 
 def parse_listen(text: str, key: str) -> tuple[str, int]:
@@ -366,7 +368,7 @@ def _markets(raw: Any, tokens: Mapping[str, Token]) -> tuple[MarketConfig, ...]:
 DEFAULT_DOCUMENT: dict[str, Any] = {
     "daemon": {"data_dir": "/var/lib/tachyond", "socket": str(DEFAULT_SOCKET), "socket_mode": "0600",
                "log_level": "info", "log_format": "text"},
-    "wallet": {"unlock_timeout_s": 0},
+    "wallet": {"unlock_timeout_s": 0, "min_password_length": 8},
     "http": {"listen": ["127.0.0.1:8787"], "max_body_bytes": 65536, "rate_limit_per_s": 50, "allow_ips": []},
     "tokens": [
         {"symbol": "USDC", "decimals": 6, "networks": ["ethereum", "solana", "polygon", "avalanche", "base", "stellar"]},

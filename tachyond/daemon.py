@@ -16,6 +16,7 @@ import trio
 from . import __version__, logs
 from .errors import ShuttingDown, TachyonError
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_document_toml, load
+from .hardening import PRIVATE_UMASK, disable_core_dumps, make_private_dir
 from .metrics import Metrics
 from .plugins import PluginLoadError, Plugins
 from .rpc import Dispatcher, Registry, RpcServer, SocketInUse
@@ -165,7 +166,7 @@ class Daemon:
         """Start every service in one nursery; return after a graceful stop."""
         cfg = self.config
         try:
-            cfg.daemon.data_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dir(cfg.daemon.data_dir)  # 0700 before anything is written in it
         except OSError as exc:
             raise StartupError(f"daemon.data_dir: cannot create {cfg.daemon.data_dir}: {exc.strerror or exc}") from exc
         rpc = RpcServer(self.dispatcher, drain_timeout_s=DRAIN_TIMEOUT_S)
@@ -209,9 +210,17 @@ class Daemon:
     def build_services(self) -> None:
         """Construct the wallet and ledger (and register their schemas) before anything runs."""
         from .ledger import Ledger
-        from .wallet.store import Wallet
+        from .wallet.store import INSECURE_TEST_SCRYPT_ENV, Wallet, scrypt_n_from_env
 
-        self.wallet = Wallet(self.config.daemon.data_dir)
+        try:
+            scrypt_n = scrypt_n_from_env()
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        if os.environ.get(INSECURE_TEST_SCRYPT_ENV):
+            log.warning("%s=%d lowers the wallet's password hashing for tests: never set it for real money",
+                        INSECURE_TEST_SCRYPT_ENV, scrypt_n)
+        self.wallet = Wallet(self.config.daemon.data_dir, scrypt_n=scrypt_n)
+        self.wallet.add_lock_listener(self.on_locked)
         self.ledger = Ledger(self.wallet, self.config.token_map())
         # Each service registers its wallet schema and its RPC methods in its constructor.
         from .dex import DexService
@@ -263,6 +272,12 @@ class Daemon:
         for service in (self.dex, self.onramp):
             if service is not None:
                 await service.on_unlocked()
+
+    async def on_locked(self) -> None:
+        """Tell the services that hold key material (engines) that the wallet was locked: they drop it."""
+        for service in (self.dex, self.onramp):
+            if service is not None and hasattr(service, "on_locked"):
+                await service.on_locked()
 
     async def _stop_services(self) -> None:
         """Close services in reverse order (the servers have drained): onramp, dex; the wallet closes last."""
@@ -372,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tachyond: config error: {exc}", file=sys.stderr)
         return 2
     logs.setup(config.daemon.log_level, config.daemon.log_format)
+    os.umask(PRIVATE_UMASK)  # whatever the daemon or a plugin creates is private unless it says otherwise
+    hardened = disable_core_dumps()
+    if not all(hardened.values()):
+        log.warning("core dumps could not be fully disabled (%s): a crash could leave the unlocked key on disk",
+                    ", ".join(k for k, ok in hardened.items() if not ok))
     try:
         if args.check_config:
             daemon = Daemon(config)

@@ -21,7 +21,7 @@ from .dex_market import Market
 from .dex_store import (DEX_SCHEMA, engine_seqs_read, open_orders_read, order_public, order_read, orders_read,
                         record_orders_op, set_engine_seq_op, settle_op, trade_public, trades_read)
 from .engine import DONE_CANCELED, EngineContext, EngineOrder, Event, MarketSpec
-from .errors import (EngineError, InvalidParams, NotFound, OrderNotOpen, OrderRejected, TachyonError,
+from .errors import (EngineError, IntegrityError, InvalidParams, NotFound, OrderNotOpen, OrderRejected, TachyonError,
                      UnknownMarket, WalletLocked)
 from .ledger import check_user_account
 from .rpc import detach_call_context
@@ -69,6 +69,7 @@ class DexService:
         self._owners: dict[str, str] = {}
         self._opened = False
         self._opening = trio.Lock()
+        self._engines_locked: set[str] = set()  # engines that dropped their keys (on_lock) until on_unlock
         self._queues: dict[str, list[_Request]] = {s: [] for s in self.markets}
         self._leading = {s: False for s in self.markets}
         self._nursery: trio.Nursery | None = None
@@ -79,6 +80,9 @@ class DexService:
             self._settle_tail[name].set()
         self.watchers: dict[str, Watcher] = {}
         daemon.wallet.add_schema("dex", DEX_SCHEMA)
+        daemon.wallet.add_rekey("dex_orders", sealed=("value",), lookups=("oid_hash", "coid_hash"))
+        daemon.wallet.add_rekey("dex_trades", sealed=("value",))
+        daemon.wallet.add_rotate_listener(self.on_rotated)
         from .dex_api import register_dex_methods
 
         register_dex_methods(daemon, self)
@@ -94,10 +98,28 @@ class DexService:
             finally:
                 self._nursery = None
 
+    async def on_locked(self) -> None:
+        """The wallet was locked: each engine with an ``on_lock`` hook drops its key material, after the
+        submit or cancel it is running (under the engine's lock); until ``on_unlock`` its market refuses orders."""
+        for name, engine in list(self.engines.items()):
+            hook = getattr(engine, "on_lock", None)
+            if hook is None:
+                continue
+            async with self._engine_locks[name]:
+                if self.wallet.state == "unlocked":
+                    return  # unlocked again meanwhile
+                self._engines_locked.add(name)
+                try:
+                    await hook()
+                except Exception as exc:
+                    log.exception("engine %s failed to drop its keys at lock", name)
+                    self.failures[name] = f"failed to drop its keys at lock: {type(exc).__name__}: {exc}"
+
     async def on_unlocked(self) -> None:
         """Open every engine (they need the wallet's cipher), then recover each: replay or re-seed."""
         async with self._opening:
             if self._opened:
+                await self._unlock_engines()
                 return
             for order in await self.wallet.read(open_orders_read):
                 self._remember(order)
@@ -109,6 +131,35 @@ class DexService:
                     log.exception("engine %s could not start or recover", name)
                     self.failures[name] = f"could not start or recover: {type(exc).__name__}: {exc}"
             self._opened = True
+            if self.wallet.rotation_pending and not self.failures:
+                await self.wallet.finish_rotation()
+
+    async def on_rotated(self, cipher: Any, previous: Any) -> bool:
+        """The data key was rotated: engines with a ``rekey`` hook re-encrypt their files from ``previous`` to
+        ``cipher``. False ("not yet") when the engines are not open: on_unlocked opens them and finishes."""
+        if not self._opened and self.engine_names:
+            return False
+        for name, engine in list(self.engines.items()):
+            hook = getattr(engine, "rekey", None)
+            if hook is None:
+                continue
+            async with self._engine_locks[name]:
+                await hook(cipher, previous)
+        return True
+
+    async def _unlock_engines(self) -> None:
+        """Give the wallet's cipher back to the engines that dropped it at the last lock (``on_unlock``)."""
+        for name in sorted(self._engines_locked):
+            engine = self.engines.get(name)
+            async with self._engine_locks[name]:
+                if self.wallet.state != "unlocked" or name not in self._engines_locked:
+                    continue
+                try:
+                    await engine.on_unlock(self.wallet.cipher)
+                except Exception as exc:
+                    log.exception("engine %s could not take the key back at unlock", name)
+                    self.failures[name] = f"could not take the key back at unlock: {type(exc).__name__}: {exc}"
+                self._engines_locked.discard(name)
 
     async def aclose(self) -> None:
         """Close every engine (the sqlite engine writes a snapshot)."""
@@ -155,10 +206,22 @@ class DexService:
     async def _open_engine(self, name: str, base_seq: int, applied_seq: int) -> None:
         _plugin, factory = self.daemon.engine_factories[name]
         cfg = self.daemon.config
-        ctx = EngineContext(name, cfg.daemon.data_dir, self.wallet.cipher, config=dict(cfg.engines.get(name, {})))
-        engine = factory(ctx)
-        await engine.start([MarketSpec(m.symbol, m.base, m.quote, str(m.tick), str(m.lot))
-                            for m in self.markets.values() if m.engine == name])
+        specs = [MarketSpec(m.symbol, m.base, m.quote, str(m.tick), str(m.lot))
+                 for m in self.markets.values() if m.engine == name]
+        # A data-key rotation cut short (crash) leaves engine files under the previous key: open with it, and
+        # finish_rotation() (at the end of on_unlocked) re-encrypts them; one already re-encrypted opens with
+        # the current key.
+        previous = self.wallet.previous_cipher() if self.wallet.rotation_pending else None
+        for cipher in ([previous] if previous is not None else []) + [self.wallet.cipher]:
+            ctx = EngineContext(name, cfg.daemon.data_dir, cipher, config=dict(cfg.engines.get(name, {})))
+            engine = factory(ctx)
+            try:
+                await engine.start(specs)
+                break
+            except IntegrityError:
+                if cipher is not previous:
+                    raise
+                await engine.aclose()
         self.engines[name] = engine
         async with self._engine_locks[name]:
             if engine.durable and await engine.last_seq() >= applied_seq:
@@ -279,12 +342,12 @@ class DexService:
 
     async def _ensure_open(self, m: Market) -> Any:
         """The market's engine; opens the engines first if the wallet was unlocked without telling us (create)."""
-        if not self._opened and self.wallet.state == "unlocked":
+        if (not self._opened or self._engines_locked) and self.wallet.state == "unlocked":
             await self.on_unlocked()
         return self._ready(m)
 
     def _ready(self, m: Market) -> Any:
-        if self.wallet.state != "unlocked":
+        if self.wallet.state != "unlocked" or m.engine in self._engines_locked:
             raise WalletLocked()
         if m.engine in self.failures:
             raise EngineError(f"engine {m.engine} is not serving: {self.failures[m.engine]}")
@@ -538,7 +601,7 @@ class DexService:
             raise InvalidParams("give order_id, or client_order_id (with account when not default)")
         if self.wallet.state != "unlocked":
             raise WalletLocked()
-        if not self._opened:
+        if not self._opened or self._engines_locked:
             await self.on_unlocked()
         if order_id is None:
             account = account or "default"

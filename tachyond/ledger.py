@@ -6,7 +6,7 @@ import functools
 import hmac
 import re
 import secrets
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -227,10 +227,16 @@ class LedgerTx(Tx):
                                   or not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in links)):
             raise InvalidParams("links must be a list of entry ids or keys")
         key_hash = self.lookup("entry", key)
+        postings = list(postings)
         row = self.conn.execute("SELECT id, body FROM ledger_journal WHERE key_hash = ?", (key_hash,)).fetchone()
         if row is not None:
-            return {**entry_dict(row[0], self.open_json("ledger_journal", "body", row[0], row[1]), self.tokens),
-                    "repeated": True}
+            body = self.open_json("ledger_journal", "body", row[0], row[1])
+            # A key names one movement: the same key with other content (amount, account, token) is a caller's
+            # mistake that returning the first entry would hide. No postings asks for the first entry as it is.
+            if postings and not _same_content(body, kind, postings):
+                raise Conflict(f"idempotency key {key!r} was already used for entry {row[0]} with different "
+                               f"content (kind, accounts, tokens or amounts)", data={"key": key, "entry_id": row[0]})
+            return {**entry_dict(row[0], body, self.tokens), "repeated": True}
         postings = [self._check_posting(p) for p in postings]
         if not postings:
             raise InvalidParams("an entry needs at least one posting")
@@ -368,6 +374,35 @@ class LedgerTx(Tx):
         dirty.clear()
 
 
+def _same_content(body: dict, kind: str, postings: list[Posting]) -> bool:
+    """Whether a stored entry body records this kind and these postings (in any order)."""
+    stored = Counter(tuple(p) for p in body["postings"])
+    given = Counter((p.account, p.token, p.bucket, p.delta_minor, p.hold) for p in postings)
+    return body["kind"] == kind and stored == given
+
+
+def _rekey_chain(tx: Tx, old_keys, new_keys) -> None:
+    """After a rotation re-sealed the journal: recompute its MAC chain and head with the new chain key."""
+    prev_mac, last_id = ZERO_MAC, 0
+    rows = tx.conn.execute("SELECT id, key_hash, body FROM ledger_journal ORDER BY id").fetchall()
+    for entry_id, key_hash, body in rows:
+        prev_mac = new_keys.chain_mac(prev_mac, entry_id.to_bytes(8, "big"), bytes(key_hash), bytes(body))
+        tx.conn.execute("UPDATE ledger_journal SET mac = ? WHERE id = ?", (prev_mac, entry_id))
+        last_id = entry_id
+    if tx.conn.execute("SELECT 1 FROM ledger_head WHERE one = 1").fetchone():
+        head_mac = new_keys.chain_mac(b"head", last_id.to_bytes(8, "big"), prev_mac)
+        tx.conn.execute("UPDATE ledger_head SET last_id = ?, last_mac = ?, head_mac = ? WHERE one = 1",
+                        (last_id, prev_mac, head_mac))
+
+
+def _rekey_history(tx: Tx, old_keys, new_keys) -> None:
+    """After a rotation: the history index's account tags are lookups too, chained onto the new key."""
+    rows = tx.conn.execute("SELECT account_tag, entry_id FROM ledger_history").fetchall()
+    tx.conn.execute("DELETE FROM ledger_history")
+    tx.conn.executemany("INSERT INTO ledger_history (account_tag, entry_id) VALUES (?, ?)",
+                        [(new_keys.rehash_lookup(bytes(tag)), entry_id) for tag, entry_id in rows])
+
+
 def _post(tx: LedgerTx, key: str, kind: str, postings: list[Posting]) -> dict:
     return tx.post_entry(key, kind, postings)
 
@@ -386,6 +421,13 @@ class Ledger:
         wallet.add_schema("ledger", LEDGER_SCHEMA)
         wallet.tx_factory = functools.partial(LedgerTx, tokens=self.tokens)
         wallet.add_create_hook(_create_default)
+        # What a data-key rotation re-encrypts (wallet.change_password rotate_data_key).
+        wallet.add_rekey("ledger_accounts", sealed=("value",), lookups=("name_hash",))
+        wallet.add_rekey("ledger_balances", sealed=("value",), lookups=("key_hash",))
+        wallet.add_rekey("ledger_holds", sealed=("value",), lookups=("hold_hash",))
+        wallet.add_rekey("ledger_journal", sealed=("body",), lookups=("key_hash",))
+        wallet.add_rekey_hook(_rekey_chain)
+        wallet.add_rekey_hook(_rekey_history)
 
     def token(self, symbol: object) -> Token:
         if not isinstance(symbol, str) or symbol not in self.tokens:

@@ -112,6 +112,9 @@ class OnrampService:
                 raise ConfigError(f"onramp.{name}", f"plugin {plugin!r} failed to build the provider: "
                                   f"{type(exc).__name__}: {exc}") from None
         self.wallet.add_schema("onramp", store.SCHEMA)
+        for table in ("onramp_sessions", "onramp_pending", "onramp_outcomes"):
+            self.wallet.add_rekey(table, sealed=("value",), lookups=("session_hash",))
+        self.wallet.add_rekey("onramp_inbox", to_wallet=("sealed",))
         self._wake = trio.Event()
         self._failures: dict[int, tuple[int, float]] = {}  # inbox id -> (consecutive failures, retry at, monotonic)
         self._pending_count = 0
@@ -647,8 +650,10 @@ class OnrampService:
         self._pending_count = max(0, self._pending_count - 1)
         provider = result.pop("provider")
         self.metrics.topups_claimed.labels(provider).inc()
-        log.info("onramp topup %s claimed: %s %s to %s", session_id, result["amount"], result["token"],
-                 result["account"])
+        # Ids only at info (journald keeps what it is given); who got how much is for debug, when asked.
+        log.info("onramp topup %s claimed: entry %s", session_id, result["entry_id"])
+        log.debug("onramp topup %s claimed: %s %s to %s", session_id, result["amount"], result["token"],
+                  result["account"])
         self.daemon.plugins.notify("topup_credited", topup=dict(result))
         return result
 
@@ -659,8 +664,11 @@ class OnrampService:
             raise InvalidParams(f"reason must be a non-empty string of at most {MAX_REASON_CHARS} characters",
                                 data={"param": "reason"})
         result = await self.wallet.write(store.reverse_op, session_id, reason.strip())
-        log.warning("onramp topup %s reversed (%s): shortfall %s %s", session_id, reason,
-                    result["reversal"]["shortfall"], result["reversal"]["token"])
+        log.warning("onramp topup %s reversed: entry %s (claim entry %s)", session_id, result["id"],
+                    result["reversal"]["claim_entry_id"])
+        log.debug("onramp topup %s reversed (%s): %s %s from %s, shortfall %s", session_id, reason,
+                  result["reversal"]["amount"], result["reversal"]["token"], result["reversal"]["account"],
+                  result["reversal"]["shortfall"])
         return result
 
 

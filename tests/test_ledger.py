@@ -119,14 +119,44 @@ async def test_insufficient_funds_message_and_nothing_moves(tmp_path):
             await wallet.aclose()
 
 
+async def test_reference_reused_with_other_content_is_a_conflict(tmp_path):
+    """Another amount, account or token under a used reference answers Conflict naming it; nothing moves."""
+    with trio.fail_after(30):
+        wallet, ledger = await started(tmp_path)
+        try:
+            await ledger.create_account("alice")
+            first = await ledger.deposit("default", "USDC", 1_000_000, "chain-tx-9")
+            await ledger.deposit("alice", "USDC", 5_000_000, "fund-alice")
+            attempts = [ledger.deposit("default", "USDC", 999_000_000, "chain-tx-9"),
+                        ledger.deposit("alice", "USDC", 1_000_000, "chain-tx-9"),
+                        ledger.deposit("default", "ZEC", 1_000_000, "chain-tx-9")]
+            for attempt in attempts:
+                with pytest.raises(errors.Conflict) as info:
+                    await attempt
+                assert "deposit:chain-tx-9" in info.value.message
+                assert info.value.data == {"key": "deposit:chain-tx-9", "entry_id": first["id"]}
+            await ledger.withdraw("alice", "USDC", 1_000_000, "wd-1")
+            with pytest.raises(errors.Conflict, match="withdraw:wd-1"):
+                await ledger.withdraw("alice", "USDC", 2_000_000, "wd-1")
+            await ledger.transfer("alice", "default", "USDC", 1_000_000, "tr-1")
+            with pytest.raises(errors.Conflict, match="transfer:tr-1"):
+                await ledger.transfer("default", "alice", "USDC", 1_000_000, "tr-1")
+            with pytest.raises(errors.Conflict, match="transfer:tr-1"):
+                await ledger.transfer("alice", "default", "USDC", 1_000_001, "tr-1")
+            balances = by_key(await ledger.balances())
+            assert balances[("default", "USDC")] == (2_000_000, 0) and balances[("alice", "USDC")] == (3_000_000, 0)
+            assert (await ledger.withdraw("alice", "USDC", 1_000_000, "wd-1"))["repeated"] is True
+        finally:
+            await wallet.aclose()
+
+
 async def test_idempotency_first_entry_wins(tmp_path):
     with trio.fail_after(30):
         wallet, ledger = await started(tmp_path)
         try:
             first = await ledger.deposit("default", "USDC", 1_000_000, "chain-tx-9")
             again = await ledger.deposit("default", "USDC", 1_000_000, "chain-tx-9")
-            different = await ledger.deposit("default", "USDC", 999_000_000, "chain-tx-9")
-            assert again == {**first, "repeated": True} and different == {**first, "repeated": True}
+            assert again == {**first, "repeated": True}
             assert by_key(await ledger.balances("default"))[("default", "USDC")] == (1_000_000, 0)
 
             await ledger.create_account("bob")

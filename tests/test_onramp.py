@@ -328,6 +328,16 @@ async def test_reverse_debits_what_is_available_and_records_the_rest_as_debt(nur
             assert [b["available_minor"] for b in balances if b["token"] == "USDC"] == [0]
             assert (await env.call("ledger.verify"))["ok"]
             assert (await env.error("onramp.reverse", {"session_id": "cos_nosuch", "reason": "x"})).code == -32005
+            # At info level the claim and reversal lines carry ids only: no account, token or amount in journald.
+            ours = [line for line in env.daemon.stderr().splitlines()
+                    if session["id"] in line and ("claimed" in line or "reversed" in line)]
+            lines = [line for line in ours if " DEBUG " not in line]
+            assert any(" DEBUG " in line and "10.00 USDC to bob" in line for line in ours)  # this daemon asked
+            assert any(f"claimed: entry {claim['entry_id']}" in line for line in lines)
+            assert any(f"reversed: entry {entry['id']}" in line for line in lines)
+            for line in lines:
+                for detail in ("bob", "USDC", "10.00", "6.00", "chargeback"):
+                    assert detail not in line, line
 
 
 async def test_hook_topup_credited(nursery, sockdir):

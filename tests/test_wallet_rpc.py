@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -170,3 +171,19 @@ def test_amounts_past_decimal_precision_are_refused_not_rounded(daemon_factory, 
     answer = _json.loads(d.raw(_json.dumps(line).encode() + b"\n"))
     assert answer["error"]["code"] == -32010 and "finer than USDC's 6 decimals" in answer["error"]["message"]
     assert {b["token"]: b for b in d.call("ledger.balances", {"account": "default"})}["USDC"]["available_minor"] == 0
+
+
+def test_reused_reference_with_other_amount_answers_conflict_over_the_socket(daemon_factory, sockdir):
+    d = _wallet_daemon(daemon_factory, sockdir)
+    first = d.call("ledger.deposit", {"token": "USDC", "amount": "10", "reference": "tx-reused"})
+    r = run_ctl("ledger", "deposit", "--token", "USDC", "--amount", "11", "--reference", "tx-reused",
+                socket_path=d.socket)
+    assert r.returncode == 1 and "-32014" in r.stderr and "deposit:tx-reused" in r.stderr
+    raw = d.raw(b'{"jsonrpc":"2.0","id":1,"method":"ledger.deposit","params":'
+                b'{"token":"ZEC","amount":"10","reference":"tx-reused"}}\n')
+    error = json.loads(raw)["error"]
+    assert error["code"] == -32014 and error["data"] == {"key": "deposit:tx-reused", "entry_id": first["id"]}
+    again = d.call("ledger.deposit", {"token": "USDC", "amount": "10.00", "reference": "tx-reused"})
+    assert again["id"] == first["id"] and again["repeated"] is True
+    assert {b["token"]: b["available"] for b in d.call("ledger.balances", {"account": "default"})} == \
+        {"USDC": "10.00", "ZEC": "0.00"}

@@ -11,8 +11,8 @@ from typing import Sequence
 
 import trio
 
-from tachyond.engine import Depth, EngineContext, EngineOrder, Event, MarketSpec
-from tachyond.errors import EngineError
+from tachyond.engine import Cipher, Depth, EngineContext, EngineOrder, Event, MarketSpec
+from tachyond.errors import EngineError, WalletLocked
 from tachyond.matching import Matcher
 
 from .store import BatchItem, EventStore
@@ -54,6 +54,7 @@ class SqliteEngine:
         self._retain_events = _positive_int(ctx.config, "retain_events", DEFAULT_RETAIN_EVENTS, 0)
         self._matcher: Matcher | None = None
         self._closed = False
+        self._locked = False              # the wallet is locked: no cipher, no MAC key, nothing written
         self._failure: str | None = None
         # Group commit state.
         self._pending: list[BatchItem] = []
@@ -100,10 +101,10 @@ class SqliteEngine:
         return events
 
     async def depth(self, market: str, levels: int) -> Depth:
-        return self._ready().depth(market, levels)
+        return self._ready(locked_ok=True).depth(market, levels)
 
     async def open_orders(self, market: str) -> list[EngineOrder]:
-        return self._ready().open_orders(market)
+        return self._ready(locked_ok=True).open_orders(market)
 
     async def events_after(self, seq: int, limit: int = 1000) -> list[Event]:
         self._ready()
@@ -117,7 +118,7 @@ class SqliteEngine:
             return await trio.to_thread.run_sync(self._store.read_events, seq, limit)
 
     async def last_seq(self) -> int:
-        self._ready()
+        self._ready(locked_ok=True)
         return self._durable_seq
 
     async def compact(self, applied_seq: int) -> None:
@@ -126,18 +127,50 @@ class SqliteEngine:
         Events the core has not applied are never dropped, nor any the latest snapshot does not cover;
         ``retain_events`` more are kept below that line.
         """
-        matcher = self._ready()
+        matcher = self._ready(locked_ok=True)
         self._applied_seq = max(self._applied_seq, min(applied_seq, self._durable_seq))
+        if self._locked:
+            return  # a snapshot needs the cipher: the next compact() after the unlock catches up
         snapshot_due = matcher.last_seq - self._snapshot_seq >= self._snapshot_every
         if snapshot_due or self._cutoff(self._snapshot_seq) is not None:
             await self._run_compaction()
+
+    async def on_lock(self) -> None:
+        """The wallet was locked: finish the write in progress, then drop the cipher and the MAC key."""
+        if self._locked or self._closed:
+            return
+        self._locked = True  # from here _ready() refuses; compaction waits for the unlock
+        with trio.CancelScope(shield=True):
+            # What was matched or requested before the lock is written with the key it was made under.
+            await self._write_until(lambda: not self._writing and not self._pending
+                                    and self._compact_done >= self._compact_requested)
+            async with self._db_lock:  # no events_after mid-decrypt
+                self._store.forget_keys()
+
+    async def rekey(self, cipher: Cipher, previous: Cipher) -> None:
+        """The wallet's data key was rotated: re-encrypt the file from ``previous`` to ``cipher`` (after the
+        write in progress); works while locked (the engine stays locked)."""
+        with trio.CancelScope(shield=True):
+            await self._write_until(lambda: not self._writing and not self._pending
+                                    and self._compact_done >= self._compact_requested)
+            async with self._db_lock:
+                await trio.to_thread.run_sync(self._store.rekey, cipher, previous)
+
+    async def on_unlock(self, cipher: Cipher) -> None:
+        """The wallet was unlocked: take its cipher again (reopens the MAC key from the file)."""
+        if not self._locked or self._closed:
+            return
+        async with self._db_lock:
+            await trio.to_thread.run_sync(self._store.set_cipher, cipher)
+        self._locked = False
 
     async def aclose(self) -> None:
         """Commit what is pending, write a snapshot so the next start replays little, close the file."""
         if self._closed:
             return
         try:
-            if self._matcher is not None and self._failure is None and self._matcher.last_seq > self._snapshot_seq:
+            if (self._matcher is not None and self._failure is None and not self._locked
+                    and self._matcher.last_seq > self._snapshot_seq):
                 self._force_snapshot = True
                 await self._run_compaction()
         finally:
@@ -148,9 +181,11 @@ class SqliteEngine:
 
     # --- group commit -------------------------------------------------------------------------------------
 
-    def _ready(self) -> Matcher:
+    def _ready(self, *, locked_ok: bool = False) -> Matcher:
         if self._failure is not None:
             raise EngineError(self._failure)
+        if self._locked and not locked_ok:
+            raise WalletLocked()
         if self._closed or self._matcher is None:
             raise EngineError("the sqlite engine is not running (start() it first; it was not closed?)")
         return self._matcher

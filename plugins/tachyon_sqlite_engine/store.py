@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tachyond.engine import Cipher, Event
-from tachyond.errors import EngineError
+from tachyond.errors import EngineError, IntegrityError, WalletLocked
 from tachyond.matching import Matcher
 
 SCHEMA_VERSION = b"1"
@@ -69,10 +69,51 @@ class EventStore:
 
     def __init__(self, path: Path, cipher: Cipher):
         self.path = path
-        self._cipher = cipher
+        self._cipher: Cipher | None = cipher
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._mac_key = b""
+
+    @property
+    def cipher(self) -> Cipher:
+        if self._cipher is None:
+            raise WalletLocked()
+        return self._cipher
+
+    def forget_keys(self) -> None:
+        """Drop the wallet cipher and the order-id MAC key (the wallet was locked)."""
+        self._cipher = None
+        self._mac_key = b""
+
+    def set_cipher(self, cipher: Cipher) -> None:
+        """Take the wallet cipher again (unlocked) and reopen the MAC key with it."""
+        row = self._require().execute("SELECT value FROM meta WHERE key = 'mac_key'").fetchone()
+        self._mac_key = cipher.open(b"meta|value|mac_key", row[0])
+        self._cipher = cipher
+
+    def rekey(self, new: Cipher, old: Cipher) -> None:
+        """Re-seal every event, snapshot and the MAC key from ``old`` to ``new`` in one transaction (a data-key
+        rotation); nothing to do when the file is under ``new`` already (a rotation finished after a crash).
+        A locked store (no cipher) stays locked."""
+        conn = self._require()
+        sealed_mac_key = conn.execute("SELECT value FROM meta WHERE key = 'mac_key'").fetchone()[0]
+        try:
+            new.open(b"meta|value|mac_key", sealed_mac_key)
+        except IntegrityError:
+            pass
+        else:
+            if self._cipher is not None:
+                self._cipher = new
+            return
+        with self._transaction():
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'mac_key'",
+                         (new.seal(b"meta|value|mac_key", old.open(b"meta|value|mac_key", sealed_mac_key)),))
+            for table, where in (("events", _event_aad), ("snapshots", _snapshot_aad)):
+                rows = conn.execute(f"SELECT seq, body FROM {table}").fetchall()
+                conn.executemany(f"UPDATE {table} SET body = ? WHERE seq = ?",
+                                 [(new.seal(where(seq), old.open(where(seq), body)), seq) for seq, body in rows])
+        if self._cipher is not None:
+            self._cipher = new
 
     def mac(self, order_id: str) -> bytes:
         """A keyed MAC of an order id: lets the file remember used ids without revealing them."""
@@ -89,6 +130,7 @@ class EventStore:
     def _load(self) -> Loaded:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock()
+        _private_file(self.path)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._conn = conn
         conn.execute("PRAGMA journal_mode=WAL")
@@ -100,13 +142,13 @@ class EventStore:
             with self._transaction():
                 conn.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
                 conn.execute("INSERT INTO meta(key, value) VALUES ('mac_key', ?)",
-                             (self._cipher.seal(b"meta|value|mac_key", self._mac_key),))
+                             (self.cipher.seal(b"meta|value|mac_key", self._mac_key),))
                 conn.execute("INSERT INTO meta(key, value) VALUES ('log_floor', '0')")
             meta = dict(conn.execute("SELECT key, value FROM meta"))
         elif bytes(meta["schema"]) != SCHEMA_VERSION:
             raise EngineError(f"{self.path.name} has schema {meta['schema']!r}; this engine reads {SCHEMA_VERSION!r}")
         else:
-            self._mac_key = self._cipher.open(b"meta|value|mac_key", meta["mac_key"])
+            self._mac_key = self.cipher.open(b"meta|value|mac_key", meta["mac_key"])
         log_floor = int(meta["log_floor"])
 
         matcher = Matcher(known_ids=(bytes(r[0]) for r in conn.execute("SELECT mac FROM order_ids")),
@@ -115,12 +157,12 @@ class EventStore:
         row = conn.execute("SELECT seq, body FROM snapshots ORDER BY seq DESC LIMIT 1").fetchone()
         if row is not None:
             snapshot_seq = row[0]
-            matcher.load(json.loads(self._cipher.open(_snapshot_aad(snapshot_seq), row[1]))["books"])
+            matcher.load(json.loads(self.cipher.open(_snapshot_aad(snapshot_seq), row[1]))["books"])
         last_seq = max(snapshot_seq, log_floor)
         for seq, body in conn.execute("SELECT seq, body FROM events WHERE seq > ? ORDER BY seq", (last_seq,)):
             if seq != last_seq + 1:
                 raise EngineError(f"{self.path.name}: the event log jumps from seq {last_seq} to {seq}")
-            event, rest = _decode_event(seq, self._cipher.open(_event_aad(seq), body))
+            event, rest = _decode_event(seq, self.cipher.open(_event_aad(seq), body))
             _replay(matcher, event, rest)
             last_seq = seq
         matcher.last_seq = last_seq
@@ -130,7 +172,7 @@ class EventStore:
         """In one durable transaction: log the batch's events, store a snapshot, drop events <= cutoff_seq."""
         conn = self._require()
         ts_ms = time.time_ns() // 1_000_000
-        seal = self._cipher.seal
+        seal = self.cipher.seal
         macs: list[tuple[bytes]] = []
         rows: list[tuple[int, int, bytes]] = []
         for mac, events, rest in batch:
@@ -158,7 +200,7 @@ class EventStore:
         """Logged events with seq > after_seq, in order, at most ``limit``."""
         conn = self._require()
         cur = conn.execute("SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
-        return [_decode_event(seq, self._cipher.open(_event_aad(seq), body))[0] for seq, body in cur]
+        return [_decode_event(seq, self.cipher.open(_event_aad(seq), body))[0] for seq, body in cur]
 
     def close(self) -> None:
         if self._conn is not None:
@@ -170,7 +212,8 @@ class EventStore:
 
     def _lock(self) -> None:
         """Hold an exclusive lock beside the file: two live instances would issue the same sequence numbers."""
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -185,6 +228,19 @@ class EventStore:
 
     def _transaction(self) -> "_Transaction":
         return _Transaction(self._require())
+
+
+def _private_file(path: Path) -> None:
+    """The file and its -wal/-shm 0600 whatever the umask (SQLite gives the WAL and SHM the file's own mode)."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{path}{suffix}")
+        if side.exists() and not side.is_symlink():
+            os.chmod(side, 0o600)
 
 
 class _Transaction:

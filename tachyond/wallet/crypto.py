@@ -38,8 +38,13 @@ class Cipher:
             raise IntegrityError(f"stored value at {where} failed authentication: the wallet file was altered or damaged") from exc
 
 
-# scrypt cost: n=2**15 (r=8, p=1, 32 MiB) derives in ~0.13 s on the reference machine (2 cores); 2**16 took ~0.22 s.
-DEFAULT_SCRYPT_N = 2**15
+# scrypt cost for new wallets and password changes: N=2**17, r=8, p=1 (128 MiB). bench/bench_unlock.py on the
+# reference machine (2 cores, load average 8 from other work): 1.4 s per unlock (N=2**15: 0.46 s); the same
+# machine idle took 0.13 s at 2**15, so about 0.5 s at 2**17. Numbers in docs/security.md.
+# Wallets made with older parameters still open; the next password change upgrades them.
+DEFAULT_SCRYPT_N = 2**17
+MIN_SCRYPT_N = 2**10  # below this a stored parameter set is refused as damaged, not derived
+MAX_SCRYPT_N = 2**22  # 4 GiB at r=8: above this a stored parameter set is refused (memory exhaustion)
 SCRYPT_R = 8
 SCRYPT_P = 1
 KEY_BYTES = 32
@@ -79,6 +84,11 @@ def new_private_key() -> tuple[bytes, bytes]:
             priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
 
 
+def public_from_private(private_raw: bytes) -> bytes:
+    """The raw X25519 public key of a raw private key."""
+    return X25519PrivateKey.from_private_bytes(private_raw).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
 def seal_to_public(public_raw: bytes, plaintext: bytes) -> bytes:
     """Encrypt to an X25519 public key (ephemeral key, HKDF, AES-GCM): needs no secret, so it works while locked."""
     eph = X25519PrivateKey.generate()
@@ -106,16 +116,32 @@ def open_sealed_with(private_raw: bytes, blob: bytes) -> bytes:
 class WalletKeys:
     """Everything derived from the unlocked data key: the value cipher, the lookup MAC key, the chain key."""
 
-    def __init__(self, data_key: bytes, private_raw: bytes | None = None):
+    def __init__(self, data_key: bytes, private_raw: bytes | None = None, previous_lookup_keys: tuple[bytes, ...] = ()):
         self.data_key = data_key
         self.cipher = Cipher(data_key)
         self._lookup_key = hkdf(data_key, b"tachyon lookup v1")
+        # After a data-key rotation, lookups are HMAC(new, HMAC(older, ...)): rotation rehashes each stored
+        # lookup with the new key without knowing the names behind it; the older keys come from the
+        # previous data keys (sealed under this one in meta), so they protect nothing new on their own.
+        self.previous_lookup_keys = tuple(previous_lookup_keys)
         self.chain_key = hkdf(data_key, b"tachyon journal chain v1")
         self.private_raw = private_raw
+        self.rotating_from: bytes | None = None  # the previous data key while a rotation is pending
 
     def lookup(self, domain: str, value: str) -> bytes:
         """Deterministic HMAC of a name or key, stored in a UNIQUE column instead of the name itself."""
-        return hmac.digest(self._lookup_key, domain.encode() + b"\x00" + value.encode("utf-8"), "sha256")
+        digest = domain.encode() + b"\x00" + value.encode("utf-8")
+        for key in self.previous_lookup_keys:
+            digest = hmac.digest(key, digest, "sha256")
+        return hmac.digest(self._lookup_key, digest, "sha256")
+
+    def rehash_lookup(self, stored: bytes) -> bytes:
+        """A lookup stored under the previous data key, as this (next) key's lookup() computes it."""
+        return hmac.digest(self._lookup_key, stored, "sha256")
+
+    def lookup_chain(self) -> tuple[bytes, ...]:
+        """The lookup keys a successor must apply before its own (see __init__)."""
+        return (*self.previous_lookup_keys, self._lookup_key)
 
     def chain_mac(self, *parts: bytes) -> bytes:
         """HMAC over length-prefixed parts with the journal chain key."""

@@ -12,16 +12,20 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import outcome
 import trio
 
-from ..errors import Conflict, InvalidParams, ShuttingDown, WalletAbsent, WalletExists, WalletLocked, WrongPassword
+from ..errors import (Conflict, IntegrityError, InvalidParams, ShuttingDown, WalletAbsent, WalletExists, WalletLocked,
+                      WrongPassword)
+from ..hardening import make_private_dir, private_sqlite_file
 from . import crypto
 from .crypto import Cipher, WalletKeys
 
 WALLET_FILE = "wallet.db"
+KDF_VERSION = 2
+INSECURE_TEST_SCRYPT_ENV = "TACHYOND_INSECURE_TEST_SCRYPT_N"  # the test suite's override; never in production
 SCHEMA_VERSION = 1
 MAX_UNLOCK_TIMEOUT_S = 10**8
 WRONG_PASSWORD_BASE_DELAY_S = 0.25
@@ -204,6 +208,11 @@ class Wallet:
         self.failed_unlocks = 0
         self._schemas: dict[str, list[str]] = {}
         self._create_hooks: list[Callable[[Tx], object]] = []
+        self._lock_listeners: list[Callable[[], Awaitable[object]]] = []
+        self._rekey_specs: dict[str, dict[str, tuple[str, ...]]] = {}
+        self._rekey_hooks: list[Callable[[Tx, WalletKeys, WalletKeys], object]] = []
+        self._rotate_listeners: list[Callable[[Cipher], Awaitable[object]]] = []
+        self._keys_dropped = trio.Event()
         self._meta: dict[str, bytes] = {}
         self._keys: WalletKeys | None = None
         self._unlocked_until: float | None = None
@@ -226,6 +235,28 @@ class Wallet:
         if known is not None and known != list(statements):
             raise ValueError(f"schema {name!r} registered twice with different statements")
         self._schemas[name] = list(statements)
+
+    def add_lock_listener(self, fn: Callable[[], Awaitable[object]]) -> None:
+        """``await fn()`` after every lock (wallet.lock, the unlock timeout): holders of key material drop it."""
+        self._lock_listeners.append(fn)
+
+    def add_rekey(self, table: str, *, sealed: tuple[str, ...] = (), lookups: tuple[str, ...] = (),
+                  to_wallet: tuple[str, ...] = ()) -> None:
+        """Declare what a data-key rotation re-encrypts in ``table`` (rows keyed by ``id``): ``sealed`` columns
+        (sealed with aad(table, column, id)), ``lookups`` (HMAC lookup columns) and ``to_wallet`` columns
+        (seal_to_wallet blobs). A module that stores anything under the data key must declare it."""
+        self._rekey_specs[table] = {"sealed": tuple(sealed), "lookups": tuple(lookups), "to_wallet": tuple(to_wallet)}
+
+    def add_rekey_hook(self, fn: Callable[[Tx, WalletKeys, WalletKeys], object]) -> None:
+        """fn(tx, old_keys, new_keys) runs in the rotation's transaction after the declared tables (e.g. to
+        recompute MACs made with a key derived from the data key)."""
+        self._rekey_hooks.append(fn)
+
+    def add_rotate_listener(self, fn: Callable[[Cipher, Cipher], Awaitable[object]]) -> None:
+        """``await fn(new_cipher, previous_cipher)`` after a rotation committed: holders of files under the
+        previous key re-encrypt them (the SQLite engine); False means "not yet" (its files are not open: it
+        will be called again at the next unlock). The previous key is forgotten once none says False."""
+        self._rotate_listeners.append(fn)
 
     def add_create_hook(self, fn: Callable[[Tx], object]) -> None:
         """fn(tx) runs inside the transaction that creates the wallet (e.g. the ledger's `default` account)."""
@@ -287,9 +318,33 @@ class Wallet:
         return self._keys
 
     def _drop_keys(self) -> None:
+        had_keys = self._keys is not None
         self._keys = None
         self._unlocked_until = None
         self.timer.disarm()
+        if had_keys:
+            self._keys_dropped.set()  # serve() then tells the other holders (the writer's cache, engines)
+
+    async def _after_drop(self) -> None:
+        """Make every other holder drop the key: the writer's cache and last batch, then the lock listeners."""
+        if self._keys is not None:
+            return  # unlocked again meanwhile: the holders keep serving
+        try:
+            # A no-op with no keys: the writer flushes and clears its decrypted cache and forgets the
+            # previous keys (Tx, the last batch's ops), exactly as it does when keys change between ops.
+            await self._submit(_forget_keys_op, (), None)
+        except ShuttingDown:
+            pass
+        for listener in self._lock_listeners:
+            if self._keys is not None:
+                return
+            await listener()
+
+    async def _serve_lock_listeners(self) -> None:
+        while True:
+            await self._keys_dropped.wait()
+            self._keys_dropped = trio.Event()
+            await self._after_drop()
 
     # ----- open / close -----
     async def start(self) -> None:
@@ -328,8 +383,10 @@ class Wallet:
         """Run the store for the daemon: start, relock on timeout until cancelled, then close."""
         await self.start()
         try:
-            task_status.started()
-            await self.timer.run(self._drop_keys)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._serve_lock_listeners)
+                task_status.started()
+                await self.timer.run(self._drop_keys)
         finally:
             with trio.CancelScope(shield=True):
                 await self.aclose()
@@ -344,9 +401,9 @@ class Wallet:
         return conn
 
     def _open_sync(self) -> sqlite3.Connection:
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.data_dir)
         existed = self.path.exists() and self.path.stat().st_size > 0
-        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        private_sqlite_file(self.path)
         conn = self._connect()
         if existed:
             self.migration_backup = self._backup_before_migration(conn)
@@ -585,19 +642,36 @@ class Wallet:
 
     def _wrap_sync(self, password: str, data_key: bytes, wallet_id: str) -> tuple[bytes, bytes]:
         salt = secrets.token_bytes(crypto.SALT_BYTES)
-        kdf = {"alg": "scrypt", "salt": salt.hex(), "n": self.scrypt_n, "r": crypto.SCRYPT_R, "p": crypto.SCRYPT_P}
+        kdf = dumps({"alg": "scrypt", "v": KDF_VERSION, "salt": salt.hex(), "n": self.scrypt_n, "r": crypto.SCRYPT_R,
+                     "p": crypto.SCRYPT_P})
         kek = crypto.derive_password_key(password, salt, self.scrypt_n)
-        return dumps(kdf), crypto.wrap_key(kek, data_key, _key_aad(wallet_id))
+        return kdf, crypto.wrap_key(kek, data_key, _key_aad(wallet_id, kdf))
 
     def _unwrap_sync(self, password: str) -> WalletKeys | None:
-        kdf = json.loads(self._meta["kdf"])
+        kdf_raw = self._meta["kdf"]
+        kdf = _check_kdf(kdf_raw)
         kek = crypto.derive_password_key(password, bytes.fromhex(kdf["salt"]), kdf["n"], kdf["r"], kdf["p"])
-        data_key = crypto.unwrap_key(kek, self._meta["wrapped_key"], _key_aad(self.public_id))
+        # v2 binds the exact stored parameters into the key wrap: a file whose cost was lowered by whoever
+        # could write it no longer unwraps, so the weaker derivation is never trusted. v1 (older wallets)
+        # bound only the wallet id; the next password change rewrites it as v2.
+        wrap_aad = _key_aad(self.public_id, kdf_raw if kdf.get("v") == KDF_VERSION else None)
+        data_key = crypto.unwrap_key(kek, self._meta["wrapped_key"], wrap_aad)
         if data_key is None:
             return None
         cipher = Cipher(data_key)
         private_raw = cipher.open(aad("meta", "value", "private_key"), self._meta["private_key"])
-        return WalletKeys(data_key, private_raw)
+        chain: tuple[bytes, ...] = ()
+        if "lookup_chain" in self._meta:
+            chain = tuple(bytes.fromhex(k) for k in
+                          json.loads(cipher.open(aad("meta", "value", "lookup_chain"), self._meta["lookup_chain"])))
+        keys = WalletKeys(data_key, private_raw, chain)
+        if "rotating_from" in self._meta:
+            keys.rotating_from = cipher.open(aad("meta", "value", "rotating_from"), self._meta["rotating_from"])
+        if crypto.public_from_private(private_raw) != self._meta.get("public_key"):
+            # Webhooks are sealed to meta.public_key while locked: a swapped one would send them to someone else.
+            raise IntegrityError("the wallet's stored public key does not match its private key: the wallet file "
+                                 "was altered (inbox events sealed to it could not be opened by this wallet)")
+        return keys
 
     async def _check_password(self, password: str) -> WalletKeys:
         """Derive and unwrap; on a wrong password wait longer each consecutive time, then raise WrongPassword."""
@@ -629,22 +703,129 @@ class Wallet:
         return result
 
     async def lock(self) -> dict:
-        """Drop the data key (and, at the writer's next batch, its decrypted cache)."""
+        """Drop the data key; returns once the writer's cache and every lock listener (engines) dropped theirs."""
         self._require_present()
         self._drop_keys()
+        self._keys_dropped = trio.Event()  # handled here, not again by serve()
+        await self._after_drop()
         return {"locked": True}
 
-    async def change_password(self, old_password: str, new_password: str) -> dict:
-        """Rewrap the data key under a key derived from the new password; nothing else changes."""
+    async def change_password(self, old_password: str, new_password: str, rotate_data_key: bool = False) -> dict:
+        """Rewrap the data key under a key derived from the new password; with rotate_data_key, first replace
+        the data key (and the X25519 key) and re-encrypt everything under the new one."""
         self._require_present()
         _check_password(new_password)
+        if not isinstance(rotate_data_key, bool):
+            raise InvalidParams("rotate_data_key must be true or false", data={"param": "rotate_data_key"})
         async with self._unlock_lock:
             keys = await self._check_password(old_password)
+            if rotate_data_key:
+                await self._rotate(keys, new_password)
+                return {"changed": True, "rotated": True}
             kdf, wrapped = await trio.to_thread.run_sync(self._wrap_sync, new_password, keys.data_key,
                                                          self.public_id)
             await self._submit(self._store_meta_op, ({"kdf": kdf, "wrapped_key": wrapped},), keys)
             self._meta.update(kdf=kdf, wrapped_key=wrapped)
         return {"changed": True}
+
+    async def _rotate(self, old: WalletKeys, new_password: str) -> None:
+        """A new data key and X25519 key; every declared table, the meta and the inbox re-encrypted in one
+        transaction; then the rotate listeners (engine files); then the old key is forgotten.
+
+        While the rotation transaction runs the wallet reads as locked: an operation queued behind it with
+        the old keys would write old-key data into a re-encrypted file. Crash-safe: the old data key stays
+        in meta (sealed under the new one) until every listener re-encrypted its files; an unlock before
+        that hands it to them again (``rotation_pending``)."""
+        data_key = secrets.token_bytes(crypto.KEY_BYTES)
+        private_raw, public_raw = crypto.new_private_key()
+        new = WalletKeys(data_key, private_raw, old.lookup_chain())
+        kdf, wrapped = await trio.to_thread.run_sync(self._wrap_sync, new_password, data_key, self.public_id)
+        seal = new.cipher.seal
+        meta = {"kdf": kdf, "wrapped_key": wrapped, "public_key": public_raw,
+                "private_key": seal(aad("meta", "value", "private_key"), private_raw),
+                "lookup_chain": seal(aad("meta", "value", "lookup_chain"),
+                                     dumps([k.hex() for k in new.previous_lookup_keys])),
+                "rotating_from": seal(aad("meta", "value", "rotating_from"), old.data_key)}
+        unlocked_until, was_unlocked = self._unlocked_until, self._keys is not None
+        self._keys = None  # reads and writes answer WalletLocked until the re-encryption committed
+        # Webhooks keep arriving: one sealed from here on is queued behind the rotation, so it must be sealed
+        # to the new key (seal_to_wallet and the queueing of its write happen with no checkpoint between).
+        old_public = self._meta["public_key"]
+        self._meta["public_key"] = public_raw
+        try:
+            # Submitted with a copy of the old keys: the writer flushes and empties its cache when an op's
+            # keys object changes, before the op's savepoint, so nothing cached is sealed with the old key
+            # after the re-encryption, and a failed rotation rolls back only itself.
+            barrier = WalletKeys(old.data_key, old.private_raw, old.previous_lookup_keys)
+            await self._submit(self._rotate_op, (old, new, meta), barrier)
+        except BaseException:
+            self._keys = old if was_unlocked else None
+            self._meta["public_key"] = old_public
+            raise
+        self._meta.update(meta)
+        new.rotating_from = old.data_key
+        if was_unlocked:  # a rotation does not unlock a locked wallet
+            self._keys = new
+            self._unlocked_until = unlocked_until
+        await self._finish_rotation(new)
+
+    @property
+    def rotation_pending(self) -> bool:
+        """A rotation committed but some holder (an engine file) may still be under the previous key."""
+        return "rotating_from" in self._meta
+
+    def previous_cipher(self) -> Cipher | None:
+        """The cipher of the data key before a pending rotation (None when none is pending)."""
+        keys = self._require_keys()
+        previous = getattr(keys, "rotating_from", None)
+        return Cipher(previous) if previous is not None else None
+
+    async def finish_rotation(self) -> bool:
+        """Finish a pending rotation with the unlocked keys (see _finish_rotation)."""
+        return await self._finish_rotation(self._require_keys())
+
+    async def _finish_rotation(self, keys: WalletKeys) -> bool:
+        """Run the rotate listeners (new cipher, previous cipher); when none answers False ("not yet": its
+        files are not open), forget the previous key. -> whether the rotation is finished."""
+        if not self.rotation_pending or keys.rotating_from is None:
+            return not self.rotation_pending
+        previous = Cipher(keys.rotating_from)
+        done = True
+        for listener in self._rotate_listeners:
+            if await listener(keys.cipher, previous) is False:
+                done = False
+        if done:
+            await self._submit(_delete_meta_op, ("rotating_from",), keys)
+            self._meta.pop("rotating_from", None)
+            keys.rotating_from = None
+        return done
+
+    def _rotate_op(self, tx: Tx, old: WalletKeys, new: WalletKeys, meta: dict) -> None:
+        conn = tx.conn
+        for table, spec in self._rekey_specs.items():
+            columns = [*spec["sealed"], *spec["lookups"], *spec["to_wallet"]]
+            if not columns:
+                continue
+            for row in conn.execute(f"SELECT id, {', '.join(columns)} FROM {table}").fetchall():
+                rowid, values = row[0], list(row[1:])
+                for i, column in enumerate(columns):
+                    value = values[i]
+                    if value is None or len(value) == 0:
+                        continue  # a nullable lookup, or a row whose value its own op has not written yet
+                    value = bytes(value)
+                    if column in spec["sealed"]:
+                        where = aad(table, column, rowid)
+                        values[i] = new.cipher.seal(where, old.cipher.open(where, value))
+                    elif column in spec["lookups"]:
+                        values[i] = new.rehash_lookup(value)
+                    else:
+                        values[i] = crypto.seal_to_public(meta["public_key"],
+                                                          crypto.open_sealed_with(old.private_raw, value))
+                assignments = ", ".join(f"{c} = ?" for c in columns)
+                conn.execute(f"UPDATE {table} SET {assignments} WHERE id = ?", (*values, rowid))
+        for hook in self._rekey_hooks:
+            hook(tx, old, new)
+        conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
 
     @staticmethod
     def _store_meta_op(tx: Tx, items: dict) -> None:
@@ -657,22 +838,57 @@ class Wallet:
         return await trio.to_thread.run_sync(self._backup_sync, dest)
 
     def _backup_sync(self, dest: Path) -> dict:
+        # The destination is created here (O_EXCL: never an existing file; O_NOFOLLOW: never through a link)
+        # and written only through this descriptor: reopening it by path would let whoever controls its
+        # directory swap in a symlink between the two opens and have the daemon write where it points.
         try:
-            fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except FileExistsError:
             raise Conflict(f"backup destination {dest} already exists") from None
         except OSError as exc:
             raise InvalidParams(f"cannot create backup file {dest}: {exc.strerror}") from None
-        os.close(fd)
-        src = self._connect()
-        dst = sqlite3.connect(dest, isolation_level=None)
         try:
-            src.backup(dst)
-            dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+            os.fchmod(fd, 0o600)
+            written = self._backup_into(fd)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(dest)
+            except OSError:
+                pass
+            raise
+        os.close(fd)
+        return {"path": str(dest), "bytes": written}
+
+    def _backup_into(self, fd: int) -> int:
+        """SQLite's online backup into a private scratch file in data_dir, then copied into fd; -> bytes."""
+        scratch = self.data_dir / f".backup-{secrets.token_hex(8)}.db"
+        private_sqlite_file(scratch)
+        try:
+            src = self._connect()
+            dst = sqlite3.connect(scratch, isolation_level=None)
+            try:
+                src.backup(dst)
+                dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+            finally:
+                dst.close()
+                src.close()
+            written = 0
+            with open(scratch, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    view = memoryview(chunk)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+                        written += n
+            return written
         finally:
-            dst.close()
-            src.close()
-        return {"path": str(dest), "bytes": dest.stat().st_size}
+            for suffix in ("", "-journal"):
+                try:
+                    os.unlink(f"{scratch}{suffix}")
+                except FileNotFoundError:
+                    pass
 
     # ----- sealing to the wallet -----
     def seal_to_wallet(self, plaintext: bytes) -> bytes:
@@ -685,8 +901,46 @@ class Wallet:
         return crypto.open_sealed_with(self._require_keys().private_raw, blob)
 
 
-def _key_aad(wallet_id: str | None) -> bytes:
-    return b"tachyon data key v1|" + (wallet_id or "").encode()
+def _delete_meta_op(tx: Tx, key: str) -> None:
+    tx.conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+
+
+def _forget_keys_op(tx: Tx) -> None:
+    """Nothing to write: queued with no keys so the writer drops the ones it held."""
+
+
+def _key_aad(wallet_id: str | None, kdf: bytes | None = None) -> bytes:
+    """Associated data of the key wrap: the wallet id, and (v2) the exact stored KDF parameters."""
+    if kdf is None:
+        return b"tachyon data key v1|" + (wallet_id or "").encode()
+    return b"tachyon data key v2|" + (wallet_id or "").encode() + b"|" + kdf
+
+
+def _check_kdf(raw: bytes) -> dict:
+    """Stored KDF parameters, refused (IntegrityError) when they are not a sane scrypt set."""
+    try:
+        kdf = json.loads(raw)
+        n, r, p = kdf["n"], kdf["r"], kdf["p"]
+        bytes.fromhex(kdf["salt"])
+        ok = (kdf["alg"] == "scrypt" and all(type(x) is int for x in (n, r, p))
+              and crypto.MIN_SCRYPT_N <= n <= crypto.MAX_SCRYPT_N and n & (n - 1) == 0
+              and 1 <= r <= 32 and 1 <= p <= 16)
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise IntegrityError("the wallet's stored key-derivation parameters are damaged or out of range")
+    return kdf
+
+
+def scrypt_n_from_env() -> int:
+    """DEFAULT_SCRYPT_N, unless TACHYOND_INSECURE_TEST_SCRYPT_N (tests only: a power of two) lowers it."""
+    value = os.environ.get(INSECURE_TEST_SCRYPT_ENV)
+    if not value:
+        return crypto.DEFAULT_SCRYPT_N
+    n = int(value)
+    if n < crypto.MIN_SCRYPT_N or n & (n - 1):
+        raise ValueError(f"{INSECURE_TEST_SCRYPT_ENV} must be a power of two >= {crypto.MIN_SCRYPT_N}")
+    return n
 
 
 def _check_password(password: object) -> None:
