@@ -16,7 +16,7 @@ from tachyond import errors
 from tachyond.amounts import Token, fmt_minor, parse_decimal, to_minor
 from tachyond.config import MarketConfig
 from tachyond.dex_market import Market, fee_minor
-from tachyond.dex_store import DEX_SCHEMA, record_orders_op, settle_op
+from tachyond.dex_store import DEX_SCHEMA, order_read, record_orders_op, settle_op, trades_read
 from tachyond.engine import Event
 from tachyond.ledger import Ledger, Posting
 from tachyond.wallet.store import Wallet
@@ -67,7 +67,13 @@ def test_to_minor_refusals_say_why(value, message):
 
 
 def test_amount_edges():
-    assert len("1" * 64) == 64 and USDC.to_minor("1" * 58 + ".5") == int("1" * 58) * 10**6 + 500_000
+    assert len("1" * 62 + ".5") == 64 and USDC.to_minor("1" * 62 + ".5") == int("1" * 62) * 10**6 + 500_000
+    with pytest.raises(errors.AmountError) as info:
+        parse_decimal("x")
+    assert info.value.message == "amount 'x' is not a plain non-negative decimal such as \"12.5\""
+    with pytest.raises(errors.AmountError) as info:
+        to_minor("x", 6, "USDC", what="qty")
+    assert info.value.message == "qty 'x' is not a plain non-negative decimal such as \"12.5\""
     assert USDC.to_minor("0", allow_zero=True) == 0
     assert parse_decimal("12.50") == Decimal("12.50")
     with pytest.raises(errors.AmountError) as info:
@@ -108,6 +114,7 @@ def test_market_units_and_edges():
     m = market()
     assert (m.tick_minor, m.lot_minor, m.unit_minor, m.min_notional_minor) == (10_000, 10_000, 1, 1_000_000)
     assert m.price_ticks("50.50") == 5050 and m.qty_lots("2") == 20_000
+    assert m.price_ticks("0.01") == 1 and m.qty_lots("0.0001") == 1   # one step is a whole, positive step
     assert m.notional_minor(5050, 1) == 5050 and m.notional_minor(5000, 20_000) == 100_000_000
     assert (m.price_minor(5050), m.qty_minor(20_000)) == (50_500_000, 200_000_000)
     assert (m.fmt_price(5050), m.fmt_qty(20_000), m.fmt_quote(101_220_000)) == ("50.50", "2.00", "101.22")
@@ -458,6 +465,21 @@ async def test_partial_fills_with_fees_that_do_not_divide(tmp_path):
             assert bal(rows, "taker", "USDC") == (1_000_000_000 - 15_150 - 32, 0)
             assert bal(rows, "maker", "USDC") == (15_150 - 17, 0)
             assert result["orders"]["ob"]["fee_minor"] == 32 and result["orders"]["oa"]["fee_minor"] == 17
+            for oid in ("oa", "ob"):
+                o = result["orders"][oid]
+                assert (o["filled_lots"], o["cost_minor"], o["status"]) == (3, 15_150, "closed")
+            # What was stored is what was answered: each trade row opens (AAD table|column|rowid) to the same dict.
+            stored = await wallet.read(trades_read, None, None, 10)
+            assert sorted(stored, key=lambda t: t["id"]) == result["trades"]
+            assert [t["id"] for t in result["trades"]] == [1, 2]
+            assert result["trades"][0] == {
+                "seq": 1, "engine": "memory", "market": "ZEC/USDC", "price_ticks": 5050, "qty_lots": 1,
+                "maker_order_id": "oa", "taker_order_id": "ob", "taker_side": "buy", "maker_fee_minor": 6,
+                "taker_fee_minor": 11, "notional_minor": 5050, "ts": result["trades"][0]["ts"], "maker_account": "maker",
+                "taker_account": "taker", "id": 1}
+            assert isinstance(result["trades"][0]["ts"], float)
+            back = await wallet.read(order_read, "ob")
+            assert (back["filled_lots"], back["status"], [t["id"] for t in back["trade_rows"]]) == (3, "closed", [1, 2])
             assert await wallet.write(lambda tx: (tx.hold_remaining("order:ob"), tx.hold_remaining("order:oa"))) == (0, 0)
             assert (await ledger.verify())["ok"]
         finally:
@@ -478,7 +500,8 @@ async def test_release_reasons_venue_fills_and_ignored_events(tmp_path):
                                   new_order("s3", "default", "sell", 6000, 100))
             orders = {o["id"]: o for _, o in placed}
             # b1 fills 40 lots against an order this wallet did not place (the venue's), then expires.
-            events = [Event(1, "ZEC/USDC", "fill", "b1", 40, 4900, "foreign", "buy"),
+            events = [Event(0, "ZEC/USDC", "done", "nobody", 1, reason="expired"),  # unknown: skipped, not the end
+                      Event(1, "ZEC/USDC", "fill", "b1", 40, 4900, "foreign", "buy"),
                       Event(2, "ZEC/USDC", "done", "b1", 60, reason="expired"),
                       Event(3, "ZEC/USDC", "done", "b2", 100, reason="post_only"),
                       Event(4, "ZEC/USDC", "done", "s1", 100, reason="canceled"),
@@ -545,8 +568,45 @@ async def test_record_refuses_short_funds_unknown_accounts_and_repeats_client_id
             assert out[4][1].message == "insufficient available ZEC: need 0.0001, have 0.00"
             assert bal(await ledger.balances("default"), "default", "USDC") == (0, 101_220_000)
             assert [e["key"] for e in await ledger.history()] == ["order:o3", "deposit:d"]
+            # client_order_id is unique per account: another account, or another id, is a new order.
+            await ledger.create_account("amy")
+            await ledger.deposit("amy", "USDC", 10_000_000, "a")
+            out = await record(wallet, m, new_order("o7", "amy", "buy", 5050, 10, coid="c"),
+                               new_order("o8", "amy", "buy", 5050, 10, coid="d"),
+                               new_order("o9", "amy", "buy", 5050, 10, coid="d"))
+            assert [(k, v["id"]) for k, v in out] == [("new", "o7"), ("new", "o8"), ("repeat", "o8")]
             # An order that exactly uses the available balance is accepted.
             await ledger.deposit("default", "ZEC", 10_000, "z")
             assert [k for k, _ in await record(wallet, m, new_order("o6", "default", "sell", 5050, 1))] == ["new"]
+        finally:
+            await wallet.aclose()
+
+
+@pytest.mark.parametrize("maker,taker", [(15, 15), (20, 10_000)])
+async def test_fills_at_equal_fees_and_at_a_whole_notional_fee(tmp_path, maker, taker):
+    """Equal maker and taker fees, and a taker fee of 100% (the selling taker receives nothing), still balance; a
+    post-only bid fills as the maker out of a hold at the maker rate."""
+    m = market(maker, taker)
+    with trio.fail_after(20):
+        wallet, ledger = await started(tmp_path, schemas=True)
+        try:
+            for name in ("buyer", "seller"):
+                await ledger.create_account(name)
+            await ledger.deposit("seller", "ZEC", 100_000_000, "s")
+            await ledger.deposit("buyer", "USDC", 1_000_000_000, "b")
+            [(_, ask)] = await record(wallet, m, new_order("oa", "seller", "sell", 5000, 100))
+            [(_, bid)] = await record(wallet, m, new_order("ob", "buyer", "buy", 5000, 100, post_only=True))
+            fee_m, fee_t = fee_minor(500_000, maker), fee_minor(500_000, taker)
+            assert await wallet.write(lambda tx: tx.hold_remaining("order:ob")) == 100 * (5000 + fee_minor(5000, maker))
+            events = [Event(1, "ZEC/USDC", "fill", "oa", 100, 5000, "ob", "sell"),
+                      Event(2, "ZEC/USDC", "done", "ob", 0, reason="filled"),
+                      Event(3, "ZEC/USDC", "done", "oa", 0, reason="filled")]
+            result = await wallet.write(settle_op, "memory", 0, events, {"oa": ask, "ob": bid}, {"ZEC/USDC": m})
+            assert (result["trades"][0]["maker_fee_minor"], result["trades"][0]["taker_fee_minor"]) == (fee_m, fee_t)
+            rows = await ledger.balances()
+            assert bal(rows, "buyer", "USDC") == (1_000_000_000 - 500_000 - fee_m, 0)
+            assert bal(rows, "seller", "USDC") == (500_000 - fee_t, 0)
+            assert await wallet.write(lambda tx: tx.balance("fees", "USDC")) == (fee_m + fee_t, 0)
+            assert (await ledger.verify())["ok"]
         finally:
             await wallet.aclose()
