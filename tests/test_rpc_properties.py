@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import trio
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tachyond.config import from_mapping
@@ -44,6 +44,11 @@ def check_response(r: object) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(messages)
+@example({"jsonrpc": "2.0", "method": "nope.nothing", "id": 7})                      # method not found
+@example({"jsonrpc": "2.0", "method": "wallet.unlock", "params": {"password": "x"}, "id": "u"})  # a refusal
+@example({"jsonrpc": "2.0", "method": "ledger.deposit", "params": [1, 2], "id": 8})  # bad params
+@example([{"jsonrpc": "2.0", "method": "daemon.info"}, {"jsonrpc": "2.0", "method": "nope.nothing", "id": "b"}])
+@example({"jsonrpc": "2.0", "method": "daemon.info", "id": None})
 def test_any_json_gets_a_well_formed_answer(message):
     line = json.dumps(message).encode()
 
