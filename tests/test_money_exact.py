@@ -241,6 +241,17 @@ async def test_entry_shapes_and_refusals(tmp_path):
             with pytest.raises(errors.InvalidParams):
                 await ledger.deposit("default", "ZEC", 1, "r" * 247)
             assert (await ledger.deposit("default", "ZEC", 1, "r" * 246))["key"] == "deposit:" + "r" * 246
+            assert (await ledger.transfer("default", "amy", "ZEC", 1, "t" * 246))["key"] == "transfer:" + "t" * 246
+            with pytest.raises(errors.InvalidParams) as info:
+                await ledger.transfer("default", "amy", "ZEC", 1, "t" * 247)
+            assert info.value.message == "reference must be a non-empty string of at most 246 characters"
+            with pytest.raises(errors.InvalidParams) as info:
+                await ledger.withdraw("default", "ZEC", 1, "")
+            assert info.value.message == "reference must be a non-empty string of at most 246 characters"
+            for amount in (0, -1, True, 1.0, "1"):
+                with pytest.raises(errors.AmountError) as info:
+                    await ledger.transfer("default", "amy", "ZEC", amount, "zero")
+                assert info.value.message == "amount must be a positive integer of minor units"
 
             def post(tx, key, kind, postings, memo=None, links=None):
                 return tx.post_entry(key, kind, postings, memo, links)
@@ -287,7 +298,7 @@ async def test_entry_shapes_and_refusals(tmp_path):
                     await wallet.write(post, *args)
                 if message is not None:
                     assert info.value.message == message
-            assert len(await ledger.history()) == 4  # nothing refused was written
+            assert len(await ledger.history()) == 5  # nothing refused was written
             assert (await ledger.verify())["ok"]
         finally:
             await wallet.aclose()
