@@ -621,3 +621,27 @@ async def test_fills_at_equal_fees_and_at_a_whole_notional_fee(tmp_path, maker, 
             assert (await ledger.verify())["ok"]
         finally:
             await wallet.aclose()
+
+
+async def test_posting_and_amount_subclasses_are_accepted(tmp_path):
+    """A Posting subclass, and an int subclass as delta (not bool), are postings and amounts like any other."""
+
+    class Leg(Posting):
+        pass
+
+    class Minor(int):
+        pass
+
+    with trio.fail_after(20):
+        wallet, ledger = await started(tmp_path)
+        try:
+            await ledger.deposit("default", "USDC", 5, "d")
+
+            def post(tx):
+                return tx.post_entry("sub", "transfer", [Leg("default", "USDC", Minor(-2)), Posting("fees", "USDC", 2)])
+
+            entry = await wallet.write(post)
+            assert [p["amount_minor"] for p in entry["postings"]] == [-2, 2] and entry["repeated"] is False
+            assert bal(await ledger.balances("default"), "default", "USDC") == (3, 0)
+        finally:
+            await wallet.aclose()
