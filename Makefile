@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench docs clean
+.PHONY: install run test bench docs clean mutate
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tachyond needs Python >= 3.11")'
@@ -33,4 +33,26 @@ docs: install
 	$(BIN)/python -m tachyond.docgen docs/rpc.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .tachyon-dev
+	rm -rf $(VENV) .pytest_cache .hypothesis .tachyon-dev mutants
+
+# Mutation testing of the money code (docs/reliability.md). The modules are listed once, in pyproject.toml
+# ([tool.mutmut] only_mutate); MUTATE_FUNCTIONS names the money functions in them (mutmut's mutant names:
+# module.x_function, or module.xǁClassǁmethod). Low priority: the machine is shared.
+MUTATE_FUNCTIONS ?= \
+  'tachyond.amounts.*' \
+  'tachyond.dex_market.*' \
+  'tachyond.ledger.x_lock_postings__*' 'tachyond.ledger.x_release_postings__*' \
+  'tachyond.ledger.x_check_amount_minor__*' 'tachyond.ledger.x__check_text__*' \
+  'tachyond.ledger.xǁLedgerTxǁpost_entry__*' 'tachyond.ledger.xǁLedgerTxǁ_check_posting__*' \
+  'tachyond.ledger.xǁLedgerTxǁ_check_effects__*' 'tachyond.ledger.xǁLedgerTxǁ_apply__*' \
+  'tachyond.ledger.xǁLedgerTxǁbalance__*' 'tachyond.ledger.xǁLedgerTxǁhold_remaining__*' \
+  'tachyond.ledger.xǁLedgerǁ_external__*' 'tachyond.ledger.xǁLedgerǁtransfer__*' \
+  'tachyond.ledger.xǁLedgerǁdeposit__*' 'tachyond.ledger.xǁLedgerǁwithdraw__*' \
+  'tachyond.dex_store.x_record_orders_op__*' 'tachyond.dex_store.x_settle_op__*' \
+  'tachyond.dex_store.x__apply_fill__*'
+MUTATE_JOBS ?= 1
+
+mutate: install
+	@$(BIN)/python -c 'import mutmut' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[mutate]' 1>&2
+	nice -n 10 $(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTATE_FUNCTIONS)
+	$(BIN)/mutmut results

@@ -224,9 +224,16 @@ class DexService:
                 await engine.aclose()
         self.engines[name] = engine
         async with self._engine_locks[name]:
-            if engine.durable and await engine.last_seq() >= applied_seq:
+            engine_seq = await engine.last_seq() if engine.durable else 0
+            if engine.durable and engine_seq >= applied_seq:
                 self._base_seq[name] = base_seq
                 await self._replay(name, engine, applied_seq)
+            elif engine_seq > 0:
+                # An older store (a restored copy): its book still rests orders since filled, cut or cancelled,
+                # and it cannot be told to forget them. Trading on it would disagree with the ledger: refuse.
+                raise EngineError(f"its store is older than the ledger (engine seq {engine_seq}, ledger applied "
+                                  f"{applied_seq}): move the engine's store aside and restart to re-seed it "
+                                  f"from the ledger")
             else:
                 # The engine forgot (memory, or a lost file): its seqs restart at 1, so later ones are offset
                 # past everything applied, and the ledger's open orders are re-seeded in their time order.

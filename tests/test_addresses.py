@@ -48,13 +48,23 @@ def test_eip55_single_case_accepted_and_checksummed(address):
     assert validate_evm(f"  {address}\n") == eip55_checksum(address)
 
 
-def test_keccak_is_not_sha3():
+def _checksum_with(digest_hex: str, body: str) -> str:
+    """EIP-55's casing rule applied with a given digest (to build what a wrong hash would give)."""
+    return "0x" + "".join(c.upper() if c.isalpha() and int(digest_hex[i], 16) >= 8 else c for i, c in enumerate(body))
+
+
+@pytest.mark.parametrize("address", EIP55_NORMAL)
+def test_checksum_is_keccak_256_not_sha3_256(address):
+    """The project's eip55_checksum gives the spec's casing; the same rule over SHA3-256 (which pads
+    differently from Keccak-256) gives another one that validate_evm refuses."""
     import hashlib
 
-    body = EIP55_NORMAL[0][2:].lower().encode()
-    from Crypto.Hash import keccak
-
-    assert keccak.new(digest_bits=256, data=body).hexdigest() != hashlib.sha3_256(body).hexdigest()
+    body = address[2:].lower()
+    with_sha3 = _checksum_with(hashlib.sha3_256(body.encode()).hexdigest(), body)
+    assert with_sha3 != address
+    assert eip55_checksum("0x" + body) == address
+    with pytest.raises(InvalidAddress, match="fails its EIP-55 checksum"):
+        validate_evm(with_sha3)
 
 
 @pytest.mark.parametrize("address", EIP55_NORMAL)

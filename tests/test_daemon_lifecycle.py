@@ -65,8 +65,31 @@ def test_dev_mode_starts_and_ctl_status_reaches_it(sockdir):
     assert not (sockdir / ".tachyon-dev" / "rpc.sock").exists()
 
 
+
+def _log_path() -> str:
+    """Where the test plugin records its hook calls, in a fresh temp dir."""
+    import tempfile
+
+    return os.path.join(tempfile.mkdtemp(prefix="ty-log-"), "plugin.log")
+
+
+def _plugin_log(d) -> str:
+    try:
+        with open(d.env["TACHYON_TESTPLUGIN_LOG"]) as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return ""
+
+
+def _wait_for(condition, what: str, timeout_s: float = 20) -> None:
+    """Poll until ``condition()`` holds (the event a test waits for, instead of a fixed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
 def test_sigterm_while_20_clients_are_mid_call(daemon_factory):
-    d = daemon_factory(test_plugin=True).start()
+    d = daemon_factory(test_plugin=True, env={"TACHYON_TESTPLUGIN_LOG": _log_path()}).start()
     outcomes: list[str] = []
     lock = threading.Lock()
     started = threading.Barrier(21)
@@ -95,7 +118,7 @@ def test_sigterm_while_20_clients_are_mid_call(daemon_factory):
     for t in threads:
         t.start()
     started.wait()
-    time.sleep(0.3)
+    _wait_for(lambda: _plugin_log(d).count('"sleep_started"') == 20, "20 calls in flight")
     d.signal(signal.SIGTERM)
     for t in threads:
         t.join(30)
@@ -107,14 +130,14 @@ def test_sigterm_while_20_clients_are_mid_call(daemon_factory):
 
 
 def test_calls_arriving_during_the_drain_are_refused_cleanly(daemon_factory):
-    d = daemon_factory(test_plugin=True).start()
+    d = daemon_factory(test_plugin=True, env={"TACHYON_TESTPLUGIN_LOG": _log_path()}).start()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(30)
         s.connect(d.socket)
         s.sendall(b'{"jsonrpc":"2.0","method":"test.sleep","params":[1.5],"id":"slow"}\n')
-        time.sleep(0.3)
+        _wait_for(lambda: '"sleep_started"' in _plugin_log(d), "the slow call in flight")
         d.signal(signal.SIGTERM)
-        time.sleep(0.3)
+        _wait_for(lambda: "stopping: " in d.stderr(), "the daemon draining")
         s.sendall(b'{"jsonrpc":"2.0","method":"spec.get_data","id":"late"}\n')
         buf = b""
         while buf.count(b"\n") < 2:

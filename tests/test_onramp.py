@@ -117,6 +117,17 @@ async def onramp_env(nursery: trio.Nursery, dir_: Path, *, secrets: tuple[str, .
     assert code in (0, -9), daemon.stderr()
 
 
+
+async def complete_marker(env: "Env", amount: str = "5") -> dict:
+    """A session of ours, completed now: once it is pending, every webhook and reconcile before it was handled.
+
+    Tests wait for it instead of sleeping to show that something else did NOT become pending."""
+    env.emu.resume_webhooks()
+    made = await env.create(amount)
+    env.emu.complete_session(made["id"])
+    await env.emu.wait_webhooks_idle()
+    return made
+
 async def test_create_pay_webhook_claim_credits_once(nursery, sockdir):
     with trio.fail_after(40):
         async with onramp_env(nursery, sockdir) as env:
@@ -166,7 +177,6 @@ async def test_webhook_while_locked_is_kept_and_confirmed_after_unlock(nursery, 
             # Every delivery was answered 200 on its first attempt, though nothing could be decrypted.
             assert [a.status for a in env.emu.delivery_attempts] == [200, 200, 200]
             assert (await env.error("onramp.pending")).code == -32001
-            await trio.sleep(0.3)
             await env.call("wallet.unlock", {"password": PASSWORD})
             [topup] = await env.wait_pending()
             assert topup["session_id"] == session["id"] and topup["account"] == "default"
@@ -212,8 +222,8 @@ async def test_foreign_session_is_acknowledged_and_never_pending(nursery, sockdi
             assert [p["session_id"] for p in pending] == [ours["id"]]
             assert await env.metric("tachyon_webhook_events_ignored_total", provider="stripe", reason="foreign") == 3
             assert (await env.call("onramp.reconcile"))["enqueued"] == 0
-            await trio.sleep(0.3)
-            assert [p["session_id"] for p in await env.call("onramp.pending")] == [ours["id"]]
+            marker = await complete_marker(env)   # pending after everything before it was handled
+            assert [p["session_id"] for p in await env.wait_pending(2)] == [ours["id"], marker["id"]]
             err = await env.error("onramp.claim", {"session_id": foreign["id"]})
             assert err.code == -32005
 
@@ -239,8 +249,8 @@ async def test_reconcile_backfills_sessions_whose_webhooks_never_came(nursery, s
             assert await env.metric("tachyon_webhook_events_duplicate_total", provider="stripe") == 1
             await env.call("onramp.claim", {"session_id": session["id"]})
             assert await env.call("onramp.reconcile") == {"checked": 1, "enqueued": 0}
-            await trio.sleep(0.3)
-            assert await env.call("onramp.pending") == []
+            marker = await complete_marker(env)
+            assert [p["session_id"] for p in await env.wait_pending()] == [marker["id"]]
             assert unpaid["id"] != session["id"]
 
 
@@ -275,8 +285,8 @@ async def test_statuses_rejected_unknown_and_inexact_amounts_are_never_pending(n
             await env.emu.wait_webhooks_idle()
             [topup] = await env.wait_pending()
             assert topup["session_id"] == wide["id"] and topup["amount_minor"] == 4_500_000
-            await trio.sleep(0.3)
-            assert len(await env.call("onramp.pending")) == 1
+            marker = await complete_marker(env)   # the odd ones had their chance before it
+            assert [p["session_id"] for p in await env.wait_pending(2)] == [wide["id"], marker["id"]]
             stderr = env.daemon.stderr()
             assert "unknown status 'fulfillment_on_hold'" in stderr and "3.0000001" in stderr
             assert f"onramp session {rejected['id']} rejected" in stderr

@@ -1,4 +1,5 @@
-"""Property: whatever JSON arrives, the dispatcher answers well-formed JSON-RPC 2.0 (or nothing), never raises."""
+"""Property: whatever JSON arrives, the dispatcher answers well-formed JSON-RPC 2.0, never raises, and stays silent
+only for notifications: everything with an "id" (and anything that is not an object) gets its answer."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 from pathlib import Path
 
 import trio
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tachyond.config import from_mapping
@@ -43,6 +44,11 @@ def check_response(r: object) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(messages)
+@example({"jsonrpc": "2.0", "method": "nope.nothing", "id": 7})                      # method not found
+@example({"jsonrpc": "2.0", "method": "wallet.unlock", "params": {"password": "x"}, "id": "u"})  # a refusal
+@example({"jsonrpc": "2.0", "method": "ledger.deposit", "params": [1, 2], "id": 8})  # bad params
+@example([{"jsonrpc": "2.0", "method": "daemon.info"}, {"jsonrpc": "2.0", "method": "nope.nothing", "id": "b"}])
+@example({"jsonrpc": "2.0", "method": "daemon.info", "id": None})
 def test_any_json_gets_a_well_formed_answer(message):
     line = json.dumps(message).encode()
 
@@ -50,8 +56,12 @@ def test_any_json_gets_a_well_formed_answer(message):
         return await DAEMON.dispatcher.handle_line(line)
 
     out = trio.run(run)
+    elements = message if isinstance(message, list) and message else [message]
+    expected = [m for m in elements if expects_answer(m)]
     if out is None:
-        return  # a notification, or a batch of only notifications
+        # Silence is only for a notification, or a batch of only notifications.
+        assert not expected, f"no answer to {message!r}"
+        return
     assert out.endswith(b"\n") and out.count(b"\n") == 1
     answer = json.loads(out)
     if isinstance(answer, list):
@@ -59,4 +69,20 @@ def test_any_json_gets_a_well_formed_answer(message):
         for r in answer:
             check_response(r)
     else:
+        assert not (isinstance(message, list) and message), "a batch is answered with a list"
         check_response(answer)
+        answer = [answer]
+    assert len(answer) >= len(expected)
+    answered_ids = [r["id"] for r in answer]
+    for m in expected:
+        if isinstance(m, dict) and _echoable(m["id"]):
+            assert m["id"] in answered_ids, f"{m!r} got no answer with its id"
+
+
+def _echoable(value: object) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def expects_answer(m: object) -> bool:
+    """Anything but an object, and any object with an "id", must be answered (an error when it is invalid)."""
+    return not isinstance(m, dict) or "id" in m

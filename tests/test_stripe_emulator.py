@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from tachyon_stripe.emulator import EmulatorConfig, StripeEmulator, serve_emulator
 from webhook_receiver import start_receiver
@@ -494,7 +495,9 @@ async def test_stop_resume_redeliver_and_control_routes(nursery):
             assert foreign["metadata"] == {"app": "another-app"}
             done = (await http.post(f"/_emulator/sessions/{foreign['id']}/complete")).json()
             assert done["status"] == "fulfillment_complete"
-            await trio.sleep(0.1)
+            # Not a sleep: once every task here (the sender, the receiver) is blocked, an unpaused sender would
+            # already have delivered over loopback.
+            await trio.testing.wait_all_tasks_blocked()
             assert receiver.requests == [] and len(emu.pending_deliveries()) == 3
             state = (await http.get("/_emulator/webhooks")).json()
             assert state["paused"] is True and len(state["pending"]) == 3

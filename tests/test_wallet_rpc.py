@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from tachyon_ctl.client import DaemonNotRunning
+
 from conftest import base_document, ctl_json, run_ctl
 
 TOKENS = [{"symbol": "USDC", "decimals": 6, "networks": ["ethereum"]}, {"symbol": "ZEC", "decimals": 8}]
@@ -109,8 +111,11 @@ def test_same_idempotency_key_from_50_concurrent_clients_is_one_entry(daemon_fac
 def test_sigkill_while_8_clients_write_loses_no_acknowledged_write(daemon_factory, sockdir):
     d = _wallet_daemon(daemon_factory, sockdir)
     acked: list[str] = []
+    unexpected: list[BaseException] = []
     lock = threading.Lock()
     stop = threading.Event()
+    killed = threading.Event()
+    enough = threading.Event()
 
     def writer(w: int):
         n = 0
@@ -121,20 +126,27 @@ def test_sigkill_while_8_clients_write_loses_no_acknowledged_write(daemon_factor
                     c.call("ledger.deposit", {"token": "USDC", "amount": "0.01", "reference": ref})
                     with lock:
                         acked.append(ref)
+                        if len(acked) >= 200:
+                            enough.set()
                     n += 1
-        except Exception:
-            pass  # the daemon died under us: only acknowledged writes count
+        except DaemonNotRunning:
+            if not killed.is_set():  # only the SIGKILL may end a writer; only acknowledged writes count
+                unexpected.append(AssertionError(f"writer {w} lost the daemon before the kill"))
+        except BaseException as exc:  # an RPC error or a bug in the client: the test must see it
+            unexpected.append(exc)
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
     for t in threads:
         t.start()
-    time.sleep(1.5)
+    assert enough.wait(60), f"only {len(acked)} writes acknowledged in 60 s"
+    killed.set()
     d.signal(signal.SIGKILL)
     d.proc.wait(10)
     stop.set()
     for t in threads:
         t.join(30)
-    assert len(acked) > 50
+    assert not unexpected, unexpected
+    assert len(acked) >= 200
     d2 = daemon_factory(d.doc).start()
     verify = d2.call("ledger.verify")
     assert verify["ok"] is True, verify["problems"]
