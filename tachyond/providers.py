@@ -51,6 +51,9 @@ class SessionInfo:
     livemode: bool | None = None
     delivered_to: str | None = None
     addresses: Mapping[str, str] = field(default_factory=dict)
+    # True when the session locked the buyer to ``addresses`` (Stripe's ``lock_wallet_address``): only then
+    # does ``addresses[network]`` say where the crypto went when ``delivered_to`` is absent.
+    address_locked: bool | None = None
 
 
 @dataclass(frozen=True)

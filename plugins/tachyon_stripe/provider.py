@@ -259,6 +259,7 @@ class StripeOnrampProvider:
             livemode=livemode if isinstance(livemode, bool) else None,
             delivered_to=used if isinstance(used, str) and used else None,
             addresses=addresses,
+            address_locked=details.get("lock_wallet_address") is True,
         )
 
     async def create_session(self, req: SessionRequest) -> SessionInfo:
