@@ -90,7 +90,7 @@ class Quote:
     source_total_amount: str | None
     network_fee: str | None
     transaction_fee: str | None
-    fetched_at: int | None
+    fetched_at: float | None     # unix seconds the provider's rates are from
 
 
 @dataclass(frozen=True)

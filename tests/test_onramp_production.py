@@ -4,6 +4,7 @@ quotes. A real tachyond, the real emulator (with its switches), real webhooks, t
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import trio
@@ -176,6 +177,8 @@ async def test_quote_through_rpc_and_ctl(nursery, sockdir):
                              "destination_amount": "100.00", "source_amount": "100.00", "source_currency": "usd",
                              "source_total_amount": "101.51", "fees": {"network": "0.01", "transaction": "1.50"},
                              "fetched_at": quote["fetched_at"]}
+            # Stripe's rate_fetched_at is a float: it arrives as the time of the rates, never dropped.
+            assert isinstance(quote["fetched_at"], float) and abs(quote["fetched_at"] - time.time()) < 60
             [sent] = [r for r in env.emu.requests if r["path"] == "/v1/crypto/onramp/quotes"]
             assert sent["params"] == {"destination_amount": "100.00", "destination_currencies": ["usdc"],
                                       "destination_networks": ["base"]}

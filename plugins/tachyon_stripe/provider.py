@@ -334,7 +334,9 @@ class StripeOnrampProvider:
                      source_total_amount=text(entry.get("source_total_amount")),
                      network_fee=text(fees.get("network_fee_monetary")),
                      transaction_fee=text(fees.get("transaction_fee_monetary")),
-                     fetched_at=fetched if isinstance(fetched, int) and not isinstance(fetched, bool) else None)
+                     # Stripe's rate_fetched_at is a float (unix seconds with a fraction), not an int.
+                     fetched_at=float(fetched) if isinstance(fetched, (int, float)) and not isinstance(fetched, bool)
+                     and math.isfinite(fetched) else None)
 
     def embed(self, info: SessionInfo) -> Embed | None:
         """The embedded onramp widget for one session (None without a publishable key or a client secret).
