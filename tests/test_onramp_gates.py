@@ -115,3 +115,29 @@ def test_wrong_network_or_currency_or_no_record_is_parked():
     assert destination_problem(parse(complete(destination_currency="eth")), ASKED_ETH).startswith(
         "delivered elsewhere: currency 'eth'")
     assert destination_problem(parse(complete()), None) == "this wallet has no record of creating the session"
+
+
+# ---- the embedded page: whatever the provider says is text, never markup or script ----
+
+def test_the_embedded_page_escapes_what_the_provider_says():
+    import re
+
+    from tachyond.onramp_page import render_page
+    from tachyond.providers import SessionInfo
+
+    hostile = '</dd><script>alert(1)</script><img src=x onerror=alert(2)>"\''
+    info = SessionInfo(id="cos_ok", status=hostile, created=0, currency=hostile, network=hostile, amount=hostile,
+                       client_secret="cos_ok_secret_</script><script>alert(3)</script>")
+    stripe = provider("sk_test_abc")
+    stripe.publishable_key = "pk_test_abc"
+    text, csp = render_page(info, stripe.embed(info))
+    assert "<script>alert" not in text and "<img" not in text and "&lt;img src=x onerror=alert(2)&gt;" in text
+    assert '<dd id="status">&lt;/dd&gt;&lt;script&gt;alert(1)&lt;/script&gt;' in text
+    # The client secret reaches the widget intact, as JSON the HTML parser cannot end early.
+    config = re.search(r"window\.ONRAMP_CONFIG = (.*?);</script>", text).group(1)
+    assert json.loads(config)["client_secret"] == info.client_secret and "</" not in config
+    # Every script on the page carries the nonce, and the policy allows no other inline script.
+    nonce = re.search(r"'nonce-([^']+)'", csp).group(1)
+    assert text.count("<script") == text.count(f'<script nonce="{nonce}"') == 4
+    assert "'unsafe-inline'" not in csp and "'unsafe-eval'" not in csp and "default-src 'none'" in csp
+    assert render_page(info, stripe.embed(info))[1] != csp   # a fresh nonce per answer
