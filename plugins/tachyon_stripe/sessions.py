@@ -420,8 +420,9 @@ class SessionStore:
 
 def by_client_secret(store: "SessionStore", client_secret: str) -> dict[str, Any] | None:
     """The stored session a client secret belongs to (the embedded widget's only credential)."""
-    return next((s for s in store.sessions.values() if secrets.compare_digest(s["client_secret"], client_secret)),
-                None)
+    given = client_secret.encode("utf-8", "surrogatepass")   # bytes: compare_digest refuses non-ASCII str
+    return next((s for s in store.sessions.values()
+                 if secrets.compare_digest(s["client_secret"].encode(), given)), None)
 
 
 QUOTE_PARAMS = frozenset({"source_amount", "source_currency", "destination_amount", "destination_currencies",
