@@ -18,7 +18,7 @@ from .errors import ShuttingDown, TachyonError
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_document_toml, load
 from .metrics import Metrics
 from .plugins import PluginLoadError, Plugins
-from .rpc import Dispatcher, Registry, RpcServer, SocketInUse
+from .rpc import Dispatcher, Registry, RpcServer, SocketInUse, raise_nofile_limit
 from .systemd import Notifier, serve_watchdog, watchdog_interval_s
 from .wallet_api import register_wallet_methods
 
@@ -164,7 +164,10 @@ class Daemon:
             cfg.daemon.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StartupError(f"daemon.data_dir: cannot create {cfg.daemon.data_dir}: {exc.strerror or exc}") from exc
-        rpc = RpcServer(self.dispatcher, drain_timeout_s=DRAIN_TIMEOUT_S)
+        raise_nofile_limit()   # soft RLIMIT_NOFILE up to the hard one: the connection caps bind before EMFILE does
+        rpc = RpcServer(self.dispatcher, drain_timeout_s=DRAIN_TIMEOUT_S, max_connections=cfg.daemon.max_rpc_connections,
+                        max_connections_per_uid=cfg.daemon.max_rpc_connections_per_uid,
+                        idle_timeout_s=cfg.daemon.rpc_idle_timeout_s)
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self._signals)
