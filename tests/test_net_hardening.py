@@ -159,7 +159,10 @@ def rpc_info(d: DaemonProc, timeout_s: float = 1.0) -> dict:
 
 
 def metric(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
+    return metric_value(httpx.get(url + "/metrics", timeout=10).text, name, **labels)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     prefix = f"{name}{{{want}}} " if labels else f"{name} "
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
@@ -363,3 +366,107 @@ def test_socket_connections_busy_at_the_uid_cap_refuse_the_next_one_clearly(limi
         assert closed_by_peer(busy[0], 10)                   # the idle one it replaced
     finally:
         close_all(busy)
+
+
+# --- the rate limiter, trusted proxies, the admin listener -----------------------------------------
+
+def test_the_rate_limiter_table_is_bounded_with_twenty_thousand_sources():
+    from tachyond.http import RateLimiter, limit_key
+
+    limiter = RateLimiter(5, max_clients=10_000)
+    sources = [f"2001:db8:{i >> 16:x}:{i & 0xffff:x}::1" for i in range(20_000)]   # 20,000 distinct /64s
+    assert len({limit_key(s) for s in sources}) == 20_000
+    for s in sources:
+        assert limiter.allow(limit_key(s), now=100.0)
+    assert len(limiter.buckets) == 10_000
+    # the most recent 10,000 are the ones kept, with their spent token
+    assert limit_key(sources[-1]) in limiter.buckets and limit_key(sources[0]) not in limiter.buckets
+    # a client over its budget (burst 10) is refused, and stays tracked
+    hot = limit_key("2001:db8:ffff:1::1")
+    assert [limiter.allow(hot, now=200.0) for _ in range(11)] == [True] * 10 + [False]
+    for s in sources[:5000]:
+        limiter.allow(limit_key(s), now=200.0)
+    assert len(limiter.buckets) == 10_000 and not limiter.allow(hot, now=200.0)
+    # one host's addresses in a /64 share a bucket
+    assert limit_key("2001:db8:1:2::1") == limit_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert limit_key("::ffff:192.0.2.1") == "192.0.2.1" and limit_key("192.0.2.1") == "192.0.2.1"
+
+
+def test_x_forwarded_for_is_believed_only_from_trusted_proxies():
+    from ipaddress import ip_network
+
+    from tachyond.http import client_address
+
+    trusted = [ip_network("10.0.0.0/8"), ip_network("127.0.0.1/32")]
+
+    def scope(peer: str, *xff: str) -> dict:
+        return {"client": (peer, 5555), "headers": [(b"x-forwarded-for", v.encode()) for v in xff]}
+
+    assert client_address(scope("203.0.113.9", "198.51.100.1"), trusted) == "203.0.113.9"   # untrusted peer
+    assert client_address(scope("127.0.0.1", "198.51.100.1"), trusted) == "198.51.100.1"
+    # the client may write anything on the left; the rightmost untrusted hop is what our proxy saw
+    assert client_address(scope("127.0.0.1", "3.18.12.63, 198.51.100.1"), trusted) == "198.51.100.1"
+    assert client_address(scope("127.0.0.1", "3.18.12.63", "198.51.100.1, 10.1.2.3"), trusted) == "198.51.100.1"
+    assert client_address(scope("127.0.0.1", "10.9.9.9, 10.1.2.3"), trusted) == "10.9.9.9"   # all trusted
+    assert client_address(scope("127.0.0.1"), trusted) == "127.0.0.1"
+    assert client_address(scope("127.0.0.1", "not-an-ip"), trusted) == "not-an-ip"
+    assert client_address(scope("127.0.0.1", "198.51.100.1"), []) == "127.0.0.1"              # none trusted
+
+
+def test_trusted_proxies_decide_allow_ips_and_the_rate_limit_on_a_real_daemon(limited):
+    d = limited(http={"trusted_proxies": ["127.0.0.1/32"], "allow_ips": ["203.0.113.0/24"],
+                      "rate_limit_per_s": 1}).start()
+    url = http_url(d)
+
+    def hook(source: str, xff: str | None) -> httpx.Response:
+        return verified_webhook(url, source=source, timeout_s=10, headers={"X-Forwarded-For": xff} if xff else None)
+
+    assert hook("127.0.0.1", "6.6.6.6, 203.0.113.7").status_code == 200    # the proxy saw 203.0.113.7
+    refused = hook("127.0.0.1", "203.0.113.7, 6.6.6.6")                     # the proxy saw 6.6.6.6
+    assert refused.status_code == 403 and refused.json()["error"] == "6.6.6.6 is not in http.allow_ips"
+    spoofed = hook("127.0.0.2", "203.0.113.7")                              # not through the proxy
+    assert spoofed.status_code == 403 and spoofed.json()["error"] == "127.0.0.2 is not in http.allow_ips"
+    assert hook("127.0.0.1", None).status_code == 403                       # the proxy itself is no client
+    # the rate limit counts the client behind the proxy: 203.0.113.7 spends its burst of 2 (1/s refill) ...
+    statuses = [hook("127.0.0.1", "203.0.113.7").status_code for _ in range(6)]
+    assert 429 in statuses and set(statuses) == {200, 429}
+    # ... while another client behind the same proxy has not
+    assert hook("127.0.0.1", "203.0.113.8").status_code == 200
+
+
+def test_healthz_and_metrics_move_to_admin_listen_and_are_rate_limited(limited):
+    d = limited(http={"admin_listen": ["127.0.0.1:0"], "rate_limit_per_s": 1}).start()
+    url, admin = http_url(d, 0), http_url(d, 1)
+    assert httpx.get(url + "/healthz", timeout=10).status_code == 404
+    assert httpx.get(url + "/metrics", timeout=10).status_code == 404
+    assert verified_webhook(url, timeout_s=10).status_code == 200               # webhooks stay on listen
+    assert verified_webhook(admin, timeout_s=10).status_code == 404             # and only there
+    ok = httpx.get(admin + "/healthz", timeout=10)
+    assert ok.status_code == 200 and ok.json()["status"] == "ok"
+    assert httpx.get(admin + "/metrics", timeout=10).status_code == 200
+    statuses = [httpx.get(admin + "/healthz", timeout=10).status_code for _ in range(6)]   # burst 2, 1/s
+    assert 429 in statuses and set(statuses) <= {200, 429}
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.3"), timeout=10) as other:
+        assert other.get(admin + "/healthz").status_code == 200                 # per client
+        text = other.get(admin + "/metrics").text
+    assert metric_value(text, "tachyon_http_rate_limited_total", route="/healthz") == statuses.count(429)
+
+
+def test_connection_and_deadline_keys_are_validated():
+    from tachyond.config import ConfigError, from_mapping
+
+    def bad(section: str, **kv: Any) -> str:
+        with pytest.raises(ConfigError) as info:
+            from_mapping({"daemon": {"data_dir": "/tmp/x", **(kv if section == "daemon" else {})},
+                          **({"http": kv} if section == "http" else {})})
+        return str(info.value)
+
+    assert bad("http", request_timeout_s=0).startswith("http.request_timeout_s: must be between 1 and 3600")
+    assert bad("http", max_connections=0) == "http.max_connections: must be at least 1, not 0"
+    assert bad("http", trusted_proxies=["10.0.0.0/33"]).startswith("http.trusted_proxies[0]: '10.0.0.0/33' is not an IP network")
+    assert bad("http", admin_listen=["8788"]).startswith("http.admin_listen[0]: '8788' is not HOST:PORT")
+    assert bad("daemon", max_rpc_connections_per_uid=0).startswith("daemon.max_rpc_connections_per_uid: must be at least 1")
+    assert bad("daemon", rpc_idle_timeout_s=-1).startswith("daemon.rpc_idle_timeout_s: must be zero or more")
+    cfg = from_mapping({"daemon": {"data_dir": "/tmp/x"}, "http": {"max_connections": 25}})
+    assert cfg.http.request_timeout_s == 10 and cfg.http.max_connections_per_address == 2
+    assert cfg.daemon.max_rpc_connections == 1024 and cfg.daemon.max_rpc_connections_per_uid == 256
