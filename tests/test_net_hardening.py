@@ -298,13 +298,20 @@ def test_the_descriptor_limit_reached_on_purpose_is_survived(limited):
 
 # --- RPC batches and connection caps ---------------------------------------------------------------
 
+_PENDING: dict[int, bytes] = {}   # what was read past a line, per socket
+
+
 def read_line(s: socket.socket) -> bytes:
-    buf = b""
-    while not buf.endswith(b"\n"):
+    """One line off ``s``; bytes read past it are kept for the next call on the same socket."""
+    buf = _PENDING.pop(id(s), b"")
+    while b"\n" not in buf:
         chunk = s.recv(1 << 20)
         assert chunk, "connection closed"
         buf += chunk
-    return buf
+    line, rest = buf.split(b"\n", 1)
+    if rest:
+        _PENDING[id(s)] = rest
+    return line + b"\n"
 
 
 def test_a_batch_over_the_cap_is_one_invalid_request_at_once_and_the_client_goes_on(limited):
