@@ -93,6 +93,7 @@ class DexService:
         self.offline: dict[str, str] = {}         # shared engine -> why it is unreachable now (reconnecting)
         self._unsent: dict[str, set[str]] = {}    # shared engine -> order ids whose submit got no answer
         self._followers: set[str] = set()
+        self._shared: set[str] = set()            # engines with a feed to follow (or offline before opening)
         r = daemon.metrics.registry
         self.metric_halted = Gauge("tachyon_dex_market_halted", "1 while a market's settlement is halted",
                                    ["market"], registry=r)
@@ -111,6 +112,8 @@ class DexService:
         """Host the per-market order workers (engines open at the first unlock). Runs until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            for name in sorted(self._shared):   # engines opened before serve() ran (unlocked at start)
+                self._start_follower(name)
             try:
                 task_status.started()
                 await trio.sleep_forever()
@@ -263,6 +266,7 @@ class DexService:
 
     # ----- shared engines: the live feed, halts and outages -----
     def _start_follower(self, name: str) -> None:
+        self._shared.add(name)
         if self._nursery is not None and name not in self._followers:
             self._followers.add(name)
             self._nursery.start_soon(self._follow, name)
