@@ -60,7 +60,7 @@ class ServerProc:
                                      stdout=subprocess.DEVNULL, stderr=self._err)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            m = re.search(r"listening on (http://\S+)", self.stderr())
+            m = re.search(r"listening on (https?://\S+)", self.stderr())
             if m:
                 self.url = m.group(1)
                 return self

@@ -1,0 +1,124 @@
+"""Transport of the remote engine: https:// off loopback, TLS with a pinned CA, token files, unix sockets."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from tachyon_http_engine import HttpEngine
+from tachyon_http_engine.backend import ServerBackend
+from tachyon_http_engine.server import EngineApp, parse_config
+from tachyond.engine import EngineContext, EngineUnavailable
+from tachyond.errors import EngineError
+from test_http_engine import TOKEN, ZEC, ServerProc, order, server_document
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.7:9010", "http://engine.example:9010", "http://0.0.0.0:1"])
+def test_plain_http_off_loopback_is_refused(url: str) -> None:
+    with pytest.raises(EngineError, match="only to a loopback host"):
+        HttpEngine.validate_config({"url": url})
+
+
+@pytest.mark.parametrize("url", ["https://engine.example:9010", "http://127.0.0.1:9010", "http://[::1]:9010",
+                                 "http://localhost:9010", "unix:/run/tachyon/engine.sock"])
+def test_https_loopback_and_unix_urls_are_accepted(url: str) -> None:
+    HttpEngine.validate_config({"url": url})
+
+
+def test_token_env_and_token_file_together_are_refused() -> None:
+    with pytest.raises(EngineError, match="not both"):
+        HttpEngine.validate_config({"url": "https://e.example", "token_env": "X", "token_file": "/t"})
+
+
+def _cert(tmp: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate for 127.0.0.1 that it signed: (ca.pem, server.pem, server.key)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tachyon test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = tmp / "ca.pem", tmp / "server.pem", tmp / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+async def test_tls_server_with_a_pinned_ca_and_token_files(tmp_path: Path) -> None:
+    ca, cert, key = _cert(tmp_path)
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    doc = server_document(tmp_path / "engine-data", certfile=str(cert), keyfile=str(key),
+                          token_file=str(tmp_path / "token"))
+    del doc["server"]["token_env"]
+    server = ServerProc(tmp_path, doc, token="")   # no token in the environment: it comes from the file
+    await trio.to_thread.run_sync(server.start)
+    try:
+        assert server.url.startswith("https://127.0.0.1:")
+
+        def engine(**extra: Any) -> HttpEngine:
+            return HttpEngine(EngineContext("http", tmp_path, None, config={
+                "url": server.url, "token_file": str(tmp_path / "token"), **extra}))
+
+        with trio.fail_after(20):
+            pinned = engine(cafile=str(ca))
+            await pinned.start([ZEC])
+            [rested] = await pinned.submit(order("t1", "sell", 100, 1))
+            assert rested.kind == "rested" and pinned.epoch and pinned.feed_durable is True
+            await pinned.aclose()
+            unpinned = engine()   # the system CAs do not know this server's CA
+            with pytest.raises(EngineUnavailable):
+                await unpinned.start([ZEC])
+            await unpinned.aclose()
+    finally:
+        server.kill()
+
+
+def test_server_certfile_without_keyfile_is_refused(tmp_path: Path) -> None:
+    from tachyond.config import ConfigError
+
+    doc = server_document(tmp_path, certfile=str(tmp_path / "c.pem"))
+    with pytest.raises(ConfigError, match="server.keyfile"):
+        parse_config(doc)
+
+
+async def test_the_client_speaks_over_a_unix_socket(tmp_path: Path) -> None:
+    backend = ServerBackend(["ZEC/USDC"], data_dir=None)
+    cfg = parse_config({**server_document(tmp_path, engine="memory"), "server": {"engine": "memory"}})
+    hc = HypercornConfig()
+    sock = tmp_path / "engine.sock"
+    hc.bind = [f"unix:{sock}"]
+    hc.accesslog = None
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: serve(EngineApp(backend, cfg.markets, TOKEN), hc, mode="asgi",
+                                                          task_status=task_status))
+            client = HttpEngine(EngineContext("http", tmp_path, None, config={"url": f"unix:{sock}"}))
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("TACHYON_ENGINE_TOKEN", TOKEN)
+                await client.start([ZEC])
+            assert client.feed_durable is False and client.epoch == backend.epoch
+            assert [e.kind for e in await client.submit(order("u1", "buy", 100, 1))] == ["rested"]
+            await client.aclose()
+            nursery.cancel_scope.cancel()
