@@ -122,3 +122,35 @@ async def test_the_client_speaks_over_a_unix_socket(tmp_path: Path) -> None:
             assert [e.kind for e in await client.submit(order("u1", "buy", 100, 1))] == ["rested"]
             await client.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_the_server_compacts_only_what_every_registered_daemon_acknowledged(tmp_path: Path) -> None:
+    server = ServerProc(tmp_path, server_document(tmp_path / "engine-data"))
+    await trio.to_thread.run_sync(server.start)
+    try:
+        def engine(client_id: str) -> HttpEngine:
+            return HttpEngine(EngineContext("http", tmp_path, None, client_id=client_id, config={
+                "url": server.url, "token_env": "TEST_ENGINE_TOKEN"}))
+
+        with trio.fail_after(20), pytest.MonkeyPatch.context() as mp:
+            mp.setenv("TEST_ENGINE_TOKEN", TOKEN)
+            fast, slow = engine("wallet-fast"), engine("wallet-slow")
+            await fast.start([ZEC])
+            await slow.start([ZEC])
+            for i in range(4):
+                await fast.submit(order(f"c{i}", "sell", 100 + i, 1))
+            await slow.compact(1)    # registered, has applied seq 1 only
+            await fast.compact(4)    # applied everything: still, nothing past what slow needs goes
+            assert [e.seq for e in await slow.events_after(1)] == [2, 3, 4]
+            await slow.compact(3)
+            assert [e.seq for e in await slow.events_after(3)] == [4]
+            with pytest.raises(EngineError, match="gone"):
+                await slow.events_after(1)
+            # A newcomer reads the epoch and the current seq; the compacted history is no obstacle.
+            late = engine("wallet-late")
+            await late.start([ZEC])
+            assert await late.last_seq() == 4 and late.epoch == fast.epoch
+            for e in (fast, slow, late):
+                await e.aclose()
+    finally:
+        server.kill()
