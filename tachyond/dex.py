@@ -39,6 +39,7 @@ EVENTS_PAGE = 1000
 FEED_WAIT_S = 10          # a shared engine's long-poll: how long one feed request waits for an event
 RETRY_MIN_S = 0.1         # reconnect backoff of a shared engine: from this, doubling, up to RETRY_MAX_S
 RETRY_MAX_S = 5.0
+ACK_EVERY = 256           # a shared engine hears what this wallet applied every this many seqs, and when idle
 _NOTHING: dict = {"orders": {}, "trades": []}
 
 
@@ -93,6 +94,7 @@ class DexService:
         self.offline: dict[str, str] = {}         # shared engine -> why it is unreachable now (reconnecting)
         self._unsent: dict[str, set[str]] = {}    # shared engine -> order ids whose submit got no answer
         self._followers: set[str] = set()
+        self._acked: dict[str, int] = {}          # engine -> the applied seq it was last told (compact)
         self._shared: set[str] = set()            # engines with a feed to follow (or offline before opening)
         r = daemon.metrics.registry
         self.metric_halted = Gauge("tachyon_dex_market_halted", "1 while a market's settlement is halted",
@@ -303,6 +305,8 @@ class DexService:
                     events = await engine.follow(self._applied[name], FEED_WAIT_S)
                     if events:
                         await self._settle_next(name, events)
+                    else:
+                        await self._acknowledge(name, 1)
                     delay = RETRY_MIN_S
                 except EngineUnavailable as exc:
                     self._set_offline(name, exc)
@@ -449,13 +453,21 @@ class DexService:
             self.daemon.plugins.notify("order_filled", trade=public)
             if self.watchers:
                 self._publish(public)
-        engine = self.engines.get(engine_name)
-        if store_seq and hasattr(engine, "compact"):
-            try:
-                await engine.compact(events[-1].seq)
-            except EngineError as exc:   # settled all the same; the next settlement acknowledges again
-                log.debug("engine %s: acknowledging seq %d failed: %s", engine_name, events[-1].seq, exc.message)
+        if store_seq:
+            await self._acknowledge(engine_name, ACK_EVERY if engine_name in self._shared else 1)
         return result
+
+    async def _acknowledge(self, engine_name: str, every: int) -> None:
+        """Tell the engine what is applied (``compact``): a shared engine every ``every`` seqs and when idle."""
+        engine = self.engines.get(engine_name)
+        seq = self._applied.get(engine_name, 0)
+        if not hasattr(engine, "compact") or seq - self._acked.get(engine_name, 0) < every:
+            return
+        self._acked[engine_name] = seq
+        try:
+            await engine.compact(seq)
+        except EngineError as exc:   # settled all the same; a later settlement acknowledges again
+            log.debug("engine %s: acknowledging seq %d failed: %s", engine_name, seq, exc.message)
 
     # ----- watching trades (dex.watch) -----
     def watch(self, market: str | None, owner: object = None) -> "Watcher":

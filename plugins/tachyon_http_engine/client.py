@@ -19,7 +19,6 @@ log = logging.getLogger("tachyon_http_engine.client")
 
 DEFAULT_TIMEOUT_S = 5
 DEFAULT_TOKEN_ENV = "TACHYON_ENGINE_TOKEN"
-ACK_EVERY = 1                         # acknowledge the feed after every settlement
 MAX_ANSWER_BYTES = 16 * 1024 * 1024   # a larger answer is refused, never read whole
 _KEYS = ("url", "timeout_s", "token_env", "token_file", "cafile")
 
@@ -90,7 +89,6 @@ class HttpEngine:
         self.client_id = ctx.client_id
         self._client: httpx.AsyncClient | None = None
         self._markets: set[str] = set()
-        self._acked = 0
         self.epoch: str | None = None      # the server's feed epoch, read at start
         self.feed_durable = True           # whether the server says its log survives a restart
 
@@ -267,10 +265,7 @@ class HttpEngine:
 
     async def compact(self, applied_seq: int) -> None:
         """Acknowledge every event ``<= applied_seq`` (the header X-Tachyon-Client says whose); the server
-        decides what it compacts. Sent at most once per ``ACK_EVERY`` seqs."""
-        if applied_seq - self._acked < ACK_EVERY:
-            return
-        self._acked = applied_seq
+        decides what it compacts. (The core sends it every 256 seqs and whenever the feed is idle.)"""
         await self._call("POST", "/v1/compact", json={"applied_seq": applied_seq})
 
     async def aclose(self) -> None:
