@@ -303,6 +303,8 @@ class DexService:
                         await self._reconnect(name)
                     engine = self.engines[name]
                     events = await engine.follow(self._applied[name], FEED_WAIT_S)
+                    if events and self.wallet.state != "unlocked":
+                        raise WalletLocked()   # settled when it is unlocked again (from the applied seq)
                     if events:
                         await self._settle_next(name, events)
                     else:

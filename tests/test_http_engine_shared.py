@@ -119,20 +119,21 @@ def healthz(d: DaemonProc) -> httpx.Response:
 
 def test_a_buy_in_one_daemon_fills_a_resting_sell_in_another_and_both_settle(cluster: Cluster) -> None:
     server = cluster.server()
-    a = funded(cluster.daemon("a", server.url).start(), "alice", "USDC", "100")
-    b = funded(cluster.daemon("b", server.url).start(), "bob", "ZEC", "2")
-    ask = order(b, "bob", "sell", "40.00", "1")
+    # The same account name in both wallets: owners are per wallet, so this is no self-trade.
+    a = funded(cluster.daemon("a", server.url).start(), "trader", "USDC", "100")
+    b = funded(cluster.daemon("b", server.url).start(), "trader", "ZEC", "2")
+    ask = order(b, "trader", "sell", "40.00", "1")
     assert ask["status"] == "open"
     assert a.call("dex.order_book", {"market": "ZEC/USDC"})["asks"] == [["40.00", "1.00"]]   # one book for both
 
-    bid = order(a, "alice", "buy", "40.00", "1")
+    bid = order(a, "trader", "buy", "40.00", "1")
     assert (bid["status"], bid["filled"], bid["cost"], bid["fee"]) == ("closed", "1.00", "40.00", "0.08")
     wait_for("B settles its maker fill from the feed", lambda: status(b, ask["id"]) == "closed")
 
     [sold] = [o for o in b.call("dex.orders") if o["id"] == ask["id"]]
     assert (sold["filled"], sold["cost"], sold["fee"]) == ("1.00", "40.00", "0.04")    # maker fee 10 bps
-    assert balances(b, "bob") == {"USDC": (40 * USDC - 40_000, 0), "ZEC": (1 * ZEC, 0), "BASE": (0, 0)}
-    assert balances(a, "alice") == {"USDC": (60 * USDC - 80_000, 0), "ZEC": (1 * ZEC, 0), "BASE": (0, 0)}
+    assert balances(b, "trader") == {"USDC": (40 * USDC - 40_000, 0), "ZEC": (1 * ZEC, 0), "BASE": (0, 0)}
+    assert balances(a, "trader") == {"USDC": (60 * USDC - 80_000, 0), "ZEC": (1 * ZEC, 0), "BASE": (0, 0)}
     for d in (a, b):
         assert d.call("ledger.verify")["ok"] is True
         assert len(d.call("dex.trades")) == 1

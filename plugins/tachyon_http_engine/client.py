@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json as jsonlib
 import logging
 import os
 import ssl
@@ -175,8 +176,7 @@ class HttpEngine:
         except httpx.HTTPError as exc:
             raise EngineUnavailable(f"engine server {self.url}: {type(exc).__name__}") from None
         try:
-            import json as _json
-            body = _json.loads(bytes(data))
+            body = jsonlib.loads(bytes(data))
         except ValueError:
             body = None
         message = body.get("error") if isinstance(body, dict) else None
