@@ -237,3 +237,18 @@ def test_a_memory_server_restart_is_detected_by_its_epoch(cluster: Cluster) -> N
     assert balances(a, "alice")["ZEC"] == (1 * ZEC, 0)
     for d in (a, b):
         assert d.call("ledger.verify")["ok"] is True
+
+
+def test_a_durable_server_with_a_new_epoch_halts_settlement_instead_of_guessing(cluster: Cluster) -> None:
+    port = free_port()
+    server = cluster.server(port=port)
+    b = funded(cluster.daemon("b", server.url).start(), "bob", "ZEC", "2")
+    ask = order(b, "bob", "sell", "40.00", "1")
+    before = balances(b, "bob")
+    server.kill()
+    cluster.server(port=port, data="another-log")   # durable, but not the log this wallet applied from
+    reason = wait_for("the market to halt", lambda: b.call("dex.markets")[0]["halt_reason"])
+    assert "epoch changed" in reason and "durable" in reason, reason
+    assert "market:ZEC/USDC" in healthz(b).text and healthz(b).status_code == 503
+    assert status(b, ask["id"]) == "open" and balances(b, "bob") == before
+    assert b.call("ledger.verify")["ok"] is True

@@ -154,3 +154,32 @@ async def test_the_server_compacts_only_what_every_registered_daemon_acknowledge
                 await e.aclose()
     finally:
         server.kill()
+
+
+async def test_events_older_than_the_retention_window_go_even_if_unacknowledged(tmp_path: Path) -> None:
+    server = ServerProc(tmp_path, server_document(tmp_path / "engine-data", retention_s=0.5))
+    await trio.to_thread.run_sync(server.start)
+    try:
+        def engine(client_id: str) -> HttpEngine:
+            return HttpEngine(EngineContext("http", tmp_path, None, client_id=client_id, config={
+                "url": server.url, "token_env": "TEST_ENGINE_TOKEN"}))
+
+        with trio.fail_after(20), pytest.MonkeyPatch.context() as mp:
+            mp.setenv("TEST_ENGINE_TOKEN", TOKEN)
+            live, gone = engine("wallet-live"), engine("wallet-gone")
+            await live.start([ZEC])
+            await gone.start([ZEC])
+            await gone.compact(0)   # registered, then never heard from again
+            for i in range(3):
+                await live.submit(order(f"r{i}", "sell", 100 + i, 1))
+            await live.compact(3)
+            assert [e.seq for e in await gone.events_after(0)] == [1, 2, 3]   # kept for the silent client
+            await trio.sleep(0.6)   # the retention window itself passes
+            await live.submit(order("r3", "sell", 110, 1))
+            await live.compact(4)
+            with pytest.raises(EngineError, match="gone"):
+                await gone.events_after(0)
+            for e in (live, gone):
+                await e.aclose()
+    finally:
+        server.kill()
