@@ -260,7 +260,15 @@ class DexService:
             await self._settle_next(name, events)
             if name in self.halts:
                 return
-            applied_seq = max(applied_seq, self._applied[name])
+            if self._applied[name] <= applied_seq:
+                self._no_progress(name, applied_seq)
+                return
+            applied_seq = self._applied[name]
+
+    def _no_progress(self, name: str, after: int) -> None:
+        self.metric_invalid.labels(name).inc()
+        self._halt(name, f"invalid event refused: engine {name} answered events after seq {after} that do not "
+                         "go past it")
 
     async def _settle_next(self, name: str, events: list[Event], store_seq: bool = True) -> dict:
         """Settle in the engine's settlement order (after every settlement already reserved)."""
@@ -302,11 +310,14 @@ class DexService:
                     if name in self.offline or name not in self.engines:
                         await self._reconnect(name)
                     engine = self.engines[name]
-                    events = await engine.follow(self._applied[name], FEED_WAIT_S)
+                    after = self._applied[name]
+                    events = await engine.follow(after, FEED_WAIT_S)
                     if events and self.wallet.state != "unlocked":
                         raise WalletLocked()   # settled when it is unlocked again (from the applied seq)
                     if events:
                         await self._settle_next(name, events)
+                        if self._applied[name] <= after and name not in self.halts:
+                            self._no_progress(name, after)
                     else:
                         await self._acknowledge(name, 1)
                     delay = RETRY_MIN_S
@@ -344,10 +355,15 @@ class DexService:
         if engine is None or not hasattr(engine, "follow"):
             return
         while name not in self.halts:
-            events = await engine.events_after(self._applied[name], EVENTS_PAGE)
-            if not events or events[-1].seq <= self._applied[name]:
+            after = self._applied[name]
+            events = await engine.events_after(after, EVENTS_PAGE)
+            if not events:
                 return
             await self._settle_next(name, events)
+            if self._applied[name] <= after:
+                if name not in self.halts:
+                    self._no_progress(name, after)
+                return
 
     def _engine_order(self, order: dict) -> EngineOrder:
         return EngineOrder(order["id"], order["market"], self._owner(order["account"]), order["side"],
