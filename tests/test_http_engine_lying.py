@@ -124,6 +124,9 @@ async def test_each_kind_of_invalid_fill_moves_nothing_and_halts_the_market(sock
                 bid = await call(d, "dex.place_order", {**place, "side": "buy", "price": "30.00"})    # 3000 ticks
                 ioc = await call(d, "dex.place_order", {**place, "side": "buy", "price": "20.00",
                                                          "time_in_force": "ioc"})
+                # A market buy meets an empty book: its protection limit is the lowest tick (its hold 0.02 USDC).
+                mkt = await call(d, "dex.place_order", {"account": "bob", "market": "ZEC/USDC", "side": "buy",
+                                                        "type": "market", "qty": "1"})
                 assert [o["status"] for o in (ask, bid)] == ["open", "open"]
                 fake.add(kind="done", order_id=ioc["id"], qty_lots=10_000, reason="expired")
                 while (await call(d, "dex.orders", {"status": "expired"})) == []:
@@ -150,6 +153,10 @@ async def test_each_kind_of_invalid_fill_moves_nothing_and_halts_the_market(sock
                     ({**sell_fill, "order_id": ask["id"]}, "the same order"),
                     ({**sell_fill, "maker_order_id": ioc["id"]}, "no longer open"),
                     ({**sell_fill, "kind": "bogus"}, "unknown event kind"),
+                    ({**buy_fill, "order_id": mkt["id"], "maker_order_id": "someone", "taker_side": "buy",
+                      "price_ticks": 2}, "above its limit 1"),
+                    ({**sell_fill, "maker_order_id": mkt["id"], "taker_side": "sell", "price_ticks": 1},
+                     "never rests"),
                 ]
                 harmless = {"kind": "fill", "order_id": "t-other", "maker_order_id": "m-other",
                             "taker_side": "buy", "qty_lots": 1, "price_ticks": 4000}
@@ -190,8 +197,10 @@ async def test_each_kind_of_invalid_fill_moves_nothing_and_halts_the_market(sock
                 [sold] = await call(d, "dex.orders", {"status": "closed"})
                 assert (sold["id"], sold["filled"], sold["fee"]) == (ask["id"], "1.00", "0.04")
                 usdc = {b["token"]: b for b in await call(d, "ledger.balances", {"account": "bob"})}["USDC"]
-                # The bid at 30.00 still locks 30.00 plus the highest fee it may pay (20 bps): 30.06.
-                assert (usdc["available_minor"], usdc["locked_minor"]) == (140 * USDC - 40_000 - 30_060_000, 30_060_000)
+                # The bid at 30.00 still locks 30.00 plus the highest fee it may pay (20 bps): 30.06; the market
+                # buy (left open by this fake server) 0.02.
+                assert (usdc["available_minor"], usdc["locked_minor"]) == (
+                    140 * USDC - 40_000 - 30_060_000 - 20_000, 30_060_000 + 20_000)
                 assert (await call(d, "ledger.verify"))["ok"] is True
             finally:
                 for p in daemons:
