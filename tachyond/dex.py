@@ -16,11 +16,15 @@ from typing import Any
 
 import trio
 
+from prometheus_client import Counter, Gauge
+
 from .dex_batch import Request as _Request, take_batch as _take_batch
+from .dex_checks import check_events
 from .dex_market import Market
-from .dex_store import (DEX_SCHEMA, engine_seqs_read, open_orders_read, order_public, order_read, orders_read,
-                        record_orders_op, set_engine_seq_op, settle_op, trade_public, trades_read)
-from .engine import DONE_CANCELED, EngineContext, EngineOrder, Event, MarketSpec
+from .dex_store import (DEX_SCHEMA, engine_epochs_read, engine_seqs_read, known_order_ids_read, open_orders_read,
+                        order_public, order_read, orders_read, record_orders_op, set_engine_feed_op,
+                        set_engine_seq_op, settle_op, trade_public, trades_read)
+from .engine import DONE_CANCELED, EngineContext, EngineOrder, EngineUnavailable, Event, MarketSpec
 from .errors import (EngineError, IntegrityError, InvalidParams, NotFound, OrderNotOpen, OrderRejected, TachyonError,
                      UnknownMarket, WalletLocked)
 from .ledger import check_user_account
@@ -32,6 +36,11 @@ FAULT_ENV = "TACHYON_TEST_FAULT"  # test-only: "after_match" exits right after a
 DEFAULT_DEPTH = 20
 MAX_TRADES_LIMIT = 1000
 EVENTS_PAGE = 1000
+FEED_WAIT_S = 10          # a shared engine's long-poll: how long one feed request waits for an event
+RETRY_MIN_S = 0.1         # reconnect backoff of a shared engine: from this, doubling, up to RETRY_MAX_S
+RETRY_MAX_S = 5.0
+ACK_EVERY = 256           # a shared engine hears what this wallet applied every this many seqs, and when idle
+_NOTHING: dict = {"orders": {}, "trades": []}
 
 
 WATCH_BUFFER = 1000
@@ -79,6 +88,23 @@ class DexService:
             self._settle_tail[name] = trio.Event()
             self._settle_tail[name].set()
         self.watchers: dict[str, Watcher] = {}
+        self._applied: dict[str, int] = {}        # engine -> last engine seq applied (in its current epoch)
+        self._epochs: dict[str, str] = {}         # shared engine -> feed epoch the applied seq belongs to
+        self.halts: dict[str, str] = {}           # engine -> why its settlement stopped (an invalid event ...)
+        self.halted_markets: dict[str, str] = {}  # market -> the same reason, for dex.markets and /healthz
+        self.offline: dict[str, str] = {}         # shared engine -> why it is unreachable now (reconnecting)
+        self._unsent: dict[str, set[str]] = {}    # shared engine -> order ids whose submit got no answer
+        self._followers: set[str] = set()
+        self._acked: dict[str, int] = {}          # engine -> the applied seq it was last told (compact)
+        self._shared: set[str] = set()            # engines with a feed to follow (or offline before opening)
+        r = daemon.metrics.registry
+        self.metric_halted = Gauge("tachyon_dex_market_halted", "1 while a market's settlement is halted",
+                                   ["market"], registry=r)
+        self.metric_invalid = Counter("tachyon_dex_invalid_engine_events",
+                                      "Engine events refused by the checks against this wallet's orders",
+                                      ["engine"], registry=r)
+        self.metric_offline = Gauge("tachyon_dex_engine_offline", "1 while a shared engine is unreachable",
+                                    ["engine"], registry=r)
         daemon.wallet.add_schema("dex", DEX_SCHEMA)
         daemon.wallet.add_rekey("dex_orders", sealed=("value",), lookups=("oid_hash", "coid_hash"))
         daemon.wallet.add_rekey("dex_trades", sealed=("value",))
@@ -92,6 +118,8 @@ class DexService:
         """Host the per-market order workers (engines open at the first unlock). Runs until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            for name in sorted(self._shared):   # engines opened before serve() ran (unlocked at start)
+                self._start_follower(name)
             try:
                 task_status.started()
                 await trio.sleep_forever()
@@ -124,9 +152,14 @@ class DexService:
             for order in await self.wallet.read(open_orders_read):
                 self._remember(order)
             seqs = await self.wallet.read(engine_seqs_read)
+            self._epochs = await self.wallet.read(engine_epochs_read)
             for name in self.engine_names:
+                self._base_seq[name], self._applied[name] = seqs.get(name, (0, 0))
                 try:
-                    await self._open_engine(name, *seqs.get(name, (0, 0)))
+                    await self._open_engine(name)
+                except EngineUnavailable as exc:   # a shared engine not reachable yet: its follower retries
+                    self._set_offline(name, exc)
+                    self._start_follower(name)
                 except Exception as exc:  # one engine failing leaves the others serving; /healthz names it
                     log.exception("engine %s could not start or recover", name)
                     self.failures[name] = f"could not start or recover: {type(exc).__name__}: {exc}"
@@ -194,8 +227,12 @@ class DexService:
 
     async def health(self) -> dict[str, str]:
         problems = {f"engine:{name}": why for name, why in self.failures.items()}
+        for name, why in self.offline.items():
+            problems[f"engine:{name}"] = f"unreachable, reconnecting: {why}"
+        for symbol, why in self.halted_markets.items():
+            problems[f"market:{symbol}"] = f"settlement halted: {why}"
         for name, engine in self.engines.items():
-            if name not in self.failures:
+            if name not in self.failures and name not in self.offline:
                 try:
                     await engine.last_seq()
                 except Exception as exc:
@@ -203,59 +240,215 @@ class DexService:
         return problems
 
     # ----- engines and recovery -----
-    async def _open_engine(self, name: str, base_seq: int, applied_seq: int) -> None:
+    async def _open_engine(self, name: str) -> None:
         _plugin, factory = self.daemon.engine_factories[name]
         cfg = self.daemon.config
         specs = [MarketSpec(m.symbol, m.base, m.quote, str(m.tick), str(m.lot))
                  for m in self.markets.values() if m.engine == name]
+        client_id = self.wallet.keys.lookup("dex-engine-client", name).hex()[:32]
         # A data-key rotation cut short (crash) leaves engine files under the previous key: open with it, and
         # finish_rotation() (at the end of on_unlocked) re-encrypts them; one already re-encrypted opens with
         # the current key.
         previous = self.wallet.previous_cipher() if self.wallet.rotation_pending else None
         for cipher in ([previous] if previous is not None else []) + [self.wallet.cipher]:
-            ctx = EngineContext(name, cfg.daemon.data_dir, cipher, config=dict(cfg.engines.get(name, {})))
+            ctx = EngineContext(name, cfg.daemon.data_dir, cipher, config=dict(cfg.engines.get(name, {})),
+                                client_id=client_id)
             engine = factory(ctx)
             try:
                 await engine.start(specs)
                 break
-            except IntegrityError:
-                if cipher is not previous:
+            except BaseException as exc:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await engine.aclose()
+                    except Exception:
+                        pass
+                if not (isinstance(exc, IntegrityError) and cipher is previous):
                     raise
-                await engine.aclose()
-        self.engines[name] = engine
         async with self._engine_locks[name]:
-            engine_seq = await engine.last_seq() if engine.durable else 0
-            if engine.durable and engine_seq >= applied_seq:
-                self._base_seq[name] = base_seq
-                await self._replay(name, engine, applied_seq)
-            elif engine_seq > 0:
-                # An older store (a restored copy): its book still rests orders since filled, cut or cancelled,
-                # and it cannot be told to forget them. Trading on it would disagree with the ledger: refuse.
-                raise EngineError(f"its store is older than the ledger (engine seq {engine_seq}, ledger applied "
-                                  f"{applied_seq}): move the engine's store aside and restart to re-seed it "
-                                  f"from the ledger")
-            else:
-                # The engine forgot (memory, or a lost file): its seqs restart at 1, so later ones are offset
-                # past everything applied, and the ledger's open orders are re-seeded in their time order.
-                self._base_seq[name] = base_seq + applied_seq
-                await self.wallet.write(set_engine_seq_op, name, base_seq + applied_seq, 0)
-            resting: set[str] = set()
-            for m in self.markets.values():
-                if m.engine == name:
-                    resting.update(o.order_id for o in await engine.open_orders(m.symbol))
-            for order in sorted(self._open.values(), key=lambda o: o["rowid"]):
-                if self.markets[order["market"]].engine == name and order["id"] not in resting:
-                    await self._settle(name, await engine.submit(self._engine_order(order)))
+            self.engines[name] = engine
+            await self._recover(name, engine)
         log.info("engine %s ready (%d open orders)", name, len(self._open))
+        if hasattr(engine, "follow"):
+            self._start_follower(name)
+
+    async def _recover(self, name: str, engine: Any) -> None:
+        """Catch up with the engine (caller holds its lock): replay its feed, or re-seed a book it forgot."""
+        base_seq, applied_seq = self._base_seq[name], self._applied[name]
+        epoch = getattr(engine, "epoch", None)
+        last = await engine.last_seq()
+        if epoch is not None:
+            stored = self._epochs.get(name)
+            mine = any(self.markets[o["market"]].engine == name for o in self._open.values())
+            if stored is None and applied_seq == 0 and not mine:
+                # First contact with this feed: none of this wallet's orders are in its history.
+                applied_seq = last
+                log.info("engine %s: following feed %s from its current seq %d", name, epoch, last)
+            elif stored is not None and stored != epoch:
+                if getattr(engine, "feed_durable", True):
+                    self._halt(name, f"the engine server's feed epoch changed from {stored} to {epoch} although "
+                                     "it says its log is durable: its log was replaced, so this wallet cannot tell "
+                                     "which events it has applied; settlement stopped (docs/engines.md, feed epochs)")
+                    return
+                # A server that keeps its log in memory restarted: its seqs begin again and it forgot our
+                # orders. Keys move past everything applied; open orders are submitted again below.
+                log.warning("engine %s: feed epoch changed from %s to %s (the server keeps no log): fills not "
+                            "applied before its restart are lost; re-submitting this wallet's open orders",
+                            name, stored, epoch)
+                base_seq, applied_seq = base_seq + applied_seq, last
+            elif last < applied_seq:
+                self._halt(name, f"the engine server's feed (epoch {epoch}) ends at seq {last}, before seq "
+                                 f"{applied_seq} this wallet already applied; settlement stopped")
+                return
+            self._base_seq[name], self._applied[name] = base_seq, applied_seq
+            await self.wallet.write(set_engine_feed_op, name, base_seq, applied_seq, epoch)
+            self._epochs[name] = epoch
+            await self._replay(name, engine, applied_seq)
+        elif engine.durable and last >= applied_seq:
+            await self._replay(name, engine, applied_seq)
+        elif engine.durable and last > 0:
+            # An older store (a restored copy): its book still rests orders since filled, cut or cancelled,
+            # and it cannot be told to forget them. Trading on it would disagree with the ledger: refuse.
+            raise EngineError(f"its store is older than the ledger (engine seq {last}, ledger applied "
+                              f"{applied_seq}): move the engine's store aside and restart to re-seed it "
+                              f"from the ledger")
+        else:
+            # The engine forgot (memory, or a lost file): its seqs restart at 1, so later ones are offset
+            # past everything applied, and the ledger's open orders are re-seeded in their time order.
+            self._base_seq[name], self._applied[name] = base_seq + applied_seq, 0
+            await self.wallet.write(set_engine_seq_op, name, base_seq + applied_seq, 0)
+        resting: set[str] = set()
+        for m in self.markets.values():
+            if m.engine == name:
+                resting.update(o.order_id for o in await engine.open_orders(m.symbol))
+        unsent = self._unsent.pop(name, set())
+        for order in sorted(self._open.values(), key=lambda o: o["rowid"]):
+            if self.markets[order["market"]].engine == name and order["id"] not in resting:
+                try:
+                    events = await engine.submit(self._engine_order(order))
+                except EngineUnavailable:
+                    raise
+                except EngineError as exc:
+                    # A shared engine refuses an id it has seen: its events came (or come) from the feed.
+                    log.warning("engine %s: re-submitting order %s was refused (%s)%s", name, order["id"],
+                                exc.message, "" if order["id"] in unsent else "; it stays open")
+                    continue
+                await self._settle_next(name, events)
 
     async def _replay(self, name: str, engine: Any, applied_seq: int) -> None:
-        """Apply what a durable engine did after the last settled seq (a crash between match and settle)."""
+        """Apply what the engine did after the last settled seq (a crash between match and settle, or a
+        shared engine's feed while this wallet was away)."""
         while True:
             events = await engine.events_after(applied_seq, EVENTS_PAGE)
             if not events:
                 return
-            await self._settle(name, events)
-            applied_seq = events[-1].seq
+            await self._settle_next(name, events)
+            if name in self.halts:
+                return
+            if self._applied[name] <= applied_seq:
+                self._no_progress(name, applied_seq)
+                return
+            applied_seq = self._applied[name]
+
+    def _no_progress(self, name: str, after: int) -> None:
+        self.metric_invalid.labels(name).inc()
+        self._halt(name, f"invalid event refused: engine {name} answered events after seq {after} that do not "
+                         "go past it")
+
+    async def _settle_next(self, name: str, events: list[Event], store_seq: bool = True) -> dict:
+        """Settle in the engine's settlement order (after every settlement already reserved)."""
+        return await self._settle_in_order(name, events, self._reserve_settlement(name), store_seq)
+
+    # ----- shared engines: the live feed, halts and outages -----
+    def _start_follower(self, name: str) -> None:
+        self._shared.add(name)
+        if self._nursery is not None and name not in self._followers:
+            self._followers.add(name)
+            self._nursery.start_soon(self._follow, name)
+
+    def _set_offline(self, name: str, exc: BaseException) -> None:
+        why = exc.message if isinstance(exc, TachyonError) else f"{type(exc).__name__}"
+        if name not in self.offline:
+            log.warning("engine %s is unreachable: %s; new orders and cancels are refused until it is back", name, why)
+        self.offline[name] = why
+        self.metric_offline.labels(name).set(1)
+
+    def _halt(self, name: str, why: str) -> None:
+        """Stop settling everything of this engine (its events apply in one sequence); say why everywhere."""
+        if name in self.halts:
+            return
+        self.halts[name] = why
+        for m in self.markets.values():
+            if m.engine == name:
+                self.halted_markets[m.symbol] = why
+                self.metric_halted.labels(m.symbol).set(1)
+        log.error("settlement of engine %s halted (markets: %s): %s. Nothing of the refused event moved. Fix the "
+                  "engine (or its server) and restart the daemon: it replays the feed from the last applied seq",
+                  name, ", ".join(sorted(m.symbol for m in self.markets.values() if m.engine == name)), why)
+
+    async def _follow(self, name: str) -> None:
+        """Follow a shared engine's feed while the daemon runs; reconnect with backoff when it goes away."""
+        delay = RETRY_MIN_S
+        try:
+            while name not in self.halts and name not in self.failures:
+                try:
+                    if name in self.offline or name not in self.engines:
+                        await self._reconnect(name)
+                    engine = self.engines[name]
+                    after = self._applied[name]
+                    events = await engine.follow(after, FEED_WAIT_S)
+                    if events and self.wallet.state != "unlocked":
+                        raise WalletLocked()   # settled when it is unlocked again (from the applied seq)
+                    if events:
+                        await self._settle_next(name, events)
+                        if self._applied[name] <= after and name not in self.halts:
+                            self._no_progress(name, after)
+                    else:
+                        await self._acknowledge(name, 1)
+                    delay = RETRY_MIN_S
+                except EngineUnavailable as exc:
+                    self._set_offline(name, exc)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_S)
+                except WalletLocked:
+                    await trio.sleep(RETRY_MAX_S)
+                except EngineError as exc:
+                    if name not in self.halts and name not in self.failures:
+                        self._halt(name, f"the feed answer was refused: {exc.message}")
+        except Exception as exc:
+            log.exception("the feed follower of engine %s failed", name)
+            self.failures.setdefault(name, f"feed follower failed ({type(exc).__name__}); restart the daemon")
+        finally:
+            self._followers.discard(name)
+
+    async def _reconnect(self, name: str) -> None:
+        """A fresh connection, then the same recovery as at start (epoch check, feed replay, re-submits)."""
+        old = self.engines.pop(name, None)
+        if old is not None:
+            try:
+                await old.aclose()
+            except Exception:
+                pass
+        await self._open_engine(name)
+        if self.offline.pop(name, None) is not None:
+            self.metric_offline.labels(name).set(0)
+            log.info("engine %s is reachable again; feed resumed after seq %d", name, self._applied[name])
+
+    async def _catch_up(self, name: str) -> None:
+        """Apply a shared engine's feed up to its current end (before deciding an order is not on its book)."""
+        engine = self.engines.get(name)
+        if engine is None or not hasattr(engine, "follow"):
+            return
+        while name not in self.halts:
+            after = self._applied[name]
+            events = await engine.events_after(after, EVENTS_PAGE)
+            if not events:
+                return
+            await self._settle_next(name, events)
+            if self._applied[name] <= after:
+                if name not in self.halts:
+                    self._no_progress(name, after)
+                return
 
     def _engine_order(self, order: dict) -> EngineOrder:
         return EngineOrder(order["id"], order["market"], self._owner(order["account"]), order["side"],
@@ -280,13 +473,67 @@ class DexService:
                 self._open_coids.pop((order["account"], order["client_order_id"]), None)
 
     async def _settle(self, engine_name: str, events: list[Event], store_seq: bool = True) -> dict:
-        """Apply one batch of events in one wallet write (caller holds the engine lock)."""
+        """Check, then apply one batch of events in one wallet write (caller holds the settlement order).
+
+        Events already applied are passed over (a shared engine's submit answer and its feed carry the same
+        events); a gap before the first is filled from the engine's feed. Every event is checked against this
+        wallet's own orders first: the first that does not fit halts the engine's settlement, and moves nothing.
+        """
         if not events:
-            return {"orders": {}, "trades": []}
+            return _NOTHING
         if engine_name in self.failures:  # never apply later events over a gap
             raise EngineError(f"engine {engine_name} is not serving: {self.failures[engine_name]}")
-        ids = {ev.order_id for ev in events} | {ev.maker_order_id for ev in events if ev.maker_order_id}
+        if engine_name in self.halts:
+            raise EngineError(f"settlement of engine {engine_name} is halted: {self.halts[engine_name]}")
+        if store_seq:
+            events = await self._in_sequence(engine_name, events)
+            if not events:
+                return _NOTHING
+        ids = {ev.order_id for ev in events if isinstance(ev.order_id, str)}
+        ids |= {ev.maker_order_id for ev in events if isinstance(ev.maker_order_id, str)}
         orders = {i: {**self._open[i], "trades": list(self._open[i]["trades"])} for i in ids if i in self._open}
+        unknown = ids - set(orders)
+        closed = await self.wallet.read(known_order_ids_read, unknown) if unknown else set()
+        bad = check_events(events, engine_name, self._open, closed, self.markets)
+        good = events if bad is None else events[:bad[0]]
+        result = _NOTHING
+        if good:
+            result = await self._apply(engine_name, good, orders, store_seq)
+        if bad is not None:
+            self.metric_invalid.labels(engine_name).inc()
+            self._halt(engine_name, f"invalid event refused: {bad[1]}")
+            raise EngineError(f"settlement of engine {engine_name} is halted: {self.halts[engine_name]}")
+        return result
+
+    async def _in_sequence(self, engine_name: str, events: list[Event]) -> list[Event]:
+        """The events after the applied seq, in order, with any gap before them filled from the feed."""
+        for ev in events:
+            if type(ev.seq) is not int or ev.seq <= 0:
+                self.metric_invalid.labels(engine_name).inc()
+                self._halt(engine_name, f"invalid event refused: engine {engine_name} sent an event whose seq "
+                                        f"{str(ev.seq)[:20]!r} is not a positive integer")
+                raise EngineError(f"settlement of engine {engine_name} is halted: {self.halts[engine_name]}")
+        applied = self._applied.get(engine_name, 0)
+        events = [ev for ev in events if ev.seq > applied]
+        if not events or events[0].seq == applied + 1:
+            return events
+        engine = self.engines.get(engine_name)
+        gap: list[Event] = []
+        after = applied
+        while engine is not None and after < events[0].seq - 1:
+            page = [ev for ev in await engine.events_after(after, EVENTS_PAGE)
+                    if type(ev.seq) is int and after < ev.seq < events[0].seq]
+            if not page:
+                break
+            gap += page
+            after = page[-1].seq
+        if after < events[0].seq - 1:
+            self._halt(engine_name, f"engine {engine_name} sent seq {events[0].seq} but its feed has no events "
+                                    f"between seq {after} and it: this wallet would miss events")
+            raise EngineError(f"settlement of engine {engine_name} is halted: {self.halts[engine_name]}")
+        return gap + events
+
+    async def _apply(self, engine_name: str, events: list[Event], orders: dict, store_seq: bool) -> dict:
         try:
             result = await self.wallet.write(settle_op, engine_name, self._base_seq[engine_name], events, orders,
                                              self.markets, store_seq)
@@ -295,6 +542,8 @@ class DexService:
             self.failures[engine_name] = f"settlement failed ({type(exc).__name__}: {exc}); restart the daemon"
             log.exception("settlement of %s events failed", engine_name)
             raise EngineError(self.failures[engine_name]) from exc
+        if store_seq:
+            self._applied[engine_name] = events[-1].seq
         for order in result["orders"].values():
             self._remember(order)
             if order["status"] == "canceled":
@@ -307,10 +556,21 @@ class DexService:
             self.daemon.plugins.notify("order_filled", trade=public)
             if self.watchers:
                 self._publish(public)
-        engine = self.engines.get(engine_name)
-        if store_seq and hasattr(engine, "compact"):
-            await engine.compact(events[-1].seq)
+        if store_seq:
+            await self._acknowledge(engine_name, ACK_EVERY if engine_name in self._shared else 1)
         return result
+
+    async def _acknowledge(self, engine_name: str, every: int) -> None:
+        """Tell the engine what is applied (``compact``): a shared engine every ``every`` seqs and when idle."""
+        engine = self.engines.get(engine_name)
+        seq = self._applied.get(engine_name, 0)
+        if not hasattr(engine, "compact") or seq - self._acked.get(engine_name, 0) < every:
+            return
+        self._acked[engine_name] = seq
+        try:
+            await engine.compact(seq)
+        except EngineError as exc:   # settled all the same; a later settlement acknowledges again
+            log.debug("engine %s: acknowledging seq %d failed: %s", engine_name, seq, exc.message)
 
     # ----- watching trades (dex.watch) -----
     def watch(self, market: str | None, owner: object = None) -> "Watcher":
@@ -358,6 +618,11 @@ class DexService:
             raise WalletLocked()
         if m.engine in self.failures:
             raise EngineError(f"engine {m.engine} is not serving: {self.failures[m.engine]}")
+        if m.symbol in self.halted_markets:
+            raise EngineError(f"market {m.symbol} is halted: {self.halted_markets[m.symbol]}")
+        if m.engine in self.offline:
+            raise EngineError(f"engine {m.engine} is unreachable ({self.offline[m.engine]}); orders and cancels "
+                              f"of {m.symbol} are refused until it is back (nothing was recorded or locked)")
         engine = self.engines.get(m.engine)
         if engine is None:
             raise EngineError(f"engine {m.engine} is not open yet")
@@ -492,11 +757,24 @@ class DexService:
         if not accepted:
             return
         async with self._engine_locks[m.engine]:
-            self._ready(m)
-            events = await self._submit_all(m, engine, [r.order for r in accepted])
+            try:
+                engine = self._ready(m)
+            except EngineError as exc:
+                # The engine went offline or halted while these were recorded: none was sent, so each is
+                # canceled here at once and its hold released; the callers get the reason.
+                dones = [Event(0, m.symbol, "done", r.order["id"], r.order["qty_lots"], reason=DONE_CANCELED)
+                         for r in accepted]
+                await self._settle_next(m.engine, dones, store_seq=False)
+                for req in accepted:
+                    req.finish(error=exc)
+                return
+            events, failed = await self._submit_all(m, engine, [r.order for r in accepted])
             if os.environ.get(FAULT_ENV) == "after_match":
                 os._exit(1)  # test-only fault hook: the engine matched, the ledger has not settled
             slot = self._reserve_settlement(m.engine)
+        for req in accepted:
+            if req.order["id"] in failed:
+                req.finish(error=failed[req.order["id"]])
         done = trio.Event()
         settling.append(done)
         nursery.start_soon(self._settle_batch, m, accepted, events, slot, done)
@@ -516,6 +794,10 @@ class DexService:
         result = await self._settle_in_order(m.engine, events, slot)
         for req in accepted:
             oid = req.order["id"]
+            if oid not in result["orders"] and oid not in self._open:
+                # Settled already from the feed (a shared engine): the stored order says how.
+                req.finish(result=await self._public(req.order))
+                continue
             trades = [t for t in result["trades"] if oid in (t["taker_order_id"], t["maker_order_id"])]
             req.finish(result=order_public(result["orders"].get(oid, self._open.get(oid, req.order)), trades, m))
 
@@ -535,14 +817,30 @@ class DexService:
         finally:
             mine.set()
 
-    async def _submit_all(self, m: Market, engine: Any, orders: list[dict]) -> list[Event]:
-        """Submit in time order; a durable engine gets the plain limits at once so it can group-commit them."""
+    async def _submit_all(self, m: Market, engine: Any, orders: list[dict]) -> tuple[list[Event], dict]:
+        """Submit in time order; a durable engine gets the plain limits at once so it can group-commit them.
+
+        Returns the events and, for a shared engine that did not answer, the errors of the orders concerned.
+        """
         events: list[Event] = []
         errors: list[Exception] = []
+        failed: dict[str, Exception] = {}
+        shared = hasattr(engine, "follow")
 
         async def submit(order: dict) -> None:
             try:
                 events.extend(await engine.submit(self._engine_order(order)))
+            except EngineUnavailable as exc:
+                if not shared:
+                    errors.append(exc)
+                    return
+                # Unknown whether the server took it: it stays open (and locked); on reconnect the feed says
+                # what became of it, or it is submitted again.
+                self._set_offline(m.engine, exc)
+                self._unsent.setdefault(m.engine, set()).add(order["id"])
+                failed[order["id"]] = EngineError(
+                    f"engine {m.engine} did not answer ({exc.message}): order {order['id']} stays open with its "
+                    "hold until the engine is back; then its fills settle from the feed, or it is submitted again")
             except Exception as exc:  # the order stays open in the ledger; recovery resubmits it after restart
                 errors.append(exc)
 
@@ -558,8 +856,8 @@ class DexService:
         if errors:
             self.failures[m.engine] = f"submit failed ({type(errors[0]).__name__}: {errors[0]}); restart the daemon"
             log.error("engine %s: %s", m.engine, self.failures[m.engine])
-        events.sort(key=lambda ev: ev.seq)
-        return events
+        events.sort(key=lambda ev: ev.seq if type(ev.seq) is int else -1)
+        return events, failed
 
     async def _check_book(self, engine: Any, m: Market, order: dict) -> None:
         """A market order's protection price and min notional, or a post-only order's no-take check."""
@@ -628,12 +926,23 @@ class DexService:
                 await self._raise_not_open(order_id)
             with trio.CancelScope(shield=True):
                 async with self._engine_locks[m.engine]:
-                    self._ready(m)
-                    events = await engine.cancel(m.symbol, order_id)
+                    engine = self._ready(m)
+                    try:
+                        events = await engine.cancel(m.symbol, order_id)
+                    except EngineUnavailable as exc:
+                        if hasattr(engine, "follow"):
+                            self._set_offline(m.engine, exc)
+                        raise EngineError(f"engine {m.engine} did not answer the cancel ({exc.message}); "
+                                          f"order {order_id} stays open: cancel again when it is back") from None
                     slot = self._reserve_settlement(m.engine)
                 if events:
                     await self._settle_in_order(m.engine, events, slot)
                 else:  # not on the book: filled by a batch still settling, or lost by the engine
+                    if hasattr(engine, "follow"):
+                        # Not on a shared book: another wallet's order may have taken it; the feed says so first.
+                        await self._settle_in_order(m.engine, [], slot)
+                        await self._catch_up(m.engine)
+                        slot = self._reserve_settlement(m.engine)
                     left = order["qty_lots"] - order["filled_lots"]
                     done = Event(0, m.symbol, "done", order_id, left, reason=DONE_CANCELED)
                     await self._settle_in_order(m.engine, [done], slot, store_seq=False)

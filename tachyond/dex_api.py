@@ -20,10 +20,15 @@ def register_dex_methods(d: Any, dex: Any) -> None:
     r = d.registry
 
     @r.method("dex.markets", result="[{symbol, base, quote, engine, tick, lot, min_notional, tick_minor, lot_minor, "
-                                    "min_notional_minor, maker_fee_bps, taker_fee_bps, protection_bps}]")
+                                    "min_notional_minor, maker_fee_bps, taker_fee_bps, protection_bps, halted, "
+                                    "halt_reason, engine_online}]")
     async def markets(p: dict[str, Any]) -> Any:
-        """The markets of this daemon, from [[markets]]."""
-        return [m.describe() for m in dex.markets.values()]
+        """The markets of this daemon, from [[markets]]. halted is true once an engine event failed the checks
+        against this wallet's orders (halt_reason says which and why; docs/dex.md says how to resume);
+        engine_online is false while a shared engine's server is unreachable."""
+        return [{**m.describe(), "halted": m.symbol in dex.halted_markets,
+                 "halt_reason": dex.halted_markets.get(m.symbol), "engine_online": m.engine not in dex.offline}
+                for m in dex.markets.values()]
 
     @r.method("dex.place_order", [
         Param("market", description="BASE/QUOTE, e.g. ZEC/USDC"),

@@ -24,6 +24,8 @@ DEX_SCHEMA = [
     " value BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS dex_engines (name TEXT PRIMARY KEY, base_seq INTEGER NOT NULL,"
     " applied_seq INTEGER NOT NULL)",
+    # The feed epoch each shared engine announced when this wallet last applied from it (docs/engines.md).
+    "CREATE TABLE IF NOT EXISTS dex_engine_feeds (name TEXT PRIMARY KEY, epoch TEXT NOT NULL)",
 ]
 
 STATUS_BY_REASON = {DONE_FILLED: "closed", DONE_CANCELED: "canceled", DONE_SELF_TRADE: "canceled",
@@ -84,6 +86,12 @@ def set_engine_seq_op(tx: LedgerTx, engine: str, base_seq: int, applied_seq: int
     tx.conn.execute("INSERT OR REPLACE INTO dex_engines VALUES (?, ?, ?)", (engine, base_seq, applied_seq))
 
 
+def set_engine_feed_op(tx: LedgerTx, engine: str, base_seq: int, applied_seq: int, epoch: str) -> None:
+    """The applied sequence and the feed epoch it belongs to, together."""
+    set_engine_seq_op(tx, engine, base_seq, applied_seq)
+    tx.conn.execute("INSERT OR REPLACE INTO dex_engine_feeds VALUES (?, ?)", (engine, epoch))
+
+
 def settle_op(tx: LedgerTx, engine: str, base_seq: int, events: list[Event], orders: dict[str, dict],
               markets: Mapping[str, Market], store_seq: bool = True) -> dict:
     """Apply engine events in order: fills, releases, order states, trades; store the last applied seq."""
@@ -92,6 +100,8 @@ def settle_op(tx: LedgerTx, engine: str, base_seq: int, events: list[Event], ord
     for ev in events:
         market = markets[ev.market]
         if ev.kind == "fill":
+            if ev.order_id not in orders and ev.maker_order_id not in orders:
+                continue   # two other wallets' orders met on a shared engine: nothing of ours moves
             trades.append(_apply_fill(tx, engine, base_seq, ev, orders, market, touched))
         elif ev.kind == "done":
             order = orders.get(ev.order_id)
@@ -166,6 +176,16 @@ def _apply_fill(tx: LedgerTx, engine: str, base_seq: int, ev: Event, orders: dic
 
 def engine_seqs_read(rtx: ReadTx) -> dict[str, tuple[int, int]]:
     return {name: (base, applied) for name, base, applied in rtx.conn.execute("SELECT * FROM dex_engines")}
+
+
+def engine_epochs_read(rtx: ReadTx) -> dict[str, str]:
+    return dict(rtx.conn.execute("SELECT name, epoch FROM dex_engine_feeds"))
+
+
+def known_order_ids_read(rtx: ReadTx, order_ids: Iterable[str]) -> set[str]:
+    """Which of these ids are orders of this wallet (whatever their status)."""
+    return {i for i in order_ids if isinstance(i, str) and rtx.conn.execute(
+        "SELECT 1 FROM dex_orders WHERE oid_hash = ?", (rtx.lookup("dex-order", i),)).fetchone()}
 
 
 def open_orders_read(rtx: ReadTx) -> list[dict]:

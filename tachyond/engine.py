@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, NamedTuple, Protocol, Sequence, runtime_checkable
 
+from .errors import EngineError
+
 Side = Literal["buy", "sell"]
 TimeInForce = Literal["gtc", "ioc", "fok"]
 
@@ -96,6 +98,14 @@ class Cipher(Protocol):
     def open(self, aad: bytes, blob: bytes) -> bytes: ...
 
 
+class EngineUnavailable(EngineError):
+    """The engine could not be reached (connection refused or lost, timeout, 5xx): worth retrying later.
+
+    A shared engine (one with ``follow``) raising it is marked offline: new orders and cancels are refused
+    at once, and the core reconnects with backoff. Any other EngineError from a feed halts settlement.
+    """
+
+
 @dataclass(frozen=True)
 class EngineContext:
     """What the core gives an engine factory."""
@@ -104,6 +114,7 @@ class EngineContext:
     data_dir: Path                 # engine files live here, beside wallet.db
     cipher: Cipher | None          # encrypts what the engine stores; None for engines that store nothing
     config: dict[str, Any] = field(default_factory=dict)  # the [engines.<name>] table, if any
+    client_id: str = ""            # an opaque id of this wallet for this engine (a shared engine's acks)
 
 
 @runtime_checkable
@@ -136,6 +147,24 @@ class OrderBookEngine(Protocol):
 
     async def aclose(self) -> None:
         """Flush and close."""
+
+
+class SharedEngine(OrderBookEngine, Protocol):
+    """Optional additions of an engine whose book several wallets share (the ``http`` engine).
+
+    The core recognises one by its ``follow`` method. It then runs a follower task per engine that settles,
+    from the feed, every event concerning this wallet's orders (fills of its resting orders taken by other
+    wallets too); events of other wallets' orders only advance the applied sequence. ``epoch`` names the
+    feed (a random id fixed for the life of the server's log) and ``feed_durable`` says whether the log
+    survives a server restart; the core stores the epoch with the applied sequence (see docs/engines.md).
+    """
+
+    epoch: str | None
+    feed_durable: bool
+
+    async def follow(self, after: int, wait_s: float) -> list[Event]:
+        """Events after ``after``, waiting up to ``wait_s`` for one; [] when none came. Raises
+        EngineUnavailable when unreachable or when the feed's epoch is no longer ``epoch``."""
 
 
 EngineFactory = Callable[[EngineContext], OrderBookEngine]

@@ -216,7 +216,8 @@ async def test_shapes_of_markets_book_orders_and_trades(dexd):
         assert markets["ZEC/USDC"] == {"symbol": "ZEC/USDC", "base": "ZEC", "quote": "USDC", "engine": markets["ZEC/USDC"]["engine"],
                                        "tick": "0.01", "lot": "0.0001", "min_notional": "1.00", "tick_minor": 10_000,
                                        "lot_minor": 10_000, "min_notional_minor": 1_000_000, "maker_fee_bps": 10,
-                                       "taker_fee_bps": 20, "protection_bps": 500}
+                                       "taker_fee_bps": 20, "protection_bps": 500, "halted": False,
+                                       "halt_reason": None, "engine_online": True}
         await fund(dexd, "shape-a", USDC="1000", SHAPE="5")
         await order(dexd, "shape-a", "buy", "1", "10.00", market="SHAPE/USDC")
         await order(dexd, "shape-a", "buy", "0.5", "10.00", market="SHAPE/USDC")

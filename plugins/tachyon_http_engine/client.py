@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json as jsonlib
+import logging
 import os
+import ssl
 from decimal import Decimal, InvalidOperation
 from typing import Any, Sequence
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
-from tachyond.engine import Depth, EngineContext, EngineOrder, Event, MarketSpec
+from tachyond.engine import Depth, EngineContext, EngineOrder, EngineUnavailable, Event, MarketSpec
 from tachyond.errors import EngineError, UnknownMarket
+
+log = logging.getLogger("tachyon_http_engine.client")
 
 DEFAULT_TIMEOUT_S = 5
 DEFAULT_TOKEN_ENV = "TACHYON_ENGINE_TOKEN"
-_KEYS = ("url", "timeout_s", "token_env", "token_file")
+MAX_ANSWER_BYTES = 16 * 1024 * 1024   # a larger answer is refused, never read whole
+_KEYS = ("url", "timeout_s", "token_env", "token_file", "cafile")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _seg(text: str) -> str:
@@ -41,8 +57,17 @@ class HttpEngine:
             if key not in _KEYS:
                 raise EngineError(f"engines.http.{key}: unknown key (known: {', '.join(_KEYS)})")
         url = config.get("url")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) < 9:
-            raise EngineError("engines.http.url: is required and must start with http:// or https://")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://", "unix:")) or len(url) < 9:
+            raise EngineError("engines.http.url: is required and must start with https://, http:// (loopback "
+                              "hosts only) or unix:/path/to/socket")
+        if url.startswith("http://") and not _loopback(urlsplit(url).hostname or ""):
+            raise EngineError("engines.http.url: plain http:// is allowed only to a loopback host (127.0.0.1, "
+                              "::1, localhost); use https:// (the token and every order cross the network)")
+        for key in ("token_file", "cafile"):
+            if key in config and (not isinstance(config[key], str) or not config[key]):
+                raise EngineError(f"engines.http.{key}: must be a file path")
+        if "token_file" in config and "token_env" in config:
+            raise EngineError("engines.http.token_file: give token_env or token_file, not both")
         timeout = config.get("timeout_s", DEFAULT_TIMEOUT_S)
         if type(timeout) not in (int, float) or not timeout > 0:
             raise EngineError("engines.http.timeout_s: must be a positive number of seconds")
@@ -83,7 +108,7 @@ class HttpEngine:
 
         def apply() -> None:
             self.token_env = config.get("token_env", DEFAULT_TOKEN_ENV)
-            self._config = dict(config)
+            self.token_file = config.get("token_file")
             if self._client is not None:
                 self._client.headers["Authorization"] = f"Bearer {token}"
         return apply
@@ -91,18 +116,42 @@ class HttpEngine:
     def __init__(self, ctx: EngineContext):
         self.validate_config(dict(ctx.config))
         self.name = ctx.name
-        self.url = ctx.config["url"].rstrip("/")
+        url = ctx.config["url"].rstrip("/")
+        self._uds: str | None = None
+        if url.startswith("unix:"):
+            self._uds, url = url[len("unix:"):], "http://localhost"
+        self.url = url
         self.timeout_s = float(ctx.config.get("timeout_s", DEFAULT_TIMEOUT_S))
         self.token_env = ctx.config.get("token_env", DEFAULT_TOKEN_ENV)
-        self._config = dict(ctx.config)
+        self.token_file = ctx.config.get("token_file")
+        self.cafile = ctx.config.get("cafile")
+        self.client_id = ctx.client_id
         self._client: httpx.AsyncClient | None = None
         self._markets: set[str] = set()
+        self.epoch: str | None = None      # the server's feed epoch, read at start
+        self.feed_durable = True           # whether the server says its log survives a restart
+
+    @property
+    def _token_source(self) -> str:
+        return f"engines.http.token_file {self.token_file}" if self.token_file else self.token_env
+
+    def _token(self) -> str:
+        return self.read_token({"token_file": self.token_file} if self.token_file else {"token_env": self.token_env})
 
     async def start(self, markets: Sequence[MarketSpec]) -> None:
-        """Connect and check that the server defines every market exactly as the daemon does."""
-        token = self.read_token(self._config)
-        self._client = httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s,
-                                         headers={"Authorization": f"Bearer {token}"})
+        """Connect, check that the server defines every market exactly as the daemon does, read its feed's epoch."""
+        token = self._token()
+        verify: Any = True
+        if self.cafile:
+            try:
+                verify = ssl.create_default_context(cafile=self.cafile)
+            except (OSError, ssl.SSLError) as exc:
+                raise EngineError(f"engines.http.cafile: cannot load {self.cafile}: {exc}") from None
+        transport = httpx.AsyncHTTPTransport(uds=self._uds, verify=verify) if self._uds else None
+        self._client = httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s, verify=verify,
+                                         transport=transport,
+                                         headers={"Authorization": f"Bearer {token}",
+                                                  "X-Tachyon-Client": self.client_id or "anonymous"})
         served = {m.get("symbol"): m for m in (await self._call("GET", "/v1/markets"))["markets"]
                   if isinstance(m, dict)}
         for spec in markets:
@@ -121,33 +170,57 @@ class HttpEngine:
                 raise EngineError(f"market {spec.symbol} is defined differently by the engine server at "
                                   f"{self.url}: {'; '.join(diffs)}")
         self._markets = {spec.symbol for spec in markets}
+        feed = await self._call("GET", "/v1/events", params={"after": 0, "limit": 0})
+        epoch = feed.get("epoch")
+        if epoch is not None and (not isinstance(epoch, str) or not 0 < len(epoch) <= 64):
+            raise EngineError(f"engine server {self.url} announced a malformed feed epoch")
+        self.epoch = epoch
+        self.feed_durable = feed.get("durable", True) is not False
 
-    async def _call(self, method: str, path: str, *, json: Any = None, params: Any = None) -> dict[str, Any]:
-        """One request; every failure is an EngineError (UnknownMarket for a 404) naming the url, never the token."""
+    async def _call(self, method: str, path: str, *, json: Any = None, params: Any = None,
+                    timeout_s: float | None = None) -> dict[str, Any]:
+        """One request; every failure is an EngineError (UnknownMarket for a 404) naming the url, never the token.
+
+        Unreachable, timeouts and 5xx are EngineUnavailable (worth retrying). The server's own error text is
+        logged, not passed on: what a caller sees is this client's wording.
+        """
         if self._client is None:
-            raise EngineError(f"engine server {self.url}: the http engine is not started (or closed)")
+            raise EngineUnavailable(f"engine server {self.url}: the http engine is not started (or closed)")
+        timeout = self.timeout_s if timeout_s is None else timeout_s
         try:
-            resp = await self._client.request(method, path, json=json, params=params)
+            async with self._client.stream(method, path, json=json, params=params, timeout=timeout) as resp:
+                data = bytearray()
+                async for chunk in resp.aiter_bytes():
+                    data += chunk
+                    if len(data) > MAX_ANSWER_BYTES:
+                        raise EngineError(f"engine server {self.url}: {method} {path} answered more than "
+                                          f"{MAX_ANSWER_BYTES} bytes; refused")
         except httpx.TimeoutException:
-            raise EngineError(f"engine server {self.url}: no answer within {self.timeout_s:g}s ({method} {path})") from None
+            raise EngineUnavailable(f"engine server {self.url}: no answer within {timeout:g}s "
+                                    f"({method} {path})") from None
         except httpx.HTTPError as exc:
-            raise EngineError(f"engine server {self.url}: {type(exc).__name__}: {exc}") from None
+            raise EngineUnavailable(f"engine server {self.url}: {type(exc).__name__}") from None
         try:
-            body = resp.json()
+            body = jsonlib.loads(bytes(data))
         except ValueError:
             body = None
         message = body.get("error") if isinstance(body, dict) else None
         if resp.status_code == 200 and isinstance(body, dict):
             return body
+        if message is not None:
+            log.warning("engine server %s: %s %s answered %d: %.200r", self.url, method, path, resp.status_code,
+                        message)
         if resp.status_code == 401:
-            raise EngineError(f"engine server {self.url} refused the bearer token from "
-                              f"{'token_file' if self._config.get('token_file') else self.token_env}")
+            raise EngineError(f"engine server {self.url} refused the bearer token from {self._token_source}")
         if resp.status_code == 404 and message:
-            raise UnknownMarket(f"engine server {self.url}: {message}")
-        if resp.status_code == 409 and message:
-            raise EngineError(message)
-        raise EngineError(f"engine server {self.url}: {method} {path} answered {resp.status_code}"
-                          + (f": {message}" if message else ""))
+            raise UnknownMarket(f"engine server {self.url}: {method} {path}: not found there")
+        if resp.status_code == 410:
+            raise EngineError(f"engine server {self.url}: {method} {path}: those events are gone from its feed "
+                              "(compacted)")
+        if resp.status_code >= 500:
+            raise EngineUnavailable(f"engine server {self.url}: {method} {path} answered {resp.status_code}")
+        raise EngineError(f"engine server {self.url}: {method} {path} answered {resp.status_code} (its reason is "
+                          "in the daemon's log)")
 
     def _served(self, market: str) -> None:
         if market not in self._markets:
@@ -162,7 +235,14 @@ class HttpEngine:
 
     async def submit(self, order: EngineOrder) -> list[Event]:
         self._served(order.market)
-        return self._events(await self._call("POST", "/v1/orders", json=dict(order.__dict__)))
+        try:
+            body = await self._call("POST", "/v1/orders", json=dict(order.__dict__))
+        except (EngineUnavailable, UnknownMarket):
+            raise
+        except EngineError:
+            raise EngineError(f"engine server {self.url} refused order {order.order_id} (its reason is in the "
+                              "daemon's log)") from None
+        return self._events(body)
 
     async def cancel(self, market: str, order_id: str) -> list[Event]:
         self._served(market)
@@ -185,8 +265,21 @@ class HttpEngine:
         except (KeyError, TypeError) as exc:
             raise EngineError(f"engine server {self.url} answered malformed open orders: {exc}") from None
 
+    def _same_feed(self, body: dict[str, Any]) -> None:
+        if self.epoch is not None and body.get("epoch") != self.epoch:
+            raise EngineUnavailable(f"engine server {self.url}: its feed epoch is no longer {self.epoch}")
+
     async def events_after(self, seq: int, limit: int = 1000) -> list[Event]:
-        return self._events(await self._call("GET", "/v1/events", params={"after": seq, "limit": max(0, limit)}))
+        body = await self._call("GET", "/v1/events", params={"after": seq, "limit": max(0, limit)})
+        self._same_feed(body)
+        return self._events(body)
+
+    async def follow(self, after: int, wait_s: float) -> list[Event]:
+        """Long-poll the feed: events after ``after``, the server waiting up to ``wait_s`` for the first."""
+        body = await self._call("GET", "/v1/events", params={"after": after, "limit": 1000, "wait_s": wait_s},
+                                timeout_s=wait_s + self.timeout_s)
+        self._same_feed(body)
+        return self._events(body)
 
     async def last_seq(self) -> int:
         body = await self._call("GET", "/v1/events", params={"after": 0, "limit": 0})
@@ -196,7 +289,8 @@ class HttpEngine:
         return last
 
     async def compact(self, applied_seq: int) -> None:
-        """Tell the server every event ``<= applied_seq`` is applied; it may stop serving them."""
+        """Acknowledge every event ``<= applied_seq`` (the header X-Tachyon-Client says whose); the server
+        decides what it compacts. (The core sends it every 256 seqs and whenever the feed is idle.)"""
         await self._call("POST", "/v1/compact", json={"applied_seq": applied_seq})
 
     async def aclose(self) -> None:

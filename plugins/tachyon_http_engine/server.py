@@ -26,13 +26,15 @@ from tachyond.config import ConfigError, MarketConfig, _markets, _no_unknown, _t
 from tachyond.engine import EngineOrder, Event
 from tachyond.errors import EngineError, UnknownMarket
 
-from .backend import ServerBackend
+from .backend import FeedGone, ServerBackend
 
 log = logging.getLogger("tachyon_http_engine.server")
 
 DEFAULT_TOKEN_ENV = "TACHYON_ENGINE_TOKEN"
 MAX_BODY_BYTES = 64 * 1024
 MAX_LIMIT = 10_000
+MAX_WAIT_S = 60
+DEFAULT_RETENTION_S = 7 * 86400
 ENGINES = ("memory", "sqlite")
 _ORDER_FIELDS = {"order_id": str, "market": str, "owner": str, "side": str, "price_ticks": int,
                  "qty_lots": int, "tif": str, "post_only": bool}
@@ -49,6 +51,25 @@ class ServerConfig:
     engine: str
     data_dir: Path | None
     markets: tuple[MarketConfig, ...]
+    token_file: Path | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    retention_s: float = DEFAULT_RETENTION_S
+
+    def token(self) -> str:
+        """The bearer token, from token_file or the environment; ConfigError when neither gives one."""
+        if self.token_file is not None:
+            try:
+                token = self.token_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError("server.token_file", f"cannot read {self.token_file}: {exc.strerror}") from None
+            if not token:
+                raise ConfigError("server.token_file", f"{self.token_file} is empty")
+            return token
+        token = os.environ.get(self.token_env, "")
+        if not token:
+            raise ConfigError("server.token_env", f"environment variable {self.token_env} is not set or empty")
+        return token
 
 
 def parse_config(raw: dict[str, Any]) -> ServerConfig:
@@ -57,10 +78,22 @@ def parse_config(raw: dict[str, Any]) -> ServerConfig:
     server = raw.get("server")
     if not isinstance(server, dict):
         raise ConfigError("server", "the [server] table is required")
-    _no_unknown(server, {"listen", "token_env", "engine", "data_dir"}, "server")
-    for key in ("listen", "token_env", "engine", "data_dir"):
+    _no_unknown(server, {"listen", "token_env", "token_file", "engine", "data_dir", "certfile", "keyfile",
+                         "retention_s"}, "server")
+    for key in ("listen", "token_env", "token_file", "engine", "data_dir", "certfile", "keyfile"):
         if key in server and not isinstance(server[key], str):
             raise ConfigError(f"server.{key}", "must be a string")
+    if ("certfile" in server) != ("keyfile" in server):
+        raise ConfigError("server.keyfile" if "certfile" in server else "server.certfile",
+                          "certfile and keyfile go together")
+    for key in ("certfile", "keyfile"):
+        if key in server and not os.access(server[key], os.R_OK):
+            raise ConfigError(f"server.{key}", f"cannot read {server[key]}")
+    if "token_file" in server and "token_env" in server:
+        raise ConfigError("server.token_file", "give token_env or token_file, not both")
+    retention = server.get("retention_s", DEFAULT_RETENTION_S)
+    if type(retention) not in (int, float) or not retention > 0:
+        raise ConfigError("server.retention_s", "must be a positive number of seconds")
     host, port = parse_listen(server.get("listen", "127.0.0.1:9010"), "server.listen")
     token_env = server.get("token_env", DEFAULT_TOKEN_ENV)
     if not token_env:
@@ -82,7 +115,10 @@ def parse_config(raw: dict[str, Any]) -> ServerConfig:
     markets = _markets(markets_raw, {t.symbol: t for t in tokens})
     if not markets:
         raise ConfigError("markets", "at least one [[markets]] table is required")
-    return ServerConfig(host, port, token_env, engine, data_dir if engine == "sqlite" else None, markets)
+    return ServerConfig(host, port, token_env, engine, data_dir if engine == "sqlite" else None, markets,
+                        token_file=Path(server["token_file"]) if "token_file" in server else None,
+                        certfile=server.get("certfile"), keyfile=server.get("keyfile"),
+                        retention_s=float(retention))
 
 
 def load_config(path: Path) -> ServerConfig:
@@ -147,6 +183,19 @@ def _int_param(query: dict[str, list[str]], name: str, default: int, minimum: in
     return value
 
 
+def _float_param(query: dict[str, list[str]], name: str, default: float, minimum: float, maximum: float) -> float:
+    raw = query.get(name, [None])[-1]
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {name!r} must be a number") from None
+    if not minimum <= value <= maximum:
+        raise BadRequest(f"query parameter {name!r} must be {minimum:g}..{maximum:g}")
+    return value
+
+
 class EngineApp:
     """The protocol's routes as one ASGI callable; every route needs ``Authorization: Bearer <token>``."""
 
@@ -187,13 +236,19 @@ class EngineApp:
         parts = [unquote(p.decode("latin-1")) for p in raw_path.split(b"?")[0].split(b"/")[1:]]
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         method = scope["method"]
+        client = "anonymous"
+        for key, value in scope.get("headers", []):
+            if key.lower() == b"x-tachyon-client":
+                client = value.decode("latin-1")[:64]
         try:
             body = await self._read_body(receive) if method == "POST" else None
-            return await self._route(method, parts, query, body)
+            return await self._route(method, parts, query, body, client)
         except BadRequest as exc:
             return _json_body(400, {"error": str(exc)})
         except UnknownMarket as exc:
             return _json_body(404, {"error": exc.message})
+        except FeedGone as exc:
+            return _json_body(410, {"error": exc.message})
         except EngineError as exc:
             return _json_body(409, {"error": exc.message})
 
@@ -218,7 +273,8 @@ class EngineApp:
         except ValueError:
             raise BadRequest("body is not valid JSON") from None
 
-    async def _route(self, method: str, parts: list[str], query: dict[str, list[str]], body: Any) -> tuple[int, bytes]:
+    async def _route(self, method: str, parts: list[str], query: dict[str, list[str]], body: Any,
+                     client: str = "anonymous") -> tuple[int, bytes]:
         b = self.backend
         if len(parts) < 2 or parts[0] != "v1":
             return _json_body(404, {"error": "no such route"})
@@ -244,13 +300,20 @@ class EngineApp:
         if route == "events":
             after = _int_param(query, "after", 0, 0, 2**63 - 1)
             limit = _int_param(query, "limit", 1000, 0, MAX_LIMIT)
+            wait_s = _float_param(query, "wait_s", 0.0, 0.0, MAX_WAIT_S)
             # limit=0 only reads last_seq, so it never fails on a compacted feed.
-            events = b.events_after(after, limit) if limit else []
-            return _json_body(200, {"events": [e.to_dict() for e in events], "last_seq": b.last_seq()})
+            if not limit:
+                events = []
+            elif wait_s:
+                events = await b.wait_events(after, limit, wait_s)
+            else:
+                events = b.events_after(after, limit)
+            return _json_body(200, {"events": [e.to_dict() for e in events], "last_seq": b.last_seq(),
+                                    "epoch": b.epoch, "durable": b.durable, "first_seq": b._floor + 1})
         applied = body.get("applied_seq") if isinstance(body, dict) else None
         if type(applied) is not int or applied < 0:
             raise BadRequest("field 'applied_seq' must be a non-negative integer")
-        await b.compact(applied)
+        await b.compact(applied, client)
         return _json_body(200, {})
 
 
@@ -263,7 +326,9 @@ def hypercorn_config(cfg: ServerConfig) -> HypercornConfig:
     hc.accesslog = None
     hc.errorlog = logging.getLogger("tachyon_http_engine.hypercorn")
     hc.graceful_timeout = 3.0
-    hc.keep_alive_timeout = 5.0
+    hc.keep_alive_timeout = 75.0   # longer than a feed long-poll (MAX_WAIT_S)
+    if cfg.certfile:
+        hc.certfile, hc.keyfile = cfg.certfile, cfg.keyfile
     return hc
 
 
@@ -271,7 +336,7 @@ async def serve(cfg: ServerConfig, token: str, shutdown: trio.Event,
                 *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until ``shutdown`` is set; reports the bound URLs through ``task_status``."""
     backend = await trio.to_thread.run_sync(
-        lambda: ServerBackend([m.symbol for m in cfg.markets], data_dir=cfg.data_dir))
+        lambda: ServerBackend([m.symbol for m in cfg.markets], data_dir=cfg.data_dir, retention_s=cfg.retention_s))
     try:
         app = EngineApp(backend, cfg.markets, token)
         await hypercorn_serve(app, hypercorn_config(cfg), shutdown_trigger=shutdown.wait,
@@ -302,9 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config)
-        token = os.environ.get(cfg.token_env, "")
-        if not token:
-            raise ConfigError("server.token_env", f"environment variable {cfg.token_env} is not set or empty")
+        token = cfg.token()
     except ConfigError as exc:
         print(f"tachyon-engine-server: {exc}", file=sys.stderr)
         return 2
