@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import queue
@@ -16,9 +17,12 @@ from typing import Any, Callable
 import outcome
 import trio
 
-from ..errors import Conflict, InvalidParams, ShuttingDown, WalletAbsent, WalletExists, WalletLocked, WrongPassword
+from ..errors import (Conflict, InvalidParams, ShuttingDown, WalletAbsent, WalletExists, WalletLocked, WriteFailed,
+                      WrongPassword)
 from . import crypto
 from .crypto import Cipher, WalletKeys
+
+log = logging.getLogger("tachyond.wallet")
 
 WALLET_FILE = "wallet.db"
 SCHEMA_VERSION = 1
@@ -424,8 +428,8 @@ class Wallet:
             except sqlite3.Error:
                 pass  # the connection is beyond use for this batch; the next BEGIN reports it
             self._cache.clear()
-            return [outcome.Error(sqlite3.OperationalError(f"write failed, nothing was written: {exc}"))
-                    for _ in batch]
+            log.error("write failed, nothing was written (%d operations refused): %s", len(batch), exc)
+            return [outcome.Error(WriteFailed(f"write failed, nothing was written: {exc}")) for _ in batch]
 
     def _run_batch_ops(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[outcome.Outcome]:
         execute, cache, factory = conn.cursor().execute, self._cache, self.tx_factory  # one cursor for the batch
