@@ -751,6 +751,8 @@ def markdown(report: dict) -> str:
              f"({', '.join(f'{k}: {v}' for k, v in report['refusals'].items())})",
              f"- calls repeated after a kill: {report['retried_after_kill']}; journal entries {report['journal_entries']}",
              f"- invariant checks: {', '.join(f'{k} x{v}' for k, v in report['invariant_checks_run'].items())}",
+             f"- exceptions the daemon logged with a traceback (by kind): "
+             f"{json.dumps(report.get('daemon_log_tracebacks', {}))}",
              f"- failures: {len(report['failures'])}"]
     lines += [f"  - {f}" for f in report["failures"][:50]]
     for name, phase in report["phases"].items():
