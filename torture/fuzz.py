@@ -258,6 +258,7 @@ def run(daemon: Any, whsec: str, examples: int, run_seed: int, fail: Callable[[s
     @given(webhook_inputs)
     def fuzz_webhook(case: tuple[bytes, str, str]) -> None:
         body, header, how = case
+        header = header.strip(" \t")  # h11 refuses leading or trailing whitespace in a value before it leaves
         if how == "signed":
             header = signed(body)
         elif how == "stale":
