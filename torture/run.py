@@ -712,6 +712,7 @@ async def run_all(args: argparse.Namespace, base: Path) -> dict:
                     report["phases"]["kills"] = {"seconds": round(time.monotonic() - t0, 1)}
                 if "idle" not in args.skip:
                     report["phases"]["idle"] = await idle_phase(w, args.idle_seconds, args.idle_sockets, args.slow_http)
+                    await w.drain_onramp()  # the sessions paid meanwhile are credited too
                 w.stop_clients = True
                 w.resume_clients()
             if "fuzz" not in args.skip:
