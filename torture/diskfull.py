@@ -128,8 +128,8 @@ async def run(base: Path, fail: Callable[[str], None]) -> dict:
         if daemon.proc.poll() is not None:
             fail(f"diskfull: the daemon exited with {daemon.proc.returncode} on a full disk")
             return report
-        if codes["accepted"]:
-            fail(f"diskfull: {codes['accepted']} writes succeeded on a full disk after one was refused")
+        # A write may still fit after one was refused (a rolled-back transaction frees pages): that is not a
+        # fault, so long as it is applied once (checked below) and the refused ones are not applied at all.
         # Reads still answer and nothing was half-applied.
         try:
             v = await rpc.call("ledger.verify")
