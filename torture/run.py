@@ -64,6 +64,12 @@ KNOWN_DEFECTS = {
         "the engine server died after recording an order, before answering: the daemon answers -32023 (a "
         "refusal) but the order exists at the server and, after the restart, rests and fills. Reported to the "
         "lead (remote engine, issue 9): an unknown outcome must not be answered as a refusal."),
+    "refused-order-placed-later": (
+        r"was refused \(-32023 ",
+        "the engine was not serving (its server down, e.g. 'could not start or recover'): the daemon recorded the "
+        "order, answered -32023 (a refusal), and after a later restart submitted it: it rests and may fill. "
+        "Reported to the lead (issue 15's 'an order recorded but never submitted'; remote engine, issue 9): a "
+        "refused order must be recorded as refused (or not at all) and never submitted later."),
 }
 ROLES = (["trader:ZEC/USDC"] * 4 + ["trader:BASE/USDC"] * 4 + ["ledger"] * 3 + ["onramp"] * 3 + ["backup", "reader"])
 
