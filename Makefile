@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench docs clean mutate
+.PHONY: install run test bench docs clean mutate torture
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tachyond needs Python >= 3.11")'
@@ -25,6 +25,11 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Crash, fault and abuse run (docs/reliability.md): 100 SIGKILLs by default; TORTURE_KILLS=10 for a short one,
+# TORTURE_SEED=N to repeat a run's random choices. Needs root for the disk-full phase (it mounts a small tmpfs).
+torture: install
+	$(BIN)/python -m torture $(TORTURE_ARGS)
 
 bench: install
 	$(BIN)/python bench/run_all.py

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 # JSON-RPC 2.0 specification codes.
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -89,6 +91,15 @@ class Conflict(TachyonError):
     title = "conflict"
 
 
+class WriteFailed(TachyonError, sqlite3.OperationalError):
+    """The wallet's database refused the write (a full disk, say): nothing was written; retry once it has room.
+
+    Also an ``sqlite3.OperationalError``, so callers that treat storage failures as "try later" still do."""
+
+    code = -32016
+    title = "write failed"
+
+
 class IntegrityError(TachyonError):
     """Stored data failed authentication (tampering or corruption)."""
 
@@ -164,7 +175,7 @@ class ReloadRefused(TachyonError):
 
 ALL_ERRORS: list[type[TachyonError]] = [
     TachyonError, InvalidParams, WalletLocked, WalletAbsent, WalletExists, WrongPassword, NotFound,
-    AmountError, UnknownToken, UnknownAccount, InsufficientFunds, Conflict, IntegrityError,
+    AmountError, UnknownToken, UnknownAccount, InsufficientFunds, Conflict, IntegrityError, WriteFailed,
     UnknownMarket, OrderRejected, OrderNotOpen, EngineError, InvalidAddress, OnrampError,
     ProviderNotConfigured, RegionNotAllowed, PluginError, ShuttingDown, ReloadRefused,
 ]

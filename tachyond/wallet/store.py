@@ -18,10 +18,12 @@ import outcome
 import trio
 
 from ..errors import (Conflict, IntegrityError, InvalidParams, ShuttingDown, WalletAbsent, WalletExists, WalletLocked,
-                      WrongPassword)
+                      WriteFailed, WrongPassword)
 from ..hardening import make_private_dir, private_sqlite_file
 from . import crypto
 from .crypto import Cipher, WalletKeys
+
+log = logging.getLogger("tachyond.wallet")
 
 WALLET_FILE = "wallet.db"
 KDF_VERSION = 2
@@ -523,8 +525,8 @@ class Wallet:
             except sqlite3.Error:
                 pass  # the connection is beyond use for this batch; the next BEGIN reports it
             self._cache.clear()
-            return [outcome.Error(sqlite3.OperationalError(f"write failed, nothing was written: {exc}"))
-                    for _ in batch]
+            log.error("write failed, nothing was written (%d operations refused): %s", len(batch), exc)
+            return [outcome.Error(WriteFailed(f"write failed, nothing was written: {exc}")) for _ in batch]
 
     def _run_batch_ops(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[outcome.Outcome]:
         execute, cache, factory = conn.cursor().execute, self._cache, self.tx_factory  # one cursor for the batch
