@@ -56,7 +56,8 @@ class Plugins:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise PluginLoadError(f"plugin {exc.plugin_name!r} implements an unknown hook: {exc}") from exc
+            name = self.pm.get_name(exc.plugin) or repr(exc.plugin)  # pluggy's error carries the plugin object
+            raise PluginLoadError(f"plugin {name!r} implements an unknown hook: {exc}") from exc
 
     def register(self, obj: Any, name: str, dist: Any = None) -> None:
         try:

@@ -172,3 +172,17 @@ def test_rpc_reference_is_generated_from_rpc_discover():
     from tachyond.docgen import discover_document, render
 
     assert (ROOT / "docs" / "rpc.md").read_text() == render(discover_document()), "run `make docs`"
+def test_misspelled_hook_is_a_load_error_naming_the_plugin():
+    """pluggy's error carries the plugin object, not its name: the message names it (was an AttributeError)."""
+    from tachyond import hookimpl
+    from tachyond.plugins import PluginLoadError, Plugins
+
+    class Typo:
+        @hookimpl
+        def register_engine(self, register):  # the hook is register_engines
+            pass
+
+    plugins = Plugins()
+    plugins.register(Typo(), "typo")
+    with pytest.raises(PluginLoadError, match="plugin 'typo' implements an unknown hook"):
+        plugins.load_entry_points()
