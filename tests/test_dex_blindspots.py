@@ -258,9 +258,10 @@ async def test_a_lost_sqlite_engine_store_is_reseeded_and_an_older_one_refused_u
             d.kill()
 
 
-async def test_a_settlement_failure_stops_the_engine_and_healthz_names_it(sockdir):
-    """A lying engine (a test plugin) reports a fill one lot larger than the seller locked: the core refuses to
-    settle it, moves nothing, stops using that engine until a restart, and /healthz answers 503 naming it."""
+async def test_a_lying_engine_halts_its_market_and_healthz_names_it(sockdir):
+    """A lying engine (a test plugin) reports a fill one lot larger than the seller locked: the core's checks
+    refuse it before anything is settled (issue 9: every engine's events are checked), nothing moves, the
+    market halts until a restart, and /healthz answers 503 naming it."""
     markets = [{**MARKET_DEFAULTS, "symbol": "ZEC/USDC", "engine": "liar"}]
     with trio.fail_after(60):
         d = DaemonProc(sockdir, _document(sockdir, markets), test_plugin=True, env={"TACHYON_TESTPLUGIN_LIAR": "1"})
@@ -273,11 +274,13 @@ async def test_a_settlement_failure_stops_the_engine_and_healthz_names_it(sockdi
             before = await rpc(d, "ledger.balances")
             err = await rpc_error(d, "dex.place_order", {"account": "taker", "market": "ZEC/USDC", "side": "buy",
                                                          "type": "limit", "price": "50.00", "qty": "1"})
-            assert "settlement failed" in err.message
+            assert "halted" in err.message and "fills 10001 lots" in err.message, err.message
             r = await trio.to_thread.run_sync(lambda: httpx.get(base + "/healthz", timeout=10))
             assert r.status_code == 503
-            assert r.json()["failing"] == ["engine:liar"], r.text  # names only; the reason is in the log
-            assert "settlement of liar events failed" in d.stderr() and "restart" in err.message
+            assert "market:ZEC/USDC" in r.json()["failing"], r.text  # names only; the reason is in the log
+            assert "invalid event refused" in d.stderr()
+            [market] = await rpc(d, "dex.markets")
+            assert market["halted"] is True and "fills 10001 lots" in market["halt_reason"]
             # Nothing of the lie was booked; the taker's order stays recorded with its hold until a restart.
             after = {(b["account"], b["token"]): b for b in await rpc(d, "ledger.balances")}
             assert after[("maker", "ZEC")]["locked_minor"] == 100_000_000
@@ -287,8 +290,7 @@ async def test_a_settlement_failure_stops_the_engine_and_healthz_names_it(sockdi
             assert len(before) <= len(after)
             err = await rpc_error(d, "dex.place_order", {"account": "maker", "market": "ZEC/USDC", "side": "sell",
                                                          "type": "limit", "price": "60.00", "qty": "0.1"})
-            assert "engine liar is not serving" in err.message
+            assert "halted" in err.message, err.message
             assert (await rpc(d, "ledger.verify"))["ok"]
-            assert "settlement of liar events failed" in d.stderr()
         finally:
             d.kill()
