@@ -339,3 +339,42 @@ async def test_every_documented_route_is_served(server: ServerProc) -> None:
                 wrong = await raw.request("PUT", concrete)
                 assert wrong.status_code == 405, path
             assert (await raw.get("/v1/nothing")).status_code == 404
+
+
+def test_the_server_re_reads_its_token_file_on_sighup_for_a_rotation_without_restart(tmp_path):
+    """A → A,B → B with SIGHUP and no restart; a token file that cannot be read keeps the tokens in force."""
+    token_file = tmp_path / "engine-token"
+    token_file.write_text("token-aaaa\n")
+    doc = server_document(tmp_path / "data")
+    del doc["server"]["token_env"]
+    doc["server"]["token_file"] = str(token_file)
+    server = ServerProc(tmp_path, doc).start()
+    pid = server.proc.pid
+
+    def status(token: str) -> int:
+        return httpx.get(server.url + "/v1/markets", headers={"Authorization": f"Bearer {token}"},
+                         timeout=10).status_code
+
+    def hup_until(count: int) -> None:
+        before = server.stderr().count("SIGHUP")
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while server.stderr().count("SIGHUP") < before + count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.stderr().count("SIGHUP") >= before + count, server.stderr()
+
+    try:
+        assert (status("token-aaaa"), status("token-bbbb")) == (200, 401)
+        token_file.write_text("token-aaaa,token-bbbb\n")
+        hup_until(1)
+        assert (status("token-aaaa"), status("token-bbbb")) == (200, 200)
+        token_file.write_text("token-bbbb\n")
+        hup_until(1)
+        assert (status("token-aaaa"), status("token-bbbb")) == (401, 200)
+        token_file.unlink()
+        hup_until(1)
+        assert "the tokens in force are kept" in server.stderr()
+        assert (status("token-aaaa"), status("token-bbbb")) == (401, 200)
+        assert server.proc.pid == pid and server.proc.poll() is None
+    finally:
+        server.kill()

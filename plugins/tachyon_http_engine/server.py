@@ -14,6 +14,7 @@ import signal
 import sys
 import tomllib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, unquote
@@ -202,7 +203,11 @@ class EngineApp:
     def __init__(self, backend: ServerBackend, markets: tuple[MarketConfig, ...], token: str):
         self.backend = backend
         self.markets = markets
-        # A comma-separated list while a token is being rotated (docs/operations.md): any of them is accepted.
+        self.set_token(token)
+
+    def set_token(self, token: str) -> None:
+        """The accepted bearer tokens: a comma-separated list while a token is being rotated (any of them is
+        accepted; docs/operations.md). SIGHUP re-reads them, so a rotation needs no restart."""
         self._expected = tuple(f"Bearer {t.strip()}".encode() for t in token.split(",") if t.strip())
 
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable) -> None:
@@ -333,12 +338,15 @@ def hypercorn_config(cfg: ServerConfig) -> HypercornConfig:
 
 
 async def serve(cfg: ServerConfig, token: str, shutdown: trio.Event,
-                *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve until ``shutdown`` is set; reports the bound URLs through ``task_status``."""
+                *, task_status: Any = trio.TASK_STATUS_IGNORED, apps: list | None = None) -> None:
+    """Serve until ``shutdown`` is set; reports the bound URLs through ``task_status``; the app is appended
+    to ``apps`` (SIGHUP gives it the re-read token)."""
     backend = await trio.to_thread.run_sync(
         lambda: ServerBackend([m.symbol for m in cfg.markets], data_dir=cfg.data_dir, retention_s=cfg.retention_s))
     try:
         app = EngineApp(backend, cfg.markets, token)
+        if apps is not None:
+            apps.append(app)
         await hypercorn_serve(app, hypercorn_config(cfg), shutdown_trigger=shutdown.wait,
                               task_status=task_status, mode="asgi")
     finally:
@@ -347,12 +355,25 @@ async def serve(cfg: ServerConfig, token: str, shutdown: trio.Event,
 
 async def _run(cfg: ServerConfig, token: str) -> None:
     shutdown = trio.Event()
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    apps: list[EngineApp] = []
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            urls = await nursery.start(serve, cfg, token, shutdown)
+            urls = await nursery.start(partial(serve, cfg, token, shutdown, apps=apps))
             for url in urls:
                 print(f"tachyon-engine-server: listening on {url} (engine {cfg.engine})", file=sys.stderr, flush=True)
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    # Token rotation without a restart: re-read token_file (or token_env); a file that cannot be
+                    # read keeps the tokens in force, and says so.
+                    try:
+                        fresh = cfg.token()
+                    except ConfigError as exc:
+                        log.error("SIGHUP: %s; the tokens in force are kept", exc)
+                        continue
+                    for app in apps:
+                        app.set_token(fresh)
+                    log.info("SIGHUP: bearer tokens re-read (%d accepted)", len(apps[0]._expected) if apps else 0)
+                    continue
                 log.info("received %s: stopping", signal.Signals(signum).name)
                 shutdown.set()
                 break
