@@ -37,10 +37,9 @@ def make_order(cid: int, n: int) -> dict:
 def setup(d: Daemon, clients: int) -> None:
     d.call("wallet.create", {"password": PASSWORD})
     d.call("wallet.unlock", {"password": PASSWORD})
-    for cid in range(clients):
-        d.call("accounts.create", {"name": f"c{cid}"})
-        d.call("ledger.deposit", {"account": f"c{cid}", "token": "USDC", "amount": "100000000", "reference": f"u{cid}"})
-        d.call("ledger.deposit", {"account": f"c{cid}", "token": "ZEC", "amount": "1000000", "reference": f"z{cid}"})
+    d.batch([("accounts.create", {"name": f"c{cid}"}) for cid in range(clients)])
+    d.batch([("ledger.deposit", {"account": f"c{cid}", "token": token, "amount": amount, "reference": f"{ref}{cid}"})
+             for cid in range(clients) for token, amount, ref in (("USDC", "100000000", "u"), ("ZEC", "1000000", "z"))])
 
 
 def main() -> None:

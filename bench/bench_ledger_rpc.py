@@ -22,9 +22,9 @@ def main() -> None:
         if d.call("daemon.info")["wallet"] == "absent":
             d.call("wallet.create", {"password": "bench-password"})
         accounts = [f"a{i}" for i in range(64)]
-        for a in accounts:
-            d.call("accounts.create", {"name": a})
-            d.call("ledger.deposit", {"account": a, "token": "USDC", "amount": "1000000", "reference": f"seed-{a}"})
+        d.batch([("accounts.create", {"name": a}) for a in accounts])
+        d.batch([("ledger.deposit", {"account": a, "token": "USDC", "amount": "1000000", "reference": f"seed-{a}"})
+                 for a in accounts])
 
         def transfer(cid: int, n: int) -> dict:
             # Each client moves between its own pair of accounts, so no transfer is refused for funds.

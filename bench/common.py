@@ -87,6 +87,13 @@ class Daemon:
         with Client(self.socket) as c:
             return c.call(method, params)
 
+    def batch(self, calls: list[tuple[str, Any]]) -> list[Any]:
+        """Independent calls in one JSON-RPC batch (the daemon may run them in any order)."""
+        from tachyon_ctl.client import Client
+
+        with Client(self.socket) as c:
+            return c.batch(calls)
+
 
 async def load(socket_path: str, clients: int, duration_s: float, make_request: Callable[[int, int], dict[str, Any]],
                pipeline: int = 1) -> dict[str, Any]:
