@@ -293,7 +293,7 @@ def run(args: argparse.Namespace, client: Client, out: Output) -> None:  # noqa:
             out.show(call("onramp.reverse", {"session_id": args.session_id, "reason": args.reason}, label="reverse"), kv)
         elif sub == "quote":
             out.show(call("onramp.quote", drop_none({"provider": args.provider, "currency": args.currency, "network": args.network,
-                                                     "amount": args.amount, "amount_is": "source" if args.fiat else None}), label="quote"),
+                                                     "amount": args.amount, "amount_is": "source" if args.fiat else args.amount_is}), label="quote"),
                      lambda r: kv({**{k: v for k, v in r.items() if k != "fees"},
                                    "network_fee": r["fees"]["network"], "transaction_fee": r["fees"]["transaction"]}))
         elif sub == "parked":
@@ -456,8 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
     qu = o.add_parser("quote", help="the provider's price and fees (nothing is created)")
     qu.add_argument("--currency", help="usdc (default from config)")
     qu.add_argument("--network", help="base, ethereum, … (default from config)")
-    qu.add_argument("--amount", required=True, help="WHOLE units, e.g. 100 = 100 USDC (or 100 USD with --fiat)")
-    qu.add_argument("--fiat", action="store_true", help="--amount is the fiat (usd) to spend, not crypto to receive")
+    qu.add_argument("--amount", required=True, help="a decimal in WHOLE units (unlike create-session --amount): "
+                    "100 = 100 USDC to receive by default, 100 USD to spend with --amount-is source")
+    qi = qu.add_mutually_exclusive_group()
+    qi.add_argument("--amount-is", choices=("destination", "source"),
+                    help="destination (default): crypto to receive; source: fiat (usd) to spend")
+    qi.add_argument("--fiat", action="store_true", help="same as --amount-is source")
     qu.add_argument("--provider")
     pk = o.add_parser("parked", help="sessions confirmed by the provider but not credited, with the reason")
     pk.add_argument("--provider")

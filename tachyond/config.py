@@ -44,6 +44,9 @@ class DaemonConfig:
     socket_group: str | None = None
     log_level: str = "info"
     log_format: str = "text"
+    max_rpc_connections: int = 1024          # RPC socket connections open at once
+    max_rpc_connections_per_uid: int = 256   # ... from one uid
+    rpc_idle_timeout_s: int = 300            # a connection with nothing in flight and no stream; 0: never
 
 
 @dataclass(frozen=True)
@@ -61,9 +64,20 @@ class HttpConfig:
     max_body_bytes: int = 65536
     rate_limit_per_s: int = 50
     allow_ips: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    admin_listen: tuple[str, ...] = ()
+    request_timeout_s: int = 10
+    max_connections: int = 1024
 
     def allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(n, strict=False) for n in self.allow_ips]
+
+    def trusted_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies]
+
+    @property
+    def max_connections_per_address(self) -> int:
+        return max(1, self.max_connections // 10)
 
 
 @dataclass(frozen=True)
@@ -191,9 +205,26 @@ def _non_negative(value: int, key: str) -> int:
     return value
 
 
+def _at_least(value: int, low: int, key: str) -> int:
+    if value < low:
+        raise ConfigError(key, f"must be at least {low}, not {value}")
+    return value
+
+
+def _networks(value: Any, key: str, example: str) -> list[str]:
+    nets = _str_list(value, key)
+    for i, net in enumerate(nets):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"{key}[{i}]", f"{net!r} is not an IP network such as \"{example}\"") from None
+    return nets
+
+
 def _daemon(t: Mapping[str, Any]) -> DaemonConfig:
     p = "daemon"
-    _no_unknown(t, {"data_dir", "socket", "socket_mode", "socket_group", "log_level", "log_format"}, p)
+    _no_unknown(t, {"data_dir", "socket", "socket_mode", "socket_group", "log_level", "log_format",
+                    "max_rpc_connections", "max_rpc_connections_per_uid", "rpc_idle_timeout_s"}, p)
     mode_text = _get(t, "socket_mode", str, "0600", p)
     if not re.fullmatch(r"0?[0-7]{3}", mode_text):
         raise ConfigError("daemon.socket_mode", f"must be an octal mode string such as \"0600\", not {mode_text!r}")
@@ -213,9 +244,13 @@ def _daemon(t: Mapping[str, Any]) -> DaemonConfig:
     fmt = _get(t, "log_format", str, "text", p)
     if fmt not in LOG_FORMATS:
         raise ConfigError("daemon.log_format", f"must be one of {'|'.join(LOG_FORMATS)}, not {fmt!r}")
+    max_conns = _at_least(_get(t, "max_rpc_connections", int, 1024, p), 1, "daemon.max_rpc_connections")
+    per_uid = _at_least(_get(t, "max_rpc_connections_per_uid", int, 256, p), 1, "daemon.max_rpc_connections_per_uid")
+    idle = _non_negative(_get(t, "rpc_idle_timeout_s", int, 300, p), "daemon.rpc_idle_timeout_s")
     return DaemonConfig(data_dir=Path(_get(t, "data_dir", str, "/var/lib/tachyond", p)),
                         socket=Path(_get(t, "socket", str, str(DEFAULT_SOCKET), p)),
-                        socket_mode=mode, socket_group=group, log_level=level, log_format=fmt)
+                        socket_mode=mode, socket_group=group, log_level=level, log_format=fmt,
+                        max_rpc_connections=max_conns, max_rpc_connections_per_uid=per_uid, rpc_idle_timeout_s=idle)
 
 
 def _wallet(t: Mapping[str, Any]) -> WalletConfig:
@@ -246,10 +281,14 @@ def parse_listen(text: str, key: str) -> tuple[str, int]:
 
 def _http(t: Mapping[str, Any]) -> HttpConfig:
     p = "http"
-    _no_unknown(t, {"listen", "certfile", "keyfile", "max_body_bytes", "rate_limit_per_s", "allow_ips"}, p)
+    _no_unknown(t, {"listen", "certfile", "keyfile", "max_body_bytes", "rate_limit_per_s", "allow_ips",
+                    "trusted_proxies", "admin_listen", "request_timeout_s", "max_connections"}, p)
     listen = _str_list(t.get("listen", ["127.0.0.1:8787"]), "http.listen")
     for i, addr in enumerate(listen):
         parse_listen(addr, f"http.listen[{i}]")
+    admin = _str_list(t.get("admin_listen", []), "http.admin_listen")
+    for i, addr in enumerate(admin):
+        parse_listen(addr, f"http.admin_listen[{i}]")
     cert = _get(t, "certfile", str, None, p)
     key = _get(t, "keyfile", str, None, p)
     if bool(cert) != bool(key):
@@ -264,14 +303,16 @@ def _http(t: Mapping[str, Any]) -> HttpConfig:
     rate = _get(t, "rate_limit_per_s", int, 50, p)
     if rate < 1:
         raise ConfigError("http.rate_limit_per_s", f"must be at least 1, not {rate}")
-    allow = _str_list(t.get("allow_ips", []), "http.allow_ips")
-    for i, net in enumerate(allow):
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise ConfigError(f"http.allow_ips[{i}]", f"{net!r} is not an IP network such as \"3.18.12.63/32\"") from None
+    allow = _networks(t.get("allow_ips", []), "http.allow_ips", "3.18.12.63/32")
+    trusted = _networks(t.get("trusted_proxies", []), "http.trusted_proxies", "127.0.0.1/32")
+    timeout = _get(t, "request_timeout_s", int, 10, p)
+    if not 1 <= timeout <= 3600:
+        raise ConfigError("http.request_timeout_s", f"must be between 1 and 3600 seconds, not {timeout}")
+    conns = _at_least(_get(t, "max_connections", int, 1024, p), 1, "http.max_connections")
     return HttpConfig(listen=tuple(listen), certfile=Path(cert) if cert else None, keyfile=Path(key) if key else None,
-                      max_body_bytes=body, rate_limit_per_s=rate, allow_ips=tuple(allow))
+                      max_body_bytes=body, rate_limit_per_s=rate, allow_ips=tuple(allow),
+                      trusted_proxies=tuple(trusted), admin_listen=tuple(admin), request_timeout_s=timeout,
+                      max_connections=conns)
 
 
 def _tokens(raw: Any) -> tuple[Token, ...]:
@@ -369,7 +410,8 @@ DEFAULT_DOCUMENT: dict[str, Any] = {
     "daemon": {"data_dir": "/var/lib/tachyond", "socket": str(DEFAULT_SOCKET), "socket_mode": "0600",
                "log_level": "info", "log_format": "text"},
     "wallet": {"unlock_timeout_s": 0, "min_password_length": 8},
-    "http": {"listen": ["127.0.0.1:8787"], "max_body_bytes": 65536, "rate_limit_per_s": 50, "allow_ips": []},
+    "http": {"listen": ["127.0.0.1:8787"], "max_body_bytes": 65536, "rate_limit_per_s": 50, "allow_ips": [],
+             "request_timeout_s": 10, "max_connections": 1024},
     "tokens": [
         {"symbol": "USDC", "decimals": 6, "networks": ["ethereum", "solana", "polygon", "avalanche", "base", "stellar"]},
         {"symbol": "ZEC", "decimals": 8},

@@ -19,7 +19,7 @@ from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_document_t
 from .hardening import PRIVATE_UMASK, disable_core_dumps, make_private_dir
 from .metrics import Metrics
 from .plugins import PluginLoadError, Plugins
-from .rpc import Dispatcher, Registry, RpcServer, SocketInUse
+from .rpc import Dispatcher, Registry, RpcServer, SocketInUse, raise_nofile_limit
 from .systemd import Notifier, serve_watchdog, watchdog_interval_s
 from .wallet_api import register_wallet_methods
 
@@ -169,7 +169,10 @@ class Daemon:
             make_private_dir(cfg.daemon.data_dir)  # 0700 before anything is written in it
         except OSError as exc:
             raise StartupError(f"daemon.data_dir: cannot create {cfg.daemon.data_dir}: {exc.strerror or exc}") from exc
-        rpc = RpcServer(self.dispatcher, drain_timeout_s=DRAIN_TIMEOUT_S)
+        raise_nofile_limit()   # soft RLIMIT_NOFILE up to the hard one: the connection caps bind before EMFILE does
+        rpc = RpcServer(self.dispatcher, drain_timeout_s=DRAIN_TIMEOUT_S, max_connections=cfg.daemon.max_rpc_connections,
+                        max_connections_per_uid=cfg.daemon.max_rpc_connections_per_uid,
+                        idle_timeout_s=cfg.daemon.rpc_idle_timeout_s)
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self._signals)

@@ -31,6 +31,21 @@ class Metrics:
         self.dex_watchers = Gauge("tachyon_dex_watchers", "dex.watch subscriptions streaming now", registry=r)
         self.orders_canceled = Counter("tachyon_orders_canceled", "Orders canceled", ["market"], registry=r)
         self.orders_open = Gauge("tachyon_orders_open", "Open orders", registry=r)
+        # Connection limits and deadlines (docs/security.md)
+        self.accept_errors = Counter("tachyon_accept_errors", "accept() failures survived (EMFILE, ENFILE, ...), by server and errno",
+                                     ["server", "errno"], registry=r)
+        self.http_connections_open = Gauge("tachyon_http_connections_open", "HTTP connections open now", ["listener"], registry=r)
+        self.http_connections_refused = Counter("tachyon_http_connections_refused", "HTTP connections closed at once: over a cap",
+                                                ["listener", "reason"], registry=r)
+        self.http_request_timeouts = Counter("tachyon_http_request_timeouts", "HTTP connections closed at the request deadline",
+                                             ["listener"], registry=r)
+        self.http_rate_limited = Counter("tachyon_http_rate_limited", "HTTP requests answered 429, by route", ["route"], registry=r)
+        self.rpc_connections_open = Gauge("tachyon_rpc_connections_open", "RPC socket connections open now", registry=r)
+        self.rpc_connections_refused = Counter("tachyon_rpc_connections_refused", "RPC connections refused: over a cap",
+                                               ["reason"], registry=r)
+        self.rpc_connections_closed_idle = Counter("tachyon_rpc_connections_closed_idle",
+                                                   "RPC connections closed: idle past rpc_idle_timeout_s, or evicted for a new one at a cap",
+                                                   ["reason"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sqlite3
 import time
 from decimal import Decimal, InvalidOperation
@@ -46,9 +47,13 @@ def _takes_status(list_sessions: Any) -> bool:
     return "status" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+_HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
+
+
 def _same_address(a: str, b: str) -> bool:
-    """EVM-style hex addresses compare without case (a checksum is only a spelling); others exactly."""
-    if a.startswith("0x") and b.startswith("0x"):
+    """EVM-style hex addresses compare without case (a checksum is only a spelling); every other form
+    (base58, StrKey, bech32, ...) exactly: a change of case there is another address, or none."""
+    if _HEX_ADDRESS.fullmatch(a) and _HEX_ADDRESS.fullmatch(b):
         return a.lower() == b.lower()
     return a == b
 
@@ -78,9 +83,13 @@ def destination_problem(info: SessionInfo, asked: dict | None) -> str | None:
         return f"delivered elsewhere: network {info.network!r}, asked {want_net!r}"
     if (info.currency or "").lower() != want_cur.lower():
         return f"delivered elsewhere: currency {info.currency!r}, asked {want_cur!r}"
-    used = [a for a in (info.delivered_to, info.addresses.get(want_net)) if a]
+    used = [info.delivered_to] if info.delivered_to else []
+    if info.address_locked is True and info.addresses.get(want_net):
+        # Locked to the address we asked for: the buyer could not pick another one.
+        used.append(info.addresses[want_net])
     if not used:
-        return "delivered elsewhere: the provider does not say which address it delivered to"
+        return ("delivered elsewhere: the provider does not say which address it delivered to (and the "
+                "session was not locked to ours)")
     for address in used:
         if not _same_address(address, want_addr):
             return f"delivered elsewhere: address {address}, asked {want_addr}"

@@ -134,10 +134,11 @@ async def page_response(daemon: Any, session_id: str, client_ip: str) -> Respons
     return resp
 
 
-def register_onramp_page(app: Any, daemon: Any) -> None:
-    """Add ``GET /onramp/<session_id>`` to the daemon's Quart app."""
+def register_onramp_page(app: Any, daemon: Any, client_key: Any) -> None:
+    """Add ``GET /onramp/<session_id>`` to the daemon's Quart app. ``client_key(scope)`` names the client for
+    the rate limit (the peer, or behind a trusted proxy the forwarded address: tachyond.http decides)."""
     from quart import request
 
     @app.route("/onramp/<session_id>", methods=["GET"])
     async def onramp_page(session_id: str) -> Response:
-        return await page_response(daemon, session_id, request.remote_addr or "unknown")
+        return await page_response(daemon, session_id, client_key(request.scope))

@@ -51,6 +51,9 @@ class SessionInfo:
     livemode: bool | None = None
     delivered_to: str | None = None
     addresses: Mapping[str, str] = field(default_factory=dict)
+    # True when the session locked the buyer to ``addresses`` (Stripe's ``lock_wallet_address``): only then
+    # does ``addresses[network]`` say where the crypto went when ``delivered_to`` is absent.
+    address_locked: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class Quote:
     source_total_amount: str | None
     network_fee: str | None
     transaction_fee: str | None
-    fetched_at: int | None
+    fetched_at: float | None     # unix seconds the provider's rates are from
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,13 @@ import errno
 import grp
 import json
 import logging
+import math
 import os
 import pwd
+import re
 import socket as stdsocket
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -27,7 +30,8 @@ from .errors import TachyonError
 log = logging.getLogger("tachyond.rpc")
 
 MAX_LINE_BYTES = 1024 * 1024
-MAX_IN_FLIGHT_PER_CONNECTION = 256
+MAX_IN_FLIGHT_PER_CONNECTION = 256   # calls: a batch counts each of its members
+MAX_BATCH = 1000                     # calls in one batch; a longer batch is one -32600 (id null)
 STREAM_FLUSH_S = 1.0   # at a graceful stop, how long streams (dex.watch) get to send what they queued
 CORE_NAMESPACES = ("rpc", "daemon", "plugins", "wallet", "accounts", "tokens", "ledger", "onramp", "dex")
 
@@ -41,17 +45,33 @@ class Connection:
     tasks started in ``nursery`` live until the client disconnects or the daemon stops.
     """
 
-    def __init__(self, server: "RpcServer", stream: trio.SocketStream, send_lock: trio.Lock, nursery: trio.Nursery):
+    def __init__(self, server: "RpcServer", stream: trio.SocketStream, send_lock: trio.Lock, nursery: trio.Nursery,
+                 slot: "_Slot | None" = None):
         self._server = server
         self._stream = stream
         self._send_lock = send_lock
         self.nursery = nursery
+        self._slot = slot
 
     def start_stream(self, fn: Callable[[], Awaitable[None]], stop: Callable[[str], None]) -> None:
         """Run ``fn`` (a stream of notifications) for as long as the connection lives. At a graceful stop the
         server calls ``stop(reason)``, which should make ``fn`` send what it has queued, say why, and return;
         the server waits a moment for that before it closes the connection."""
-        self._server._start_stream(self.nursery, fn, stop)
+        slot = self._slot
+        if slot is None:
+            self._server._start_stream(self.nursery, fn, stop)
+            return
+
+        async def counted() -> None:   # a connection with a stream is never idle (no idle timeout, no eviction)
+            slot.streams += 1
+            slot.update_idle()
+            try:
+                await fn()
+            finally:
+                slot.streams -= 1
+                slot.update_idle()
+
+        self._server._start_stream(self.nursery, counted, stop)
 
     async def notify(self, method: str, params: Any) -> None:
         line = _dump({"jsonrpc": "2.0", "method": method, "params": params})
@@ -257,10 +277,12 @@ class Dispatcher:
 
     async def handle_line(self, line: bytes) -> bytes | None:
         """Answer one line (a request or a batch); None when nothing is to be sent back."""
-        try:
-            doc = json.loads(line, parse_constant=_no_constant)
-        except (ValueError, RecursionError):  # bad JSON or UTF-8, NaN/Infinity, an integer past Python's digit limit
-            return _dump(_error(errors.PARSE_ERROR, "Parse error", None))
+        return await self.handle_doc(parse_line(line))
+
+    async def handle_doc(self, doc: Any) -> bytes | None:
+        """Answer a parsed line (see :func:`parse_line`); None when nothing is to be sent back."""
+        if isinstance(doc, LineError):
+            return _dump(_error(doc.code, doc.message, None))
         if isinstance(doc, list):
             if not doc:
                 return _dump(_error(errors.INVALID_REQUEST, "Invalid Request", None))
@@ -325,6 +347,60 @@ class Dispatcher:
             self.metrics.rpc_errors.labels(label, str(code)).inc()
 
 
+@dataclass(frozen=True)
+class LineError:
+    """A line that is no request: answered with one error, id null."""
+
+    code: int
+    message: str
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = None
+
+
+def parse_line(line: bytes) -> Any:
+    """Parse one line: the JSON document, or a :class:`LineError` (parse error; a batch over ``MAX_BATCH``).
+
+    A batch is parsed member by member and given up at member ``MAX_BATCH + 1``, so an oversized batch
+    costs the time to scan its first thousand members, not a million objects.
+    """
+    global _DECODER
+    if _DECODER is None:
+        _DECODER = json.JSONDecoder(parse_constant=_no_constant)
+    try:
+        text = line.decode(json.detect_encoding(line), "surrogatepass")
+        if text.startswith("\ufeff"):
+            raise ValueError("a BOM is not JSON")
+        i = _WS.match(text).end()
+        if not text.startswith("[", i):
+            return _DECODER.decode(text)
+        items: list[Any] = []
+        i = _WS.match(text, i + 1).end()
+        if text.startswith("]", i):
+            i += 1
+        else:
+            while True:
+                item, i = _DECODER.raw_decode(text, i)
+                items.append(item)
+                if len(items) > MAX_BATCH:
+                    return LineError(errors.INVALID_REQUEST,
+                                     f"Invalid Request: a batch may hold at most {MAX_BATCH:,} calls")
+                i = _WS.match(text, i).end()
+                if text.startswith(",", i):
+                    i = _WS.match(text, i + 1).end()
+                    continue
+                if text.startswith("]", i):
+                    i += 1
+                    break
+                raise ValueError("expected , or ] in a batch")
+        if _WS.match(text, i).end() != len(text):
+            raise ValueError("extra data after the batch")
+        return items
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, NaN/Infinity, an integer past Python's digit limit
+        return LineError(errors.PARSE_ERROR, "Parse error")
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -337,6 +413,66 @@ def _dump(obj: Any) -> bytes:
 
 
 # --- the socket server -----------------------------------------------------------------------------
+
+# accept(2) failures that mean "out of a resource for now": the process or system is out of descriptors or
+# memory. The server logs, backs off and keeps serving what is open; the next accept tries again.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_BACKOFF_MIN_S = 0.05
+ACCEPT_BACKOFF_MAX_S = 1.0
+ACCEPT_LOG_EVERY_S = 10.0
+
+
+class AcceptBackoff:
+    """What an accept loop does when accept() fails for want of descriptors or memory (EMFILE, ENFILE...).
+
+    It logs (the first failure, then at most once per ``ACCEPT_LOG_EVERY_S`` with a count), counts the
+    failure in ``tachyon_accept_errors``, and sleeps a backoff that doubles up to ``ACCEPT_BACKOFF_MAX_S``; a
+    successful accept resets it. Connections already open are served meanwhile.
+    """
+
+    def __init__(self, server: str, metrics: Any = None, logger: logging.Logger | None = None):
+        self.server = server
+        self.metrics = metrics
+        self.log = logger or log
+        self.delay = ACCEPT_BACKOFF_MIN_S
+        self.failures = 0
+        self._last_log = -float("inf")
+
+    @staticmethod
+    def is_capacity_error(exc: BaseException) -> bool:
+        return isinstance(exc, OSError) and exc.errno in ACCEPT_CAPACITY_ERRNOS
+
+    async def failed(self, exc: OSError) -> None:
+        self.failures += 1
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        if self.metrics is not None:
+            self.metrics.accept_errors.labels(self.server, name).inc()
+        now = trio.current_time()
+        if now - self._last_log >= ACCEPT_LOG_EVERY_S:
+            self._last_log = now
+            self.log.error("%s: accept() failed with %s (%s), %d time(s) so far; new connections wait, open ones are "
+                           "served; retrying in %.2fs (raise LimitNOFILE or lower the connection caps)",
+                           self.server, name, os.strerror(exc.errno or 0), self.failures, self.delay)
+        await trio.sleep(self.delay)
+        self.delay = min(ACCEPT_BACKOFF_MAX_S, self.delay * 2)
+
+    def succeeded(self) -> None:
+        self.delay = ACCEPT_BACKOFF_MIN_S
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (systemd's LimitNOFILE), so the caps bind first."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft, hard
+
 
 class SocketInUse(Exception):
     """Another live daemon answers on the socket path."""
@@ -399,17 +535,60 @@ def peer_allowed(sock: Any, group: str | None) -> tuple[bool, int]:
     return False, uid
 
 
-class RpcServer:
-    """Serves a Dispatcher on a Unix socket until the shutdown event, then drains in-flight calls."""
+class _Slot:
+    """One allowed connection's bookkeeping: its uid, what it has in flight, its cancel scope (eviction)."""
 
-    def __init__(self, dispatcher: Dispatcher, *, drain_timeout_s: float = 10.0):
+    __slots__ = ("uid", "scope", "idle_scope", "in_flight", "streams", "partial", "idle_timeout_s", "gone")
+
+    def __init__(self, uid: int, idle_timeout_s: float):
+        self.uid = uid
+        self.scope = trio.CancelScope()
+        self.idle_scope: trio.CancelScope | None = None
+        self.in_flight = 0       # calls, a batch counting each member
+        self.streams = 0
+        self.partial = False     # bytes of an unfinished line are buffered
+        self.idle_timeout_s = idle_timeout_s
+        self.gone = False
+
+    def idle(self) -> bool:
+        return self.in_flight == 0 and self.streams == 0 and not self.partial
+
+    def update_idle(self) -> None:
+        """(Re)start the idle timer when nothing is going on; stop it while something is."""
+        if self.idle_scope is None or not self.idle_timeout_s:
+            return
+        self.idle_scope.deadline = trio.current_time() + self.idle_timeout_s if self.idle() else math.inf
+
+
+class RpcServer:
+    """Serves a Dispatcher on a Unix socket until the shutdown event, then drains in-flight calls.
+
+    Connections are capped in total and per uid. At a cap, a new connection takes the place of the least
+    recently active *idle* connection (nothing in flight, no stream, no partial line) of that uid (or of
+    anyone, for the total cap); when none is idle it is refused with one error line. A connection idle for
+    ``idle_timeout_s`` is closed. accept() failing for want of descriptors (EMFILE, ENFILE) is logged and
+    retried with a backoff; the daemon goes on serving the connections it has.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, *, drain_timeout_s: float = 10.0, max_connections: int = 1024,
+                 max_connections_per_uid: int = 256, idle_timeout_s: float = 300.0):
         self.dispatcher = dispatcher
         self.drain_timeout_s = drain_timeout_s
+        self.max_connections = max_connections
+        self.max_connections_per_uid = max_connections_per_uid
+        self.idle_timeout_s = idle_timeout_s
         self.in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
         self._streams: dict[object, Callable[[str], None]] = {}   # running streams -> their stop()
         self._streams_changed = trio.Event()
+        self._slots: OrderedDict[_Slot, None] = OrderedDict()     # least recently active first
+        self._per_uid: dict[int, int] = {}
+        self._last_refusal_log = -math.inf
+
+    @property
+    def metrics(self) -> Any:
+        return self.dispatcher.metrics
 
     def _start_stream(self, nursery: trio.Nursery, fn: Callable[[], Awaitable[None]],
                       stop: Callable[[str], None]) -> None:
@@ -439,6 +618,7 @@ class RpcServer:
         prepare_socket_path(path)
         sock = bind_socket(path, mode, group)
         listener = trio.SocketListener(sock)
+        backoff = AcceptBackoff("rpc", self.metrics)
         try:
             async with trio.open_nursery() as conns:
                 accept_scope = trio.CancelScope()
@@ -446,7 +626,14 @@ class RpcServer:
                 async def accept_loop() -> None:
                     with accept_scope:
                         while True:
-                            stream = await listener.accept()
+                            try:
+                                stream = await listener.accept()
+                            except OSError as exc:
+                                if not AcceptBackoff.is_capacity_error(exc):
+                                    raise
+                                await backoff.failed(exc)
+                                continue
+                            backoff.succeeded()
                             conns.start_soon(self._connection, stream, group)
 
                 conns.start_soon(accept_loop)
@@ -469,39 +656,110 @@ class RpcServer:
             self._idle = trio.Event()
             await self._idle.wait()
 
+    # --- caps -------------------------------------------------------------------------------------
+
+    def _make_room(self, uid: int) -> str | None:
+        """Evict an idle connection if a cap is reached; the cap's name when none can go."""
+        if self._per_uid.get(uid, 0) >= self.max_connections_per_uid:
+            victim = next((s for s in self._slots if s.uid == uid and s.idle()), None)
+            if victim is None:
+                return "per_uid"
+            self._evict(victim)
+        if len(self._slots) >= self.max_connections:
+            victim = next((s for s in self._slots if s.idle()), None)
+            if victim is None:
+                return "total"
+            self._evict(victim)
+        return None
+
+    def _evict(self, slot: _Slot) -> None:
+        slot.scope.cancel()
+        self._release(slot)
+        if self.metrics is not None:
+            self.metrics.rpc_connections_closed_idle.labels("evicted").inc()
+
+    def _register(self, slot: _Slot) -> None:
+        self._slots[slot] = None
+        self._per_uid[slot.uid] = self._per_uid.get(slot.uid, 0) + 1
+        if self.metrics is not None:
+            self.metrics.rpc_connections_open.set(len(self._slots))
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.gone:
+            return
+        slot.gone = True
+        self._slots.pop(slot, None)
+        left = self._per_uid.get(slot.uid, 1) - 1
+        if left:
+            self._per_uid[slot.uid] = left
+        else:
+            self._per_uid.pop(slot.uid, None)
+        if self.metrics is not None:
+            self.metrics.rpc_connections_open.set(len(self._slots))
+
+    def _refusal_message(self, uid: int, reason: str) -> str:
+        if reason == "per_uid":
+            return (f"too many connections: uid {uid} has {self._per_uid.get(uid, 0)} open and busy "
+                    f"(daemon.max_rpc_connections_per_uid = {self.max_connections_per_uid}); retry later")
+        return (f"too many connections: {len(self._slots)} open and busy "
+                f"(daemon.max_rpc_connections = {self.max_connections}); retry later")
+
+    # --- one connection ---------------------------------------------------------------------------
+
     async def _connection(self, stream: trio.SocketStream, group: str | None) -> None:
+        slot: _Slot | None = None
         try:
             ok, uid = peer_allowed(stream.socket, group)
             if not ok:
                 log.warning("refused a connection from uid %d (not this user, root or the socket group)", uid)
-                with trio.move_on_after(1):
-                    await stream.send_all(_dump(_error(-32000, f"permission denied: uid {uid} may not use this socket", None)))
-                    # Half-close and drain what the peer sent, so closing does not reset the refusal away.
-                    await stream.send_eof()
-                    while len(await stream.receive_some(65536)) > 0:
-                        pass
+                await self._refuse(stream, f"permission denied: uid {uid} may not use this socket")
                 return
-            await self._serve_connection(stream)
+            reason = self._make_room(uid)
+            if reason is not None:
+                message = self._refusal_message(uid, reason)
+                if self.metrics is not None:
+                    self.metrics.rpc_connections_refused.labels(reason).inc()
+                now = trio.current_time()
+                if now - self._last_refusal_log >= 10.0:
+                    self._last_refusal_log = now
+                    log.warning("refused a connection: %s (further refusals are counted in "
+                                "tachyon_rpc_connections_refused)", message)
+                await self._refuse(stream, message)
+                return
+            slot = _Slot(uid, float(self.idle_timeout_s))
+            self._register(slot)
+            with slot.scope:
+                await self._serve_connection(stream, slot)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away; others are unaffected
         except Exception:
             log.exception("connection handler failed; the connection was closed")
         finally:
+            if slot is not None:
+                self._release(slot)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+    @staticmethod
+    async def _refuse(stream: trio.SocketStream, message: str) -> None:
+        with trio.move_on_after(1):
+            await stream.send_all(_dump(_error(-32000, message, None)))
+            # Half-close and drain what the peer sent, so closing does not reset the refusal away.
+            await stream.send_eof()
+            while len(await stream.receive_some(65536)) > 0:
+                pass
+
+    async def _serve_connection(self, stream: trio.SocketStream, slot: _Slot | None = None) -> None:
+        slot = slot or _Slot(-1, 0)
         send_lock = trio.Lock()
-        in_flight = 0
         room = trio.Event()
         room.set()
 
-        async def answer(line: bytes) -> None:
-            nonlocal in_flight
+        async def answer(doc: Any, calls: int) -> None:
             hooks: list[Callable[[], None]] = []
             _AFTER_ANSWER.set(hooks)   # this task's own context: the hooks of this call only
             try:
-                out = await self.dispatcher.handle_line(line)
+                out = await self.dispatcher.handle_doc(doc)
                 if out is not None:
                     async with send_lock:
                         await stream.send_all(out)
@@ -510,7 +768,8 @@ class RpcServer:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             finally:
-                in_flight -= 1
+                slot.in_flight -= calls
+                slot.update_idle()
                 room.set()
                 self.in_flight -= 1
                 if not self.in_flight:
@@ -520,33 +779,49 @@ class RpcServer:
         async with trio.open_nursery() as streams:
             # Streams (subscriptions) live in their own nursery, cancelled once the client stops sending and
             # its calls are answered; they never count as calls in flight, so they never hold up a drain.
-            _CONNECTION.set(Connection(self, stream, send_lock, streams))
+            _CONNECTION.set(Connection(self, stream, send_lock, streams, slot))
             async with trio.open_nursery() as calls:
-                while True:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        break
-                    buf += data
+                with trio.CancelScope() as idle_scope:
+                    slot.idle_scope = idle_scope
+                    slot.update_idle()
                     while True:
-                        nl = buf.find(b"\n")
-                        if nl < 0:
+                        data = await stream.receive_some(65536)
+                        if not data:
                             break
-                        line = bytes(buf[:nl])
-                        del buf[:nl + 1]
-                        if not line.strip():
-                            continue
-                        while in_flight >= MAX_IN_FLIGHT_PER_CONNECTION:  # back-pressure: stop reading this client
-                            room = trio.Event()
-                            await room.wait()
-                        in_flight += 1
-                        self.in_flight += 1
-                        calls.start_soon(answer, line)
-                    if len(buf) > MAX_LINE_BYTES:
-                        async with send_lock:
-                            await stream.send_all(_dump(_error(errors.INVALID_REQUEST,
-                                                               "Invalid Request: line exceeds 1 MiB without a newline", None)))
-                        calls.cancel_scope.cancel()
-                        break
+                        if not slot.gone:
+                            self._slots.move_to_end(slot)   # most recently active last
+                        buf += data
+                        while True:
+                            nl = buf.find(b"\n")
+                            if nl < 0:
+                                break
+                            line = bytes(buf[:nl])
+                            del buf[:nl + 1]
+                            if not line.strip():
+                                continue
+                            doc = parse_line(line)
+                            n = len(doc) if isinstance(doc, list) and doc else 1
+                            # Back-pressure: stop reading this client until its calls (a batch's each count)
+                            # leave room; a batch larger than the limit waits for the connection to drain.
+                            while slot.in_flight and slot.in_flight + n > MAX_IN_FLIGHT_PER_CONNECTION:
+                                room = trio.Event()
+                                await room.wait()
+                            slot.in_flight += n
+                            self.in_flight += 1
+                            calls.start_soon(answer, doc, n)
+                        slot.partial = bool(buf)
+                        slot.update_idle()
+                        if len(buf) > MAX_LINE_BYTES:
+                            async with send_lock:
+                                await stream.send_all(_dump(_error(errors.INVALID_REQUEST,
+                                                                   "Invalid Request: line exceeds 1 MiB without a newline", None)))
+                            calls.cancel_scope.cancel()
+                            break
+                slot.idle_scope = None
+                if idle_scope.cancelled_caught:
+                    log.debug("closed an RPC connection of uid %d: idle for %ss", slot.uid, self.idle_timeout_s)
+                    if self.metrics is not None:
+                        self.metrics.rpc_connections_closed_idle.labels("idle_timeout").inc()
             streams.cancel_scope.cancel()
 
 

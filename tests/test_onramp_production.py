@@ -4,6 +4,7 @@ quotes. A real tachyond, the real emulator (with its switches), real webhooks, t
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import trio
@@ -176,12 +177,26 @@ async def test_quote_through_rpc_and_ctl(nursery, sockdir):
                              "destination_amount": "100.00", "source_amount": "100.00", "source_currency": "usd",
                              "source_total_amount": "101.51", "fees": {"network": "0.01", "transaction": "1.50"},
                              "fetched_at": quote["fetched_at"]}
+            # Stripe's rate_fetched_at is a float: it arrives as the time of the rates, never dropped.
+            assert isinstance(quote["fetched_at"], float) and abs(quote["fetched_at"] - time.time()) < 60
             [sent] = [r for r in env.emu.requests if r["path"] == "/v1/crypto/onramp/quotes"]
             assert sent["params"] == {"destination_amount": "100.00", "destination_currencies": ["usdc"],
                                       "destination_networks": ["base"]}
             fiat = await env.call("onramp.quote", {"amount": "50", "amount_is": "source", "network": "base"})
             assert (fiat["destination_amount"], fiat["source_amount"], fiat["fees"]["transaction"]) == (
                 "50.000000", "50", "0.75")
+            # --amount-is mirrors the RPC's amount_is (--fiat is its shorthand); the default is destination.
+            for flags in (["--amount-is", "source"], ["--fiat"]):
+                spent = await trio.to_thread.run_sync(ctl, env, "onramp", "quote", "--network", "base",
+                                                      "--amount", "50", *flags)
+                assert spent["source_amount"] == "50" and spent["destination_amount"] == "50.000000"
+            received = await trio.to_thread.run_sync(ctl, env, "onramp", "quote", "--network", "base",
+                                                     "--amount", "50", "--amount-is", "destination")
+            assert received["destination_amount"] == "50.00" and received["source_total_amount"] == "50.76"
+            both = await trio.to_thread.run_sync(lambda: run_ctl("onramp", "quote", "--amount", "1", "--fiat",
+                                                                 "--amount-is", "destination",
+                                                                 socket_path=str(env.daemon.socket)))
+            assert both.returncode == 2 and "not allowed with" in both.stderr
             human = await trio.to_thread.run_sync(lambda: run_ctl(
                 "onramp", "quote", "--network", "base", "--amount", "100", socket_path=str(env.daemon.socket)))
             assert human.returncode == 0 and "101.51" in human.stdout

@@ -178,6 +178,19 @@ async def test_reload_refuses_a_broken_file_and_a_socket_change_and_keeps_servin
         assert await call("daemon.reload") == {"changed": ["daemon.log_format", "daemon.log_level"]}
         last = json.loads(d.stderr().strip().splitlines()[-1])
         assert last["logger"] == "tachyond.reload" and "daemon.log_format" in last["msg"]
+        # trusted_proxies applies to the next request too: 127.0.0.1 becomes a proxy, and the forwarded
+        # client inside allow_ips gets through, where the same request was refused before the reload.
+        forwarded = {"content-type": "application/json", "X-Forwarded-For": "10.1.2.3"}
+        async with httpx.AsyncClient() as client:
+            r3 = await client.post(base + "/webhook/stripe", content=b"{}", headers=forwarded)
+        assert r3.status_code == 403
+        _write(sockdir, dict(doc, daemon={**doc["daemon"], "log_format": "json"},
+                             http={**doc["http"], "allow_ips": ["10.0.0.0/8"], "max_body_bytes": 4096,
+                                   "trusted_proxies": ["127.0.0.1/32"]}))
+        assert await call("daemon.reload") == {"changed": ["http.trusted_proxies"]}
+        async with httpx.AsyncClient() as client:
+            r4 = await client.post(base + "/webhook/stripe", content=b"{}", headers=forwarded)
+        assert r4.status_code != 403, r4.text
 
 
 async def test_daemon_config_shows_where_each_key_came_from_and_hides_secrets(daemon_factory, sockdir):

@@ -306,6 +306,9 @@ async def test_switches_livemode_live_keys_and_embedded_only(nursery):
             assert seen["id"] == made["id"] and seen["status"] == "fulfillment_complete"
             assert made["client_secret"] not in json.dumps(seen)
             assert (await http.get("/embedded/session", params={"client_secret": "nope"})).status_code == 404
+            # A non-ASCII secret is just another wrong one (compare_digest refuses non-ASCII str: no 500).
+            odd = await http.post("/embedded/pay", data={"client_secret": "cos_\u00e9_secret"})
+            assert odd.status_code == 404 and odd.json()["error"]["message"] == "No such onramp session."
 
 
 async def test_quotes_answer_with_fixed_fees(nursery):

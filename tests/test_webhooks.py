@@ -126,7 +126,7 @@ async def test_replays_and_duplicates_have_no_second_effect_and_either_secret_ve
 
 async def test_a_flood_is_rate_limited_and_the_daemon_keeps_serving(nursery, sockdir):
     with trio.fail_after(40):
-        async with onramp_env(nursery, sockdir, http={"rate_limit_per_s": 20}) as env:
+        async with onramp_env(nursery, sockdir, http={"rate_limit_per_s": 5}) as env:
             target = await completed_session(env)
             statuses: list[int] = []
 
@@ -139,15 +139,20 @@ async def test_a_flood_is_rate_limited_and_the_daemon_keeps_serving(nursery, soc
                                                "Stripe-Signature": sign(body, "whsec_x")})
                 statuses.append(r.status_code)
 
+            started = trio.current_time()
             async with httpx.AsyncClient(limits=httpx.Limits(max_connections=20)) as client:
                 async with trio.open_nursery() as flood:
                     for _ in range(120):
                         flood.start_soon(forged, client)
-            assert statuses.count(429) >= 50 and set(statuses) <= {400, 429}
+            elapsed_s = trio.current_time() - started
+            # A bucket of 2 x 5 tokens refilled at 5/s: whatever the machine's load stretched the flood to,
+            # no more got past the limiter than the bucket allows in that time.
+            assert set(statuses) <= {400, 429} and statuses.count(429) >= 1
+            assert statuses.count(400) <= 10 + 5 * elapsed_s + 1
             assert await env.metric("tachyon_webhook_events_rejected_total", provider="stripe",
                                     reason="rate_limited") == statuses.count(429)
             assert (await env.call("daemon.info"))["wallet"] == "unlocked"
-            await trio.sleep(1.0)  # the bucket refills at 20/s
+            await trio.sleep(1.0)  # the bucket refills at 5/s
             body = event_body(target)
             assert (await post(env, body, sign(body, WHSEC_A))).json() == {"received": True}
             [topup] = await env.wait_pending()

@@ -377,7 +377,7 @@ class StripeEmulator:
                 raise
             return _json(200, session)
         if path == QUOTES_PATH and method == "GET":
-            return _json(200, quote_answer(params, self.livemode, int(self.clock())))
+            return _json(200, quote_answer(params, self.livemode, round(self.clock(), 6)))  # a float, as Stripe's rate_fetched_at
         if self._fail_in_endpoint:
             self._injected_failure()
         if path == SESSIONS_PATH and method == "GET":

@@ -260,6 +260,7 @@ class StripeOnrampProvider:
             livemode=livemode if isinstance(livemode, bool) else None,
             delivered_to=used if isinstance(used, str) and used else None,
             addresses=addresses,
+            address_locked=details.get("lock_wallet_address") is True,
         )
 
     async def create_session(self, req: SessionRequest) -> SessionInfo:
@@ -334,7 +335,9 @@ class StripeOnrampProvider:
                      source_total_amount=text(entry.get("source_total_amount")),
                      network_fee=text(fees.get("network_fee_monetary")),
                      transaction_fee=text(fees.get("transaction_fee_monetary")),
-                     fetched_at=fetched if isinstance(fetched, int) and not isinstance(fetched, bool) else None)
+                     # Stripe's rate_fetched_at is a float (unix seconds with a fraction), not an int.
+                     fetched_at=float(fetched) if isinstance(fetched, (int, float)) and not isinstance(fetched, bool)
+                     and math.isfinite(fetched) else None)
 
     def embed(self, info: SessionInfo) -> Embed | None:
         """The embedded onramp widget for one session (None without a publishable key or a client secret).

@@ -420,8 +420,9 @@ class SessionStore:
 
 def by_client_secret(store: "SessionStore", client_secret: str) -> dict[str, Any] | None:
     """The stored session a client secret belongs to (the embedded widget's only credential)."""
-    return next((s for s in store.sessions.values() if secrets.compare_digest(s["client_secret"], client_secret)),
-                None)
+    given = client_secret.encode("utf-8", "surrogatepass")   # bytes: compare_digest refuses non-ASCII str
+    return next((s for s in store.sessions.values()
+                 if secrets.compare_digest(s["client_secret"].encode(), given)), None)
 
 
 QUOTE_PARAMS = frozenset({"source_amount", "source_currency", "destination_amount", "destination_currencies",
@@ -430,7 +431,7 @@ QUOTE_NETWORK_FEE = "0.01"        # fixed fees of the emulator's quotes (USD)
 QUOTE_FEE_RATE = Decimal("0.015")  # transaction fee: 1.5 % of the fiat amount, at least 0.01
 
 
-def quote_answer(query: Mapping[str, Any], livemode: bool, now: int) -> dict[str, Any]:
+def quote_answer(query: Mapping[str, Any], livemode: bool, now: float) -> dict[str, Any]:
     """``GET /v1/crypto/onramp/quotes``: a quote per requested (or supported) network and currency."""
     check_params(query, QUOTE_PARAMS, frozenset({"source_amount", "source_currency", "destination_amount"}))
     currencies = _string_list(query["destination_currencies"], "destination_currencies") \
