@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-__all__ = ["BACKEND", "dumps", "loads", "stdlib_dumps"]
+__all__ = ["BACKEND", "FAST_DECODE", "FastDecodeError", "dumps", "loads", "stdlib_dumps"]
 
 
 def _make_compact_encoder() -> Callable[[object], str]:
@@ -59,6 +59,9 @@ if _msgspec is not None:
     _encode = _msgspec.json.Encoder().encode
     _decode = _msgspec.json.Decoder().decode
     _DecodeError = _msgspec.DecodeError
+    # For callers with their own slow path (the RPC parser): the fast decoder alone, and what it raises.
+    FAST_DECODE: Callable[[bytes], Any] | None = _decode
+    FastDecodeError: type[Exception] = _DecodeError
 
     def dumps(obj: object) -> bytes:
         """Compact JSON as bytes."""
@@ -76,6 +79,8 @@ if _msgspec is not None:
 else:
     BACKEND = "json"
     dumps = stdlib_dumps
+    FAST_DECODE = None
+    FastDecodeError = ValueError
 
     def loads(data: bytes | bytearray | memoryview | str) -> Any:
         """Parse JSON."""
