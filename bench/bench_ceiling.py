@@ -3,12 +3,14 @@
 Two servers, each in its own process, each driven by a native load generator so the client costs almost
 nothing:
 - a bare trio Unix-socket server that reads JSON-RPC lines, parses each, and answers ``{"result": true}``
-  (no registry, no validation, no wallet), driven by bench/loadgen.c with 1 and 32 connections;
-- hypercorn serving a trivial ASGI app (read the body, answer 200 ``{}``) on loopback, driven by ``wrk``
-  with 32 keep-alive connections, once with hypercorn's trio worker (what tachyond runs) and once with its
-  asyncio worker, for comparison.
-These numbers bound what any tachyond method or webhook can reach here. wrk comes from Debian
-(``apt-get install wrk``); without it the HTTP rows are skipped and say so.
+  (no registry, no validation, no wallet), driven by bench/loadgen.c with 1 and 32 connections, and with 32
+  connections pipelined (PIPELINE_DEPTH requests in flight each);
+- hypercorn serving a trivial ASGI app (read the body, answer 200 ``{}``) on loopback, with 32 keep-alive
+  connections, once with hypercorn's trio worker (what tachyond runs) and once with its asyncio worker, for
+  comparison; driven by bench/loadgen.c's HTTP mode with the same ~1.5 KB signed webhook POSTs that
+  bench_webhooks.py sends (so the webhook ratio compares like with like), and by ``wrk`` when installed.
+These numbers bound what any tachyond method or webhook can reach here, and are the "bare" baselines of
+the ratios `make bench` prints (run_all.py).
 Usage: python bench/bench_ceiling.py [--quick]
 """
 
@@ -26,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import emit, load_native
+from common import PIPELINE_DEPTH, emit, load_native, load_native_http
 
 TRIO_SERVER = r'''
 import json, os, sys, trio
@@ -124,9 +126,9 @@ def main() -> None:
         server = subprocess.Popen([sys.executable, "-c", TRIO_SERVER, path])
         try:
             wait_for(lambda: os.path.exists(path), "the trio echo server")
-            for clients in (1, 32):
-                r = load_native(path, clients, per_client * (4 if clients == 1 else 1),
-                                lambda c, n: {"method": "daemon.info", "params": {}})
+            for clients, depth in ((1, 1), (32, 1), (32, PIPELINE_DEPTH)):
+                r = load_native(path, clients, per_client * (4 if clients == 1 else depth),
+                                lambda c, n: {"method": "daemon.info", "params": {}}, depth)
                 if r is None:
                     emit({"bench": "ceiling_trio_jsonrpc", "skipped": "no C compiler for bench/loadgen.c"})
                     break
@@ -134,16 +136,23 @@ def main() -> None:
         finally:
             server.kill()
             server.wait()
-    if shutil.which("wrk") is None:
-        emit({"bench": "ceiling_hypercorn", "skipped": "wrk is not installed (apt-get install wrk)"})
-        return
+    from bench_webhooks import event_body, http_request
+
     for worker in ("trio", "asyncio"):
         port = free_port()
         server = subprocess.Popen([sys.executable, "-c", ASGI_SERVER, worker, str(port)], stderr=subprocess.DEVNULL)
         try:
             wait_for(lambda: port_open(port), f"hypercorn ({worker})")
-            r = wrk(f"http://127.0.0.1:{port}/", 32, 2 if args.quick else 6)
-            emit({"bench": "ceiling_hypercorn", "worker": worker, "connections": 32, "load_generator": "wrk", **r})
+            requests = [http_request(f"127.0.0.1:{port}", event_body("tw_bench", n))
+                        for n in range(2000 if args.quick else 8000)]
+            r = load_native_http("127.0.0.1", port, 32, requests)
+            if r is not None:
+                emit({"bench": "ceiling_hypercorn", "worker": worker, **r,
+                      "requests_per_s": r["calls_per_s"]})
+            if shutil.which("wrk") is not None:
+                r = wrk(f"http://127.0.0.1:{port}/", 32, 2 if args.quick else 6)
+                emit({"bench": "ceiling_hypercorn", "worker": worker, "connections": 32, "load_generator": "wrk",
+                      "request": "GET /", **r})
         finally:
             server.kill()
             server.wait()

@@ -6,7 +6,7 @@ import argparse
 
 import trio
 
-from common import Daemon, emit, load, load_native
+from common import PIPELINE_DEPTH, Daemon, emit, load, load_native
 
 TOKENS = [{"symbol": "USDC", "decimals": 6, "networks": ["ethereum"]}]
 
@@ -22,9 +22,9 @@ def main() -> None:
         if d.call("daemon.info")["wallet"] == "absent":
             d.call("wallet.create", {"password": "bench-password"})
         accounts = [f"a{i}" for i in range(64)]
-        for a in accounts:
-            d.call("accounts.create", {"name": a})
-            d.call("ledger.deposit", {"account": a, "token": "USDC", "amount": "1000000", "reference": f"seed-{a}"})
+        d.batch([("accounts.create", {"name": a}) for a in accounts])
+        d.batch([("ledger.deposit", {"account": a, "token": "USDC", "amount": "1000000", "reference": f"seed-{a}"})
+                 for a in accounts])
 
         def transfer(cid: int, n: int) -> dict:
             # Each client moves between its own pair of accounts, so no transfer is refused for funds.
@@ -37,8 +37,12 @@ def main() -> None:
                   "load_generator": "python (trio)", **r})
             native = load_native(d.socket, clients, (100 if args.quick else 600) * (4 if clients == 1 else 1), transfer)
             if native is not None:
-                emit({"bench": "ledger_transfer_rpc", "pipeline": 1, "synchronous": "FULL", **native})
+                emit({"bench": "ledger_transfer_rpc", "synchronous": "FULL", **native})
+        native = load_native(d.socket, 32, (100 if args.quick else 600) * PIPELINE_DEPTH, transfer, PIPELINE_DEPTH)
+        if native is not None:
+            emit({"bench": "ledger_transfer_rpc", "synchronous": "FULL", **native})
         verify = d.call("ledger.verify")
+        emit({"bench": "ledger_verify", "after": "ledger_transfer_rpc", "ok": verify["ok"], "entries": verify["entries"]})
         assert verify["ok"], verify["problems"]
 
 

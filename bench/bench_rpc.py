@@ -11,7 +11,7 @@ import time
 
 import trio
 
-from common import Daemon, emit, load_native
+from common import PIPELINE_DEPTH, Daemon, emit, load_native
 
 
 def ctl_startup(socket_path: str, runs: int) -> dict:
@@ -46,6 +46,11 @@ def main() -> None:
             native = load_native(d.socket, clients, 200 if args.quick else 1500, lambda c, n: {"method": "daemon.info"})
             if native is not None:
                 emit({"bench": "rpc_daemon_info", **native})
+        # Pipelined: each of 32 connections keeps PIPELINE_DEPTH calls in flight.
+        native = load_native(d.socket, 32, (200 if args.quick else 1500) * PIPELINE_DEPTH,
+                             lambda c, n: {"method": "daemon.info"}, PIPELINE_DEPTH)
+        if native is not None:
+            emit({"bench": "rpc_daemon_info", **native})
         emit(ctl_startup(d.socket, 5 if args.quick else 20))
 
 

@@ -29,7 +29,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugins"))
-from common import Daemon, emit, pct  # noqa: E402
+from common import Daemon, emit, load_native_http, pct  # noqa: E402
 
 WHSEC = "whsec_bench_" + secrets.token_hex(8)
 TARGET_PER_S = 2000
@@ -222,7 +222,26 @@ def run(d: Daemon, events: int, connections: int, in_process_per_s: float) -> No
               "wallet": "locked", "body_bytes": len(event_body(wallet_id, 0)), "load_avg_1m": os.getloadavg()[0]})
         if ok != events or int(enqueued) != events:
             sys.exit(f"only {ok} of {events} events were accepted ({int(enqueued)} enqueued)")
+        native_run(host, port, base, wallet_id, connections, events)
         wrk_run(d, host, port, base, wallet_id, connections, quick=events <= 2000)
+
+
+def native_run(host: str, port: str, base: str, wallet_id: str, connections: int, events: int) -> None:
+    """The same webhook path driven by bench/loadgen.c's HTTP mode, as bench_ceiling.py drives the bare
+    hypercorn worker with the same requests: the webhook ratio of `make bench` compares these two."""
+    import httpx
+
+    requests = [http_request(f"{host}:{port}", event_body(wallet_id, 3_000_000 + n)) for n in range(events)]
+    before = metric(httpx.get(base + "/metrics", timeout=30).text, "tachyon_webhook_events_enqueued_total")
+    r = load_native_http(host, int(port), connections, requests)
+    if r is None:
+        emit({"bench": "webhooks_durable_native", "skipped": "no C compiler for bench/loadgen.c"})
+        return
+    enqueued = metric(httpx.get(base + "/metrics", timeout=30).text, "tachyon_webhook_events_enqueued_total") - before
+    emit({"bench": "webhooks_durable_native", **r, "enqueued": int(enqueued),
+          "events_per_s": round(enqueued / r["seconds"]), "wallet": "locked"})
+    if r["errors"] or int(enqueued) != events:
+        sys.exit(f"native run: {r['errors']} errors ({r['first_error']}), {int(enqueued)} of {events} enqueued")
 
 
 def wrk_run(d: Daemon, host: str, port: str, base: str, wallet_id: str, connections: int, quick: bool) -> None:

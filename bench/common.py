@@ -87,6 +87,13 @@ class Daemon:
         with Client(self.socket) as c:
             return c.call(method, params)
 
+    def batch(self, calls: list[tuple[str, Any]]) -> list[Any]:
+        """Independent calls in one JSON-RPC batch (the daemon may run them in any order)."""
+        from tachyon_ctl.client import Client
+
+        with Client(self.socket) as c:
+            return c.batch(calls)
+
 
 async def load(socket_path: str, clients: int, duration_s: float, make_request: Callable[[int, int], dict[str, Any]],
                pipeline: int = 1) -> dict[str, Any]:
@@ -148,11 +155,14 @@ def native_loadgen() -> Path | None:
     return exe
 
 
+PIPELINE_DEPTH = 8  # requests in flight per connection in the pipelined rows
+
+
 def load_native(socket_path: str, clients: int, calls_per_client: int,
-                make_request: Callable[[int, int], dict[str, Any]]) -> dict[str, Any] | None:
+                make_request: Callable[[int, int], dict[str, Any]], pipeline: int = 1) -> dict[str, Any] | None:
     """Like :func:`load`, but the requests are written beforehand and sent by the native load generator,
-    so nearly all of this machine's CPU goes to the daemon. Each client sends ``calls_per_client`` calls
-    one after another. Returns None when no C compiler is available."""
+    so nearly all of this machine's CPU goes to the daemon. Each client sends ``calls_per_client`` calls,
+    ``pipeline`` of them in flight at a time (1: one after another). None when no C compiler is available."""
     exe = native_loadgen()
     if exe is None:
         return None
@@ -163,7 +173,25 @@ def load_native(socket_path: str, clients: int, calls_per_client: int,
                 req.update(jsonrpc="2.0", id=n)
                 fh.write(json.dumps(req).encode() + b"\n")
         fh.flush()
-        out = subprocess.run([str(exe), socket_path, str(clients), fh.name], check=True, capture_output=True,
-                             text=True).stdout
+        out = subprocess.run([str(exe), "-d", str(pipeline), socket_path, str(clients), fh.name], check=True,
+                             capture_output=True, text=True).stdout
     result = json.loads(out)
-    return {"clients": clients, "load_generator": "native (bench/loadgen.c)", **result}
+    return {"clients": clients, "pipeline": pipeline, "load_generator": "native (bench/loadgen.c)", **result}
+
+
+def load_native_http(host: str, port: int, connections: int, requests: list[bytes],
+                     pipeline: int = 1) -> dict[str, Any] | None:
+    """HTTP/1.1 keep-alive load from the native load generator: ``requests`` (whole requests, head and body)
+    spread over ``connections``, ``pipeline`` in flight on each. None when no C compiler is available."""
+    exe = native_loadgen()
+    if exe is None:
+        return None
+    with tempfile.NamedTemporaryFile("wb", prefix="tyb-http-", suffix=".bin") as fh:
+        for req in requests:
+            fh.write(len(req).to_bytes(4, "big") + req)
+        fh.flush()
+        out = subprocess.run([str(exe), "-d", str(pipeline), "-h", f"{host}:{port}", str(connections), fh.name],
+                             check=True, capture_output=True, text=True).stdout
+    result = json.loads(out)
+    return {"connections": connections, "pipeline": pipeline, "load_generator": "native HTTP (bench/loadgen.c)",
+            **result}

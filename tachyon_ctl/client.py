@@ -115,6 +115,55 @@ class Client:
             raise RpcError(err.get("code", -32603), err.get("message", "unknown error"), err.get("data"))
         return msg.get("result")
 
+    def batch(self, calls: list[tuple[str, Any]], *, label: str = "batch") -> list[Any]:
+        """Several independent calls in one JSON-RPC batch (one line out, one line back): ``calls`` is a list of
+        ``(method, params)``; returns their results in the same order, or raises the first error (by
+        position) as RpcError after all have run, with ``data["index"]`` naming the call that failed."""
+        if not calls:
+            return []
+        if self._sock is None:
+            self.connect()
+        first = next(self._ids)
+        ids = [f"{self.who}:{label}#{first}.{i}" for i in range(len(calls))]
+        reqs = []
+        for req_id, (method, params) in zip(ids, calls):
+            req: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": req_id}
+            if params is not None:
+                req["params"] = params
+            reqs.append(req)
+        assert self._sock is not None
+        try:
+            self._sock.sendall(json.dumps(reqs).encode() + b"\n")
+            while True:
+                msg = json.loads(self._read_line())
+                if isinstance(msg, dict) and "method" in msg:
+                    self.notifications.append(msg)
+                    continue
+                if isinstance(msg, dict) and "error" in msg and msg.get("id") is None:
+                    err = msg["error"]   # the batch itself was refused (or the connection, see call)
+                    raise RpcError(err.get("code", -32603), err.get("message", "unknown error"), err.get("data"))
+                if isinstance(msg, list):
+                    break
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise DaemonNotRunning(f"tachyond closed the connection ({exc.strerror}); is it stopping?") from None
+        except TimeoutError:
+            raise DaemonNotRunning(f"tachyond at {self.path} did not answer a batch within {self.timeout_s:g} s") from None
+        except ValueError:
+            raise DaemonNotRunning(f"{self.path} answered something that is not JSON-RPC; is it tachyond's socket?") from None
+        by_id = {a.get("id"): a for a in msg if isinstance(a, dict)}
+        results = []
+        for i, req_id in enumerate(ids):
+            answer = by_id.get(req_id)
+            if answer is None:
+                raise RpcError(-32603, f"the daemon's batch answer has no answer for {calls[i][0]}", {"index": i})
+            if "error" in answer:
+                err = answer["error"]
+                data = err.get("data")
+                data = {**data, "index": i} if isinstance(data, dict) else {"index": i, "data": data}
+                raise RpcError(err.get("code", -32603), err.get("message", "unknown error"), data)
+            results.append(answer.get("result"))
+        return results
+
     def next_notification(self) -> dict[str, Any]:
         """The next server notification on this connection ({method, params}), waiting without a timeout."""
         if self.notifications:

@@ -337,22 +337,25 @@ class LedgerTx(Tx):
         mac = self.keys.chain_mac(last_mac, entry_id.to_bytes(8, "big"), key_hash, body_ct)
         self.conn.execute("INSERT INTO ledger_journal (id, key_hash, body, mac) VALUES (?, ?, ?, ?)",
                           (entry_id, key_hash, body_ct, mac))
-        self.conn.executemany("INSERT OR IGNORE INTO ledger_history (account_tag, entry_id) VALUES (?, ?)",
-                              [(self.history_tag(a), entry_id) for a in {p.account for p in postings}])
+        # The history rows are written with the batch's others by flush(), in one executemany.
+        self._put(self._dirty, ("hist", entry_id), [(self.history_tag(a), entry_id) for a in {p.account for p in postings}])
         self._put(self._heads, 0, (entry_id, mac))
         self._put(self._dirty, ("head",), entry_id)
         return entry_dict(entry_id, body, self.tokens)
 
     def flush(self) -> None:
-        """Write the balance rows, holds and journal head the batch's ops changed, once each, before COMMIT."""
+        """Write the balance rows, holds, history rows and journal head the batch's ops changed, once each,
+        before COMMIT."""
         dirty = self._dirty
         if not dirty:
             return
         seal = self.keys.cipher.seal
-        balances, holds, head = [], [], None
+        balances, holds, history, head = [], [], [], None
         bal_cache, hold_cache = self._bals, self._holds
         for item, rowid in dirty.items():
-            if item[0] == "bal":
+            if item[0] == "hist":
+                history += rowid  # the entry's (account tag, entry id) rows
+            elif item[0] == "bal":
                 account, token = item[1], item[2]
                 _, available, locked = bal_cache[(account, token)]
                 balances.append((seal(b"ledger_balances|value|%d" % rowid, dumps([account, token, available, locked])),
@@ -367,6 +370,9 @@ class LedgerTx(Tx):
             self.conn.executemany("UPDATE ledger_balances SET value = ? WHERE id = ?", balances)
         if holds:
             self.conn.executemany("UPDATE ledger_holds SET value = ? WHERE id = ?", holds)
+        if history:
+            self.conn.executemany("INSERT OR IGNORE INTO ledger_history (account_tag, entry_id) VALUES (?, ?)",
+                                  history)
         if head is not None:
             entry_id, mac = head
             head_mac = self.keys.chain_mac(b"head", entry_id.to_bytes(8, "big"), mac)

@@ -6,7 +6,6 @@ session from the provider (the truth) -> a pending topup -> ``onramp.claim`` cre
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -17,7 +16,7 @@ from typing import Any, Mapping
 
 import trio
 
-from . import onramp_store as store
+from . import jsonx, onramp_store as store
 from .amounts import Token, fmt_minor, to_minor
 from .config import ConfigError
 from .ledger import check_user_account
@@ -257,7 +256,7 @@ class OnrampService:
         received_at = time.time()
         payload = {"provider": provider_name, "event_id": event_id, "session_id": session_id, "status": status,
                    "received_at": received_at, **extra}
-        sealed = self.wallet.seal_to_wallet(json.dumps(payload, separators=(",", ":")).encode())
+        sealed = self.wallet.seal_to_wallet(jsonx.dumps(payload))
         fresh = await self.wallet.write(store.enqueue_op, keys, sealed, received_at, confirmed)
         if fresh:
             self.metrics.webhook_enqueued.labels(provider_name).inc()
@@ -343,7 +342,7 @@ class OnrampService:
 
     async def _confirm(self, inbox_id: int, sealed: bytes) -> None:
         """Open one inbox event, fetch its session from the provider, decide and record the outcome."""
-        event = json.loads(self.wallet.open_sealed(sealed))
+        event = jsonx.loads(self.wallet.open_sealed(sealed))
         name, session_id = event["provider"], event["session_id"]
         provider = self.providers.get(name)
         if provider is None:

@@ -127,3 +127,20 @@ def test_a_socket_that_does_not_speak_json_rpc_is_exit_3(sockdir):
     t.join(10)
     srv.close()
     assert r.returncode == 3 and "not JSON-RPC" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_client_batch_sends_independent_calls_in_one_json_rpc_batch(daemon_factory):
+    from tachyon_ctl.client import Client, RpcError
+
+    d = daemon_factory().start()
+    with Client(d.socket) as c:
+        info, tokens, methods = c.batch([("daemon.info", None), ("tokens.list", None), ("rpc.discover", {})])
+        assert info["wallet"] == "absent" and isinstance(tokens, list) and "methods" in methods
+        try:
+            c.batch([("daemon.info", None), ("nope.nothing", None), ("tokens.list", None)])
+        except RpcError as exc:
+            assert exc.code == -32601 and exc.data["index"] == 1
+        else:
+            raise AssertionError("a failed call in a batch must raise")
+        assert c.batch([]) == []
+        assert c.call("daemon.info")["wallet"] == "absent"  # the connection still serves single calls

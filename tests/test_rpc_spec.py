@@ -125,3 +125,37 @@ def test_many_requests_in_flight_on_one_connection(spec_daemon):
             buf += s.recv(65536)
     first, second = (json.loads(line) for line in buf.splitlines())
     assert first["id"] == "quick" and second["id"] == "slow" and second["result"] == {"slept": 1.0}
+
+
+def test_pipelined_requests_each_get_their_answer_once(spec_daemon):
+    """A client writes 300 requests (mixed: quick, failing, a notification, non-ASCII ids) before reading:
+    every request with an id is answered exactly once, each answer a whole line, none for the notification."""
+    import socket
+
+    reqs, expected = [], {}
+    for i in range(300):
+        if i % 50 == 7:
+            reqs.append({"jsonrpc": "2.0", "method": "daemon.info"})   # a notification: no answer
+            continue
+        rid = f"é-{i}" if i % 3 else i
+        if i % 10 == 3:
+            reqs.append({"jsonrpc": "2.0", "method": "nope.nothing", "id": rid})
+            expected[json.dumps(rid)] = "error"
+        else:
+            reqs.append({"jsonrpc": "2.0", "method": "spec.subtract", "params": [i, 1], "id": rid})
+            expected[json.dumps(rid)] = i - 1
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(20)
+        s.connect(spec_daemon.socket)
+        s.sendall(b"".join(json.dumps(r).encode() + b"\n" for r in reqs))
+        buf = b""
+        while buf.count(b"\n") < len(expected):
+            chunk = s.recv(65536)
+            assert chunk, "the daemon closed the connection"
+            buf += chunk
+        s.sendall(b'{"jsonrpc":"2.0","method":"daemon.info","id":"last"}\n')
+        while not buf.endswith(b'"id":"last"}\n'):
+            buf += s.recv(65536)
+    answers = [json.loads(line) for line in buf.splitlines()[:-1]]
+    got = {json.dumps(a["id"]): a.get("result", "error" if "error" in a else None) for a in answers}
+    assert len(answers) == len(expected) and got == expected

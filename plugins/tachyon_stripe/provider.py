@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import stripe
 
+from tachyond import jsonx
 from tachyond.config import ConfigError, expand_path
 from tachyond.errors import OnrampError, RegionNotAllowed
 from tachyond.providers import (Embed, Quote, QuoteRequest, SessionInfo, SessionRequest, WebhookEvent,
@@ -393,7 +394,7 @@ class StripeOnrampProvider:
             raise WebhookRejected("future", f"signature timestamp is {int(timestamp - now)} s in the future "
                                   f"(tolerance {self.tolerance_s} s): check the clock")
         try:
-            event = json.loads(body)
+            event = jsonx.loads(body)  # after the signature check: an unsigned body is never parsed
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise WebhookRejected("bad_json", "webhook body is not JSON") from None
         return self._event(event)

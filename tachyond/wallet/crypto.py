@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from ..errors import IntegrityError
 
 NONCE_BYTES = 12
+LOOKUP_CACHE_MAX = 1 << 16  # lookups remembered per unlocked key set (names, balance keys, holds)
 
 
 class Cipher:
@@ -127,13 +128,23 @@ class WalletKeys:
         self.chain_key = hkdf(data_key, b"tachyon journal chain v1")
         self.private_raw = private_raw
         self.rotating_from: bytes | None = None  # the previous data key while a rotation is pending
+        # Lookups computed with these keys (the same names come back on every operation); dropped with the
+        # keys, so nothing derived from them outlives a lock.
+        self._lookups: dict[tuple[str, str], bytes] = {}
 
     def lookup(self, domain: str, value: str) -> bytes:
         """Deterministic HMAC of a name or key, stored in a UNIQUE column instead of the name itself."""
+        cached = self._lookups.get((domain, value))
+        if cached is not None:
+            return cached
         digest = domain.encode() + b"\x00" + value.encode("utf-8")
         for key in self.previous_lookup_keys:
             digest = hmac.digest(key, digest, "sha256")
-        return hmac.digest(self._lookup_key, digest, "sha256")
+        digest = hmac.digest(self._lookup_key, digest, "sha256")
+        if len(self._lookups) >= LOOKUP_CACHE_MAX:
+            self._lookups.clear()
+        self._lookups[(domain, value)] = digest
+        return digest
 
     def rehash_lookup(self, stored: bytes) -> bytes:
         """A lookup stored under the previous data key, as this (next) key's lookup() computes it."""

@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable
 import outcome
 import trio
 
+from .. import jsonx
 from ..errors import (Conflict, IntegrityError, InvalidParams, ShuttingDown, WalletAbsent, WalletExists, WalletLocked,
                       WriteFailed, WrongPassword)
 from ..hardening import make_private_dir, private_sqlite_file
@@ -54,31 +55,9 @@ def aad(table: str, column: str, rowid: object) -> bytes:
     return f"{table}|{column}|{rowid}".encode()
 
 
-def _make_compact_encoder() -> Callable[[object], str]:
-    """One reusable C encoder (json.dumps builds a new encoder per call); same output as dumps(separators=",:")."""
-    reference = json.JSONEncoder(separators=(",", ":"))
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return reference.encode
-    try:  # markers=None: no circular check (our values are trees), so one encoder is safe in every thread
-        c_encoder = make(None, reference.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False,
-                         True)
-        probe = {"a": [1, -2.5, None, True, "\u00e9\n\x00"], "b": {}}
-        if "".join(c_encoder(probe, 0)) != reference.encode(probe):
-            return reference.encode
-    except TypeError:
-        return reference.encode
-    return lambda obj: "".join(c_encoder(obj, 0))
-
-
-_encode_compact = _make_compact_encoder()
-
-
 def dumps(obj: object) -> bytes:
     """Compact JSON bytes (the sealed form of every stored value)."""
-    if isinstance(obj, str):  # the C encoder only takes containers and scalars nested in them
-        return json.dumps(obj, separators=(",", ":")).encode()
-    return _encode_compact(obj).encode()
+    return jsonx.dumps(obj)
 
 
 class UnlockTimer:
@@ -145,7 +124,7 @@ class _Access:
         return self.cipher.seal(aad(table, column, rowid), dumps(obj))
 
     def open_json(self, table: str, column: str, rowid: object, blob: bytes) -> Any:
-        return json.loads(self.cipher.open(aad(table, column, rowid), blob))
+        return jsonx.loads(self.cipher.open(aad(table, column, rowid), blob))
 
 
 class ReadTx(_Access):
