@@ -9,6 +9,7 @@ import os
 import queue
 import secrets
 import sqlite3
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -932,14 +933,27 @@ def _check_kdf(raw: bytes) -> dict:
     return kdf
 
 
-def scrypt_n_from_env() -> int:
-    """DEFAULT_SCRYPT_N, unless TACHYOND_INSECURE_TEST_SCRYPT_N (tests only: a power of two) lowers it."""
+def scrypt_n_from_env(data_dir: Path) -> int:
+    """DEFAULT_SCRYPT_N, unless TACHYOND_INSECURE_TEST_SCRYPT_N (tests only: a power of two) lowers it.
+
+    The override weakens every wallet created, and every password changed, while it is set, so it is
+    honoured only for a ``data_dir`` inside the temporary directory (``tempfile.gettempdir()``: where test
+    suites put their throw-away wallets, and where no real wallet lives: systemd's PrivateTmp and tmpfs
+    cleaners wipe it). Set anywhere else (an environment file copied from a test setup), it stops the start
+    (ValueError naming the variable) instead of quietly weakening a real wallet."""
     value = os.environ.get(INSECURE_TEST_SCRYPT_ENV)
     if not value:
         return crypto.DEFAULT_SCRYPT_N
-    n = int(value)
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
     if n < crypto.MIN_SCRYPT_N or n & (n - 1):
         raise ValueError(f"{INSECURE_TEST_SCRYPT_ENV} must be a power of two >= {crypto.MIN_SCRYPT_N}")
+    tmp = Path(tempfile.gettempdir()).resolve()
+    if not Path(data_dir).resolve().is_relative_to(tmp):
+        raise ValueError(f"{INSECURE_TEST_SCRYPT_ENV} is set, and it weakens the wallet's password hashing for tests "
+                         f"only: it is honoured only for a data_dir under {tmp}, not {data_dir}; unset it")
     return n
 
 
