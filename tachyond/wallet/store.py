@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -448,18 +449,30 @@ class Wallet:
         if not pending or not has_modules:  # nothing a module wrote yet (a bare wallet): nothing to migrate
             return None
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        dest = self.path.with_name(f"{self.path.name}.pre-migration-{stamp}.bak")
-        n = 1
-        while dest.exists():
-            n += 1
-            dest = self.path.with_name(f"{self.path.name}.pre-migration-{stamp}-{n}.bak")
-        os.close(os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        dst = sqlite3.connect(dest, isolation_level=None)
+        # Like wallet.backup: the name is claimed by O_EXCL|O_NOFOLLOW (a name taken by anything, a dangling
+        # symlink included, is skipped, never followed or overwritten) and the copy is written only through
+        # that descriptor, then synced before the migration may change the original.
+        for n in range(1, 1000):
+            dest = self.path.with_name(f"{self.path.name}.pre-migration-{stamp}{'' if n == 1 else f'-{n}'}.bak")
+            try:
+                fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise OSError(errno.EEXIST, "no free name for the pre-migration backup", str(dest))
         try:
-            conn.backup(dst)
-            dst.execute("PRAGMA journal_mode = DELETE")
-        finally:
-            dst.close()
+            os.fchmod(fd, 0o600)
+            self._backup_into(fd)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(dest)
+            except OSError:
+                pass
+            raise
+        os.close(fd)
         what = ", ".join(f"{name} {have}->{want}" for name, (have, want) in sorted(pending.items()))
         logging.getLogger("tachyond.wallet").warning("wallet schema migration (%s): the file as it was is "
                                                      "copied to %s", what, dest)
