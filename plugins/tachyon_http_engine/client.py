@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import ssl
 from decimal import Decimal, InvalidOperation
 from typing import Any, Sequence
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -14,7 +16,18 @@ from tachyond.errors import EngineError, UnknownMarket
 
 DEFAULT_TIMEOUT_S = 5
 DEFAULT_TOKEN_ENV = "TACHYON_ENGINE_TOKEN"
-_KEYS = ("url", "timeout_s", "token_env", "token_file")
+_KEYS = ("url", "timeout_s", "token_env", "token_file", "cafile")
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _seg(text: str) -> str:
@@ -27,6 +40,19 @@ def _decimal(text: Any) -> Decimal | None:
         return Decimal(text) if isinstance(text, str) else None
     except InvalidOperation:
         return None
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong: httpx's own text, or (a TLS refusal under trio says nothing itself) the certificate or
+    TLS error found along the exception's causes."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLError):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
 
 
 class HttpEngine:
@@ -43,6 +69,24 @@ class HttpEngine:
         url = config.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) < 9:
             raise EngineError("engines.http.url: is required and must start with http:// or https://")
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:
+            raise EngineError("engines.http.url: is not a valid URL") from None
+        if url.startswith("http://") and not _is_loopback(host):
+            # The bearer token and every order would cross the network in clear.
+            raise EngineError(f"engines.http.url: https:// is required unless the host is loopback, not {host}")
+        cafile = config.get("cafile")
+        if cafile is not None:
+            if not isinstance(cafile, str) or not cafile:
+                raise EngineError("engines.http.cafile: must be the path of a PEM file")
+            if not url.startswith("https://"):
+                raise EngineError("engines.http.cafile: pins the server's CA for an https:// url only")
+            try:
+                ssl.create_default_context(cafile=cafile)
+            except (OSError, ssl.SSLError) as exc:
+                raise EngineError(f"engines.http.cafile: cannot load {cafile}: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from None
         timeout = config.get("timeout_s", DEFAULT_TIMEOUT_S)
         if type(timeout) not in (int, float) or not timeout > 0:
             raise EngineError("engines.http.timeout_s: must be a positive number of seconds")
@@ -101,7 +145,10 @@ class HttpEngine:
     async def start(self, markets: Sequence[MarketSpec]) -> None:
         """Connect and check that the server defines every market exactly as the daemon does."""
         token = self.read_token(self._config)
-        self._client = httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s,
+        cafile = self._config.get("cafile")
+        # With cafile only that CA is trusted for the server's certificate (pinned); else the system's CAs.
+        verify: Any = ssl.create_default_context(cafile=cafile) if cafile else True
+        self._client = httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s, verify=verify,
                                          headers={"Authorization": f"Bearer {token}"})
         served = {m.get("symbol"): m for m in (await self._call("GET", "/v1/markets"))["markets"]
                   if isinstance(m, dict)}
@@ -131,7 +178,7 @@ class HttpEngine:
         except httpx.TimeoutException:
             raise EngineError(f"engine server {self.url}: no answer within {self.timeout_s:g}s ({method} {path})") from None
         except httpx.HTTPError as exc:
-            raise EngineError(f"engine server {self.url}: {type(exc).__name__}: {exc}") from None
+            raise EngineError(f"engine server {self.url}: {type(exc).__name__}: {_reason(exc)}") from None
         try:
             body = resp.json()
         except ValueError:
