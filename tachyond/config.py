@@ -484,6 +484,9 @@ def flatten(cfg: Config) -> dict[str, Any]:
         out[f"markets[{i}]"] = dataclasses.astuple(m)
     for group in ("engines", "onramp"):
         for name, table in getattr(cfg, group).items():
+            # The table itself: adding or removing a provider or engine table is a change of its own (not
+            # dynamic), even when every key in it is one a reload may apply (secret references only).
+            out[f"{group}.{name}"] = "<table>"
             _flatten_table(out, f"{group}.{name}", table)
             for key in list(table):
                 stem = secret_stem(key)

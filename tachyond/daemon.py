@@ -298,6 +298,8 @@ class Daemon:
                         await self.reloader.reload("SIGHUP")
                     except TachyonError:
                         pass  # logged by the reloader, with the key; the running configuration is kept
+                    except Exception:  # a bug in an apply hook must not end the daemon on a SIGHUP
+                        log.exception("reload (SIGHUP) failed")
                     continue
                 self.request_stop(signal.Signals(signum).name)
 
