@@ -61,7 +61,7 @@ class ServerProc:
                                      stdout=subprocess.DEVNULL, stderr=self._err)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            m = re.search(r"listening on (http://\S+)", self.stderr())
+            m = re.search(r"listening on (https?://\S+)", self.stderr())
             if m:
                 self.url = m.group(1)
                 return self
@@ -415,3 +415,39 @@ async def test_every_documented_route_is_served(server: ServerProc) -> None:
                 wrong = await raw.request("PUT", concrete)
                 assert wrong.status_code == 405, path
             assert (await raw.get("/v1/nothing")).status_code == 404
+
+
+async def test_the_engine_server_serves_tls_with_a_token_file_and_a_pinned_daemon_trades_over_it(
+        server_factory: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    """[server] certfile/keyfile/token_file (the contract's keys): the real server on https://, its token from a
+    file; the client trusts it only through cafile."""
+    cert, key = _self_signed(tmp_path)
+    (tmp_path / "engine-token").write_text(TOKEN + "\n")
+    doc = server_document(tmp_path / "engine-data", certfile=str(cert), keyfile=str(key),
+                          token_file=str(tmp_path / "engine-token"))
+    srv = server_factory(doc, token="not-this-one").start()
+    assert srv.url.startswith("https://127.0.0.1:")
+    with trio.fail_after(30):
+        unpinned = make_engine(srv.url, monkeypatch)
+        with pytest.raises(EngineError, match="CERTIFICATE_VERIFY_FAILED"):
+            await unpinned.start([ZEC])
+        await unpinned.aclose()
+        engine = make_engine(srv.url, monkeypatch, cafile=str(cert))
+        await engine.start([ZEC])
+        assert await engine.last_seq() >= 0
+        await engine.aclose()
+        wrong = make_engine(srv.url, monkeypatch, token="not-this-one", cafile=str(cert))
+        with pytest.raises(EngineError, match="bearer token"):
+            await wrong.start([ZEC])
+        await wrong.aclose()
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"certfile": "/nonexistent/cert.pem", "keyfile": "/nonexistent/key.pem"}, "server.certfile: cannot read"),
+    ({"certfile": "/etc/hosts"}, "server.keyfile: certfile and keyfile go together"),
+    ({"token_file": "/nonexistent/token"}, "server.token_file: cannot read"),
+])
+def test_the_engine_server_refuses_bad_tls_and_token_file_keys(server_factory: Any, tmp_path: Path,
+                                                               keys: dict[str, Any], message: str) -> None:
+    r = server_factory(server_document(tmp_path / "engine-data", **keys)).run()
+    assert r.returncode == 2 and message in r.stderr, r.stderr

@@ -49,6 +49,9 @@ class ServerConfig:
     engine: str
     data_dir: Path | None
     markets: tuple[MarketConfig, ...]
+    certfile: str | None = None   # TLS (both or neither): daemons on other hosts need https:// (pin with cafile)
+    keyfile: str | None = None
+    token_file: str | None = None  # the bearer token(s) from a file instead of token_env
 
 
 def parse_config(raw: dict[str, Any]) -> ServerConfig:
@@ -57,10 +60,20 @@ def parse_config(raw: dict[str, Any]) -> ServerConfig:
     server = raw.get("server")
     if not isinstance(server, dict):
         raise ConfigError("server", "the [server] table is required")
-    _no_unknown(server, {"listen", "token_env", "engine", "data_dir"}, "server")
-    for key in ("listen", "token_env", "engine", "data_dir"):
+    keys = ("listen", "token_env", "token_file", "engine", "data_dir", "certfile", "keyfile")
+    _no_unknown(server, set(keys), "server")
+    for key in keys:
         if key in server and not isinstance(server[key], str):
             raise ConfigError(f"server.{key}", "must be a string")
+    certfile, keyfile = server.get("certfile") or None, server.get("keyfile") or None
+    if (certfile is None) != (keyfile is None):
+        raise ConfigError("server.keyfile" if certfile else "server.certfile", "certfile and keyfile go together")
+    for name, path in (("certfile", certfile), ("keyfile", keyfile)):
+        if path is not None:
+            try:
+                open(path, "rb").close()
+            except OSError as exc:
+                raise ConfigError(f"server.{name}", f"cannot read {path}: {exc.strerror}") from None
     host, port = parse_listen(server.get("listen", "127.0.0.1:9010"), "server.listen")
     token_env = server.get("token_env", DEFAULT_TOKEN_ENV)
     if not token_env:
@@ -82,7 +95,8 @@ def parse_config(raw: dict[str, Any]) -> ServerConfig:
     markets = _markets(markets_raw, {t.symbol: t for t in tokens})
     if not markets:
         raise ConfigError("markets", "at least one [[markets]] table is required")
-    return ServerConfig(host, port, token_env, engine, data_dir if engine == "sqlite" else None, markets)
+    return ServerConfig(host, port, token_env, engine, data_dir if engine == "sqlite" else None, markets,
+                        certfile, keyfile, server.get("token_file") or None)
 
 
 def load_config(path: Path) -> ServerConfig:
@@ -264,6 +278,8 @@ def hypercorn_config(cfg: ServerConfig) -> HypercornConfig:
     hc.errorlog = logging.getLogger("tachyon_http_engine.hypercorn")
     hc.graceful_timeout = 3.0
     hc.keep_alive_timeout = 5.0
+    if cfg.certfile and cfg.keyfile:
+        hc.certfile, hc.keyfile = cfg.certfile, cfg.keyfile
     return hc
 
 
@@ -302,9 +318,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config)
-        token = os.environ.get(cfg.token_env, "")
-        if not token:
-            raise ConfigError("server.token_env", f"environment variable {cfg.token_env} is not set or empty")
+        if cfg.token_file:
+            try:
+                token = open(cfg.token_file, encoding="utf-8").read().strip()
+            except OSError as exc:
+                raise ConfigError("server.token_file", f"cannot read {cfg.token_file}: {exc.strerror}") from None
+            if not token:
+                raise ConfigError("server.token_file", f"{cfg.token_file} is empty")
+        else:
+            token = os.environ.get(cfg.token_env, "")
+            if not token:
+                raise ConfigError("server.token_env", f"environment variable {cfg.token_env} is not set or empty")
     except ConfigError as exc:
         print(f"tachyon-engine-server: {exc}", file=sys.stderr)
         return 2
