@@ -410,7 +410,7 @@ def default_document_toml() -> str:
 # reads it in its service's apply hook (see docs/architecture.md, "Reload").
 DYNAMIC_KEYS: set[str] = {
     "daemon.log_level", "daemon.log_format",
-    "wallet.unlock_timeout_s",
+    "wallet.unlock_timeout_s", "wallet.min_password_length",
     "http.max_body_bytes", "http.rate_limit_per_s", "http.allow_ips",
     "http.trusted_proxies", "http.request_timeout_s", "http.max_connections",
 }

@@ -219,6 +219,21 @@ async def test_adding_or_removing_a_provider_table_of_secret_references_only_is_
     assert d2.stop() == 0
 
 
+async def test_min_password_length_applies_on_reload(daemon_factory, sockdir):
+    doc = base_document(sockdir)
+    d = daemon_factory(doc)
+    await trio.to_thread.run_sync(d.start)
+    call = lambda m, p=None: trio.to_thread.run_sync(d.call, m, p)  # noqa: E731
+    with trio.fail_after(30):
+        _write(sockdir, dict(doc, wallet={"min_password_length": 20}))
+        assert await call("daemon.reload") == {"changed": ["wallet.min_password_length"]}
+        with pytest.raises(RpcError) as info:
+            await call("wallet.create", {"password": "twelve chars"})
+        assert info.value.code == -32602 and "at least 20 characters" in info.value.message
+        assert (await call("wallet.create", {"password": "twenty characters ok"}))["created"] is True
+    assert d.stop() == 0
+
+
 async def test_daemon_config_shows_where_each_key_came_from_and_hides_secrets(daemon_factory, sockdir):
     (sockdir / "whsec").write_text(WHSEC_A)
     doc = base_document(sockdir, tokens=[{"symbol": "USDC", "decimals": 6}], onramp={"stripe": {
