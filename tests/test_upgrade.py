@@ -123,3 +123,13 @@ def test_the_pre_migration_backup_skips_a_taken_name_and_never_follows_a_link(da
     assert _dump(backup) == original
     assert not list(data.glob(".backup-*"))  # the scratch copy is gone
     assert d.stop() == 0
+
+
+def test_inspect_of_a_stopped_wallet_creates_nothing_beside_it(tmp_path):
+    """A read-only open of a WAL file leaves -wal/-shm behind; made by root on the daemon's data_dir they would
+    stop the daemon (its own user) from opening its wallet. inspect leaves the directory as it found it."""
+    data = tmp_path / "data dir %1"  # a path a URI must quote
+    data.mkdir()
+    shutil.copy(RELEASE / "wallet.db", data / "wallet.db")
+    assert _inspect(data / "wallet.db")["modules"]["ledger"]["applied"] == 5
+    assert sorted(p.name for p in data.iterdir()) == ["wallet.db"]
