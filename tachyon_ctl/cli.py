@@ -173,6 +173,20 @@ def listing(client: Client, args: argparse.Namespace, method: str, params: dict[
     return client.call(method, drop_none({**params, **extra}), label=label)
 
 
+def config_text(r: dict[str, Any]) -> str:
+    """daemon.config for a person: where it came from, how the last reload went, then one key a line with the
+    value last (a market's or a token's long value does not push the other columns off the screen)."""
+    head = f"# {r['source']}: {r.get('reloads', 0)} reload(s) applied"
+    last = r.get("last_reload")
+    if last:
+        when = _cell(last.get("at"), "ts")
+        outcome = ("applied " + (", ".join(last.get("changed") or []) or "nothing")) if last.get("ok") \
+            else f"REFUSED: {last.get('error')}"
+        head += f"; last reload ({last.get('by')}, {when}): {outcome}"
+    rows = [{"key": k, "from": v["from"], "value": v["value"]} for k, v in r["keys"].items()]
+    return head + "\n" + table(rows, ["key", "from", "value"])
+
+
 ORDER_COLS = ["id", "market", "side", "type", "price", "qty", "filled", "status", "fee"]
 TRADE_COLS = ["id", "market", "price", "qty", "taker_side", "maker_fee", "taker_fee", "ts"]
 
@@ -229,9 +243,7 @@ def run(args: argparse.Namespace, client: Client, out: Output) -> None:  # noqa:
         out.show(call("daemon.reload", label="reload"),
                  lambda r: "applied: " + ", ".join(r["changed"]) if r["changed"] else "nothing changed")
     elif cmd == "config":
-        out.show(call("daemon.config", label="config"),
-                 lambda r: f"# {r['source']}\n" + table([{"key": k, "value": v["value"], "from": v["from"]}
-                                                        for k, v in r["keys"].items()]))
+        out.show(call("daemon.config", label="config"), config_text)
     elif cmd == "wallet":
         if sub == "create":
             out.show(call("wallet.create", {"password": read_password(args, "New wallet password: ", confirm=True)}, label="wallet-create"), kv)

@@ -452,7 +452,7 @@ def default_document_toml() -> str:
 # reads it in its service's apply hook (see docs/architecture.md, "Reload").
 DYNAMIC_KEYS: set[str] = {
     "daemon.log_level", "daemon.log_format",
-    "wallet.unlock_timeout_s",
+    "wallet.unlock_timeout_s", "wallet.min_password_length",
     "http.max_body_bytes", "http.rate_limit_per_s", "http.allow_ips",
     "http.trusted_proxies", "http.request_timeout_s", "http.max_connections",
 }
@@ -526,6 +526,9 @@ def flatten(cfg: Config) -> dict[str, Any]:
         out[f"markets[{i}]"] = dataclasses.astuple(m)
     for group in ("engines", "onramp"):
         for name, table in getattr(cfg, group).items():
+            # The table itself: adding or removing a provider or engine table is a change of its own (not
+            # dynamic), even when every key in it is one a reload may apply (secret references only).
+            out[f"{group}.{name}"] = "<table>"
             _flatten_table(out, f"{group}.{name}", table)
             for key in list(table):
                 stem = secret_stem(key)

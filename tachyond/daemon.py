@@ -216,12 +216,13 @@ class Daemon:
         from .wallet.store import INSECURE_TEST_SCRYPT_ENV, Wallet, scrypt_n_from_env
 
         try:
-            scrypt_n = scrypt_n_from_env()
+            scrypt_n = scrypt_n_from_env(self.config.daemon.data_dir)  # refused outside the temp dir
         except ValueError as exc:
             raise StartupError(str(exc)) from None
         if os.environ.get(INSECURE_TEST_SCRYPT_ENV):
-            log.warning("%s=%d lowers the wallet's password hashing for tests: never set it for real money",
-                        INSECURE_TEST_SCRYPT_ENV, scrypt_n)
+            log.warning("%s=%d lowers the wallet's password hashing for tests (data_dir %s is under the temp "
+                        "dir): never set it for real money", INSECURE_TEST_SCRYPT_ENV, scrypt_n,
+                        self.config.daemon.data_dir)
         self.wallet = Wallet(self.config.daemon.data_dir, scrypt_n=scrypt_n)
         self.wallet.add_lock_listener(self.on_locked)
         self.ledger = Ledger(self.wallet, self.config.token_map())
@@ -300,6 +301,8 @@ class Daemon:
                         await self.reloader.reload("SIGHUP")
                     except TachyonError:
                         pass  # logged by the reloader, with the key; the running configuration is kept
+                    except Exception:  # a bug in an apply hook must not end the daemon on a SIGHUP
+                        log.exception("reload (SIGHUP) failed")
                     continue
                 self.request_stop(signal.Signals(signum).name)
 

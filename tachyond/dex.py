@@ -21,12 +21,12 @@ from prometheus_client import Counter, Gauge
 from .dex_batch import Request as _Request, take_batch as _take_batch
 from .dex_checks import check_events
 from .dex_market import Market
-from .dex_store import (DEX_SCHEMA, engine_epochs_read, engine_seqs_read, known_order_ids_read, open_orders_read,
-                        order_public, order_read, orders_read, record_orders_op, set_engine_feed_op,
+from .dex_store import (DEX_SCHEMA, coid_repeat, engine_epochs_read, engine_seqs_read, known_order_ids_read,
+                        open_orders_read, order_public, order_read, orders_read, record_orders_op, set_engine_feed_op,
                         set_engine_seq_op, settle_op, trade_public, trades_read)
 from .engine import DONE_CANCELED, EngineContext, EngineOrder, EngineUnavailable, Event, MarketSpec
-from .errors import (EngineError, IntegrityError, InvalidParams, NotFound, OrderNotOpen, OrderRejected, TachyonError,
-                     UnknownMarket, WalletLocked)
+from .errors import (Conflict, EngineError, IntegrityError, InvalidParams, NotFound, OrderNotOpen, OrderRejected,
+                     TachyonError, UnknownMarket, WalletLocked)
 from .ledger import check_user_account
 from .rpc import detach_call_context
 
@@ -734,7 +734,11 @@ class DexService:
             except TachyonError as exc:
                 repeat = None
                 if first.order["client_order_id"] is not None:
-                    repeat = await self._find_by_coid(first.order["account"], first.order["client_order_id"])
+                    try:
+                        repeat = await self._find_by_coid(first.order["account"], first.order["client_order_id"],
+                                                          first.order)
+                    except Conflict as conflict:  # the id names another order: that, not the book, is the error
+                        exc = conflict
                 first.finish(result=repeat) if repeat is not None else first.finish(error=exc)
                 batch = batch[1:]
         if not batch:
@@ -885,12 +889,14 @@ class DexService:
             raise OrderRejected(f"post-only sell at {m.fmt_price(price_ticks)} would take the bid at "
                                 f"{m.fmt_price(depth.bids[0][0])}")
 
-    async def _find_by_coid(self, account: str, client_order_id: str) -> dict | None:
+    async def _find_by_coid(self, account: str, client_order_id: str, order: dict) -> dict | None:
+        """The first order under this client_order_id when ``order`` is the same order; None when the id is
+        unused; Conflict when it was used for another order."""
         oid = self._open_coids.get((account, client_order_id))
         if oid is not None:
-            return await self._public(self._open[oid])
+            return await self._public(coid_repeat(self._open[oid], order))
         stored = await self.wallet.read(order_read, None, account, client_order_id)
-        return None if stored is None else self._public_with(stored)
+        return None if stored is None else self._public_with(coid_repeat(stored, order))
 
     async def _public(self, order: dict) -> dict:
         stored = await self.wallet.read(order_read, order["id"])

@@ -39,7 +39,9 @@ def register_dex_methods(d: Any, dex: Any) -> None:
         Param("time_in_force", required=False, enum=("gtc", "ioc", "fok"),
               description="default gtc for limit, ioc for market (gtc is refused for market)"),
         Param("post_only", "boolean", required=False, description="limit only: refused if it would take"),
-        Param("client_order_id", required=False, description="unique per account: a repeat returns the first order"),
+        Param("client_order_id", required=False,
+              description="unique per account: a repeat of the same order returns the first; "
+                          "with other content, Conflict -32014"),
         Param("account", required=False, description="default: default"),
     ], result=ORDER)
     async def place_order(p: dict[str, Any]) -> Any:

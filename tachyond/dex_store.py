@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping
 from .amounts import fmt_minor
 from .engine import DONE_CANCELED, DONE_EXPIRED, DONE_FILLED, DONE_POST_ONLY, DONE_SELF_TRADE, Event
 from .dex_market import Market, fee_minor
-from .errors import InsufficientFunds, NotFound, UnknownAccount
+from .errors import Conflict, InsufficientFunds, NotFound, UnknownAccount
 from .ledger import LedgerTx, Posting, lock_postings, release_postings
 from .wallet.store import ReadTx
 
@@ -46,11 +46,28 @@ def _seal_order(tx: LedgerTx, order: dict) -> None:
                     (value, 1 if order["status"] == "open" else 0, order["rowid"]))
 
 
+# What a client_order_id names: a repeat with these equal is the same order (the first is returned); with any
+# of them different it is a caller's mistake that returning the first order would hide (Conflict -32014).
+ORDER_CONTENT = ("market", "side", "type", "time_in_force", "post_only", "price_ticks", "qty_lots")
+
+
+def coid_repeat(first: Mapping[str, Any], order: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``first`` when ``order`` asks for the same thing under its client_order_id; Conflict otherwise."""
+    differs = [k for k in ORDER_CONTENT if first.get(k) != order.get(k)]
+    if differs:
+        names = ", ".join(k.removesuffix("_ticks").removesuffix("_lots") for k in differs)
+        raise Conflict(f"client_order_id {order['client_order_id']!r} was already used by order {first['id']} "
+                       f"with different content ({names})",
+                       data={"client_order_id": order["client_order_id"], "order_id": first["id"]})
+    return first
+
+
 def record_orders_op(tx: LedgerTx, items: list[tuple[dict, str, int]]) -> list[tuple[str, Any]]:
     """Store new orders and lock each hold in an entry keyed order:<id>, in the given (time) order.
 
-    Per item: ("new", order), ("repeat", first order) for a client_order_id already used by the account, or
-    ("refused", error) for an unknown account or short funds, checked before anything of it is written.
+    Per item: ("new", order), ("repeat", first order) for a client_order_id already used by the account for
+    the same order, or ("refused", error) for a client_order_id used for another order (Conflict), an unknown
+    account or short funds, checked before anything of it is written.
     """
     out: list[tuple[str, Any]] = []
     for order, token, hold_minor in items:
@@ -60,7 +77,11 @@ def record_orders_op(tx: LedgerTx, items: list[tuple[dict, str, int]]) -> list[t
             coid_hash = coid_lookup(tx, account, order["client_order_id"])
             row = tx.conn.execute("SELECT id, value FROM dex_orders WHERE coid_hash = ?", (coid_hash,)).fetchone()
             if row is not None:
-                out.append(("repeat", tx.open_json("dex_orders", "value", row[0], row[1])))
+                first = tx.open_json("dex_orders", "value", row[0], row[1])
+                try:
+                    out.append(("repeat", coid_repeat(first, order)))
+                except Conflict as exc:
+                    out.append(("refused", exc))
                 continue
         if account != "default" and not tx.account_exists(account):
             out.append(("refused", UnknownAccount(f"unknown account {account!r}")))

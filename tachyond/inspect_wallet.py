@@ -12,6 +12,7 @@ import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlite_utils
 
@@ -29,7 +30,14 @@ def inspect(path: Path) -> dict[str, Any]:
     """{path, bytes, schema_version, wallet_id, modules: {name: {applied, this_release}}, tables: [...]}."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    # A read-only open of a WAL database still creates -wal and -shm beside it when they are absent; run as
+    # root on a stopped daemon's file, they would be root's, and the daemon (its own user) could not open its
+    # wallet again. A cleanly stopped wallet has no -wal: everything is in the file, so it is opened
+    # immutable (nothing created). With a -wal beside it (a running or killed daemon: the files exist and
+    # are the daemon's), mode=ro reads through it.
+    wal = path.with_name(path.name + "-wal")
+    flags = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+    conn = sqlite3.connect(f"file:{quote(str(path))}?{flags}", uri=True)
     try:
         db = sqlite_utils.Database(conn)
         names = set(db.table_names())

@@ -100,6 +100,11 @@ class Reloader:
                     log.error("reload (%s) refused by %s: %s; nothing applied", why, name, exc)
                     raise ReloadRefused(f"{exc} (nothing applied; the running configuration is kept)",
                                         data={"key": exc.key}) from None
+                except Exception as exc:  # a service's or plugin's bug: refuse, never end the daemon (SIGHUP)
+                    log.exception("reload (%s) refused: %s failed while preparing; nothing applied", why, name)
+                    raise ReloadRefused(f"{name}: preparing the reload failed ({type(exc).__name__}; see the log); "
+                                        "nothing applied, the running configuration is kept",
+                                        data={"key": name}) from None
                 if apply is not None:
                     applies.append(apply)
             d.config = new

@@ -97,7 +97,10 @@ def register_wallet_methods(d: Any) -> None:
                                  Param("before", "integer", required=False, description="entry id: page back from here")],
               result="journal entries, newest first: [{id, key, kind, ts, postings, memo, links}]")
     async def history(p: dict[str, Any]) -> Any:
-        """Journal entries, newest first."""
+        """Journal entries, newest first (default 50, at most 1000 a call), optionally only those touching
+        `account` (read through the history index, not by decrypting the journal). Paging: pass the last
+        entry's id of a page as `before` (with the same account) for the next; a page shorter than `limit` is
+        the last."""
         wallet.keys  # WalletAbsent / WalletLocked before anything else
         return await ledger.history(p.get("account"), p.get("limit", 50), p.get("before"))
 

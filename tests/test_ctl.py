@@ -8,7 +8,7 @@ import pty
 import subprocess
 import sys
 
-from conftest import run_ctl
+from conftest import base_document, run_ctl, write_config
 
 
 def on_a_terminal(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -144,3 +144,27 @@ def test_client_batch_sends_independent_calls_in_one_json_rpc_batch(daemon_facto
             raise AssertionError("a failed call in a batch must raise")
         assert c.batch([]) == []
         assert c.call("daemon.info")["wallet"] == "absent"  # the connection still serves single calls
+
+
+def test_config_on_a_terminal_puts_the_value_last_and_says_how_the_last_reload_went(daemon_factory, sockdir):
+    doc = base_document(sockdir, tokens=[{"symbol": "USDC", "decimals": 6}, {"symbol": "ZEC", "decimals": 8}],
+                        markets=[{"symbol": "ZEC/USDC", "engine": "memory", "tick": "0.01", "lot": "0.0001",
+                                  "min_notional": "1", "maker_fee_bps": 10, "taker_fee_bps": 20}])
+    d = daemon_factory(doc).start()
+    code, text = on_a_terminal("--socket", d.socket, "config")
+    assert code == 0, text
+    lines = text.splitlines()
+    assert lines[0] == f"# {sockdir / 'tachyond.toml'}: 0 reload(s) applied"
+    assert lines[1].split() == ["KEY", "FROM", "VALUE"]
+    rows = {line.split()[0]: line.split(None, 2)[1:] for line in lines[2:]}
+    assert rows["daemon.socket"] == ["file", d.socket]
+    assert rows["daemon.log_format"] == ["default", "text"]
+    assert rows["markets[0]"][0] == "file" and rows["markets[0]"][1].startswith('{"symbol":"ZEC/USDC"')
+    # A refused reload (a restart-only key changed) is in the header, not only in the daemon's log.
+    write_config(sockdir, dict(doc, daemon={**doc["daemon"], "socket": str(sockdir / "other.sock")}))
+    code, text = on_a_terminal("--socket", d.socket, "reload")
+    assert code == 1 and "daemon.socket: changing this needs a restart" in text
+    code, text = on_a_terminal("--socket", d.socket, "config")
+    assert code == 0 and text.splitlines()[0].startswith(
+        f"# {sockdir / 'tachyond.toml'}: 0 reload(s) applied; last reload (daemon.reload RPC, ")
+    assert "REFUSED: daemon.socket: changing this needs a restart" in text.splitlines()[0]

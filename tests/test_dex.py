@@ -139,8 +139,16 @@ async def test_client_order_id_repeat_returns_the_first_order(dexd):
         await fund(dexd, "coid-a", USDC="1000")
         first = await order(dexd, "coid-a", "buy", "1", "40.00", market="COID/USDC", client_order_id="x-1")
         after_first = await balances(dexd, "coid-a")
-        again = await order(dexd, "coid-a", "buy", "2", "41.00", market="COID/USDC", client_order_id="x-1")
+        again = await order(dexd, "coid-a", "buy", "1", "40.00", market="COID/USDC", client_order_id="x-1")
         assert again["id"] == first["id"] and (again["price"], again["qty"]) == ("40.00", "1.00")
+        # The same id for another order is the caller's mistake, not a repeat: Conflict, nothing recorded.
+        for other in ({"qty": "2"}, {"price": "41.00"}, {"side": "sell"}, {"time_in_force": "ioc"},
+                      {"post_only": True}):
+            params = {"account": "coid-a", "market": "COID/USDC", "side": "buy", "type": "limit", "qty": "1",
+                      "price": "40.00", "client_order_id": "x-1", **other}
+            err = await rpc_error(dexd, "dex.place_order", params)
+            assert err.code == -32014 and "'x-1'" in err.message and first["id"] in err.message, (other, err)
+            assert err.data == {"client_order_id": "x-1", "order_id": first["id"]}
         assert await balances(dexd, "coid-a") == after_first
         assert len(await rpc(dexd, "dex.orders", {"account": "coid-a"})) == 1
         await fund(dexd, "coid-b", USDC="1000")

@@ -47,3 +47,22 @@ async def test_history_of_an_account_with_10_entries_in_50000_reads_10_rows(tmp_
                 assert b"alice" not in raw and b"bob" not in raw and len(raw) == 3 * 32
         finally:
             await wallet.aclose()
+
+
+async def test_account_tags_are_keyed_per_wallet(tmp_path):
+    """Two wallets, the same account names and entries: no tag in common, so tags cannot be matched across
+    stolen files or backups of different wallets (the key is derived from each wallet's random data key)."""
+    tags = []
+    with trio.fail_after(60):
+        for name in ("one", "two"):
+            wallet, ledger = await started(tmp_path / name)
+            try:
+                await ledger.create_account("alice")
+                await ledger.create_account("bob")
+                await wallet.write(_many, 0, 4, 2)
+            finally:
+                await wallet.aclose()
+            with sqlite3.connect(tmp_path / name / "wallet.db") as conn:
+                tags.append({bytes(r[0]) for r in conn.execute("SELECT DISTINCT account_tag FROM ledger_history")})
+    assert len(tags[0]) == len(tags[1]) == 3  # alice, bob, external:chain
+    assert not tags[0] & tags[1]

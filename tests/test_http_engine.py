@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -122,7 +123,7 @@ def test_register_engines_registers_http() -> None:
 
 
 @pytest.mark.parametrize("table, message", [
-    ({"url": "http://x:1", "bogus": 1}, "engines.http.bogus: unknown key"),
+    ({"url": "http://127.0.0.1:1", "bogus": 1}, "engines.http.bogus: unknown key"),
     ({}, "engines.http.url"),
     ({"url": "ftp://x"}, "engines.http.url"),
     ({"url": "http://127.0.0.1:1", "timeout_s": 0}, "engines.http.timeout_s"),
@@ -132,6 +133,77 @@ def test_validate_config_refuses_bad_tables(table: dict[str, Any], message: str)
     with pytest.raises(EngineError, match=re.escape(message)):
         HttpEngine.validate_config(table)
     HttpEngine.validate_config({"url": "https://engine.example:9010", "timeout_s": 2.5, "token_env": "X"})
+    for loopback in ("http://127.0.0.1:9010", "http://localhost:9010", "http://[::1]:9010", "http://127.0.0.2:1"):
+        HttpEngine.validate_config({"url": loopback})
+
+
+def _self_signed(dir_: Path) -> tuple[Path, Path]:
+    """A CA-less self-signed certificate for 127.0.0.1 (cert.pem, key.pem)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test engine server")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = dir_ / "cert.pem", dir_ / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+async def test_cafile_pins_the_engine_servers_ca(tmp_path: Path, monkeypatch: Any) -> None:
+    """A fake engine server over TLS with a self-signed certificate: trusted with cafile naming it, refused
+    without (the system's CAs do not know it), and the token never reaches a server that was refused."""
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    seen: list[bytes] = []
+
+    async def handle(stream: trio.SSLStream) -> None:
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                data += chunk
+        except trio.BrokenResourceError:
+            return  # the client refused our certificate during the handshake
+        seen.append(data)
+        body = b'{"markets": []}'
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                              + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        await stream.aclose()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            serve = partial(trio.serve_ssl_over_tcp, handle, 0, server_ctx, host="127.0.0.1")
+            [listener] = await nursery.start(serve)
+            url = f"https://127.0.0.1:{listener.transport_listener.socket.getsockname()[1]}"
+            refused = make_engine(url, monkeypatch)
+            with pytest.raises(EngineError, match="CERTIFICATE_VERIFY_FAILED"):
+                await refused.start([])
+            await refused.aclose()
+            assert seen == []  # refused at the handshake: no request, no token
+            pinned = make_engine(url, monkeypatch, cafile=str(cert))
+            await pinned.start([])
+            await pinned.aclose()
+            assert seen and all(f"Bearer {TOKEN}".encode() in request for request in seen)
+            nursery.cancel_scope.cancel()
 
 
 async def test_matching_over_http_equals_the_matching_core(server: ServerProc, monkeypatch: Any) -> None:

@@ -193,6 +193,60 @@ async def test_reload_refuses_a_broken_file_and_a_socket_change_and_keeps_servin
         assert r4.status_code != 403, r4.text
 
 
+async def test_adding_or_removing_a_provider_table_of_secret_references_only_is_refused(daemon_factory, sockdir):
+    """Every key of a minimal [onramp.stripe] (its two secret references) may change live, but the table itself
+    may not come or go: refused by name, by RPC and by SIGHUP, and the daemon keeps serving (was: an added
+    table was applied, a provider without its reconciler; a removed one was refused as a KeyError)."""
+    (sockdir / "whsec").write_text(WHSEC_A)
+    with_stripe = base_document(sockdir, tokens=[{"symbol": "USDC", "decimals": 6}], onramp={"stripe": {
+        "secret_key_env": "RELOAD_TEST_SK", "webhook_secret_file": str(sockdir / "whsec")}})
+    without = base_document(sockdir, tokens=[{"symbol": "USDC", "decimals": 6}])
+    d = daemon_factory(with_stripe, env={"RELOAD_TEST_SK": API_KEY})
+    await trio.to_thread.run_sync(d.start)
+    call = lambda m, p=None: trio.to_thread.run_sync(d.call, m, p)  # noqa: E731
+    with trio.fail_after(30):
+        _write(sockdir, without)
+        with pytest.raises(RpcError) as info:
+            await call("daemon.reload")
+        assert info.value.code == -32060 and info.value.message.startswith("onramp.stripe: "), info.value.message
+        assert "restart" in info.value.message
+        d.signal(signal.SIGHUP)
+        while (last := (await call("daemon.config"))["last_reload"])["by"] != "SIGHUP":
+            await trio.sleep(0.05)
+        assert last["ok"] is False and last["error"].startswith("onramp.stripe: ")
+        info_now = await call("daemon.info")
+        assert d.proc.poll() is None and info_now["onramp_providers"] == ["stripe"]
+        _write(sockdir, with_stripe)
+        assert await call("daemon.reload") == {"changed": []}
+    assert d.stop() == 0
+    (sockdir / "rpc.sock").unlink(missing_ok=True)
+    _write(sockdir, without)
+    d2 = daemon_factory(without, env={"RELOAD_TEST_SK": API_KEY})
+    await trio.to_thread.run_sync(d2.start)
+    with trio.fail_after(30):
+        _write(sockdir, with_stripe)
+        with pytest.raises(RpcError) as info:
+            await trio.to_thread.run_sync(d2.call, "daemon.reload", None)
+        assert info.value.code == -32060 and info.value.message.startswith("onramp.stripe: ")
+        assert (await trio.to_thread.run_sync(d2.call, "daemon.info", None))["onramp_providers"] == []
+    assert d2.stop() == 0
+
+
+async def test_min_password_length_applies_on_reload(daemon_factory, sockdir):
+    doc = base_document(sockdir)
+    d = daemon_factory(doc)
+    await trio.to_thread.run_sync(d.start)
+    call = lambda m, p=None: trio.to_thread.run_sync(d.call, m, p)  # noqa: E731
+    with trio.fail_after(30):
+        _write(sockdir, dict(doc, wallet={"min_password_length": 20}))
+        assert await call("daemon.reload") == {"changed": ["wallet.min_password_length"]}
+        with pytest.raises(RpcError) as info:
+            await call("wallet.create", {"password": "twelve chars"})
+        assert info.value.code == -32602 and "at least 20 characters" in info.value.message
+        assert (await call("wallet.create", {"password": "twenty characters ok"}))["created"] is True
+    assert d.stop() == 0
+
+
 async def test_daemon_config_shows_where_each_key_came_from_and_hides_secrets(daemon_factory, sockdir):
     (sockdir / "whsec").write_text(WHSEC_A)
     doc = base_document(sockdir, tokens=[{"symbol": "USDC", "decimals": 6}], onramp={"stripe": {

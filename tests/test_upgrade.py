@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,41 @@ def test_a_release_wallet_opens_after_the_migration_with_a_backup_beside_it(daem
     missing = subprocess.run([sys.executable, "-m", "tachyond", "inspect", str(sockdir / "nope.db")],
                              capture_output=True, text=True, timeout=30)
     assert missing.returncode == 1 and "no such file" in missing.stderr
+
+
+def test_the_pre_migration_backup_skips_a_taken_name_and_never_follows_a_link(daemon_factory, sockdir):
+    """Every name the backup could take in the next minutes is a dangling symlink: the daemon takes the next
+    free name (…-2.bak), writes nothing where the links point, and starts."""
+    data = sockdir / "data"
+    data.mkdir(mode=0o700)
+    for name in ("wallet.db", "engine-sqlite.db"):
+        shutil.copy(RELEASE / name, data / name)
+    original = _dump(data / "wallet.db")
+    target = sockdir / "elsewhere"
+    now = int(time.time())
+    for t in range(now - 5, now + 300):
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t))
+        (data / f"wallet.db.pre-migration-{stamp}.bak").symlink_to(target)
+    (sockdir / "pw").write_text(PASSWORD)
+    doc = base_document(sockdir, wallet={"password_file": str(sockdir / "pw")},
+                        tokens=[{"symbol": "USDC", "decimals": 6}, {"symbol": "ZEC", "decimals": 8}],
+                        markets=[{"symbol": "ZEC/USDC", "engine": "sqlite", "tick": "0.01", "lot": "0.0001",
+                                  "min_notional": "1", "maker_fee_bps": 10, "taker_fee_bps": 20}])
+    d = daemon_factory(doc).start()
+    assert d.call("daemon.info")["wallet"] == "unlocked"
+    assert not target.exists()
+    [backup] = [p for p in data.glob("wallet.db.pre-migration-*.bak") if not p.is_symlink()]
+    assert backup.name.endswith("-2.bak") and backup.stat().st_mode & 0o777 == 0o600
+    assert _dump(backup) == original
+    assert not list(data.glob(".backup-*"))  # the scratch copy is gone
+    assert d.stop() == 0
+
+
+def test_inspect_of_a_stopped_wallet_creates_nothing_beside_it(tmp_path):
+    """A read-only open of a WAL file leaves -wal/-shm behind; made by root on the daemon's data_dir they would
+    stop the daemon (its own user) from opening its wallet. inspect leaves the directory as it found it."""
+    data = tmp_path / "data dir %1"  # a path a URI must quote
+    data.mkdir()
+    shutil.copy(RELEASE / "wallet.db", data / "wallet.db")
+    assert _inspect(data / "wallet.db")["modules"]["ledger"]["applied"] == 5
+    assert sorted(p.name for p in data.iterdir()) == ["wallet.db"]

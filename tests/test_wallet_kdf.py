@@ -39,6 +39,27 @@ def test_a_daemon_without_the_test_override_uses_n_2_17_r_8(daemon_factory, sock
     assert "INSECURE_TEST_SCRYPT" not in d.stderr()
 
 
+def test_the_test_override_is_refused_for_a_data_dir_outside_the_temp_dir(daemon_factory, sockdir):
+    # An environment file copied from a test setup must not quietly weaken a real wallet: outside the temp
+    # dir (here: TMPDIR moved elsewhere, so sockdir/data is "outside") the start stops, naming the variable.
+    elsewhere = sockdir / "scratch"
+    elsewhere.mkdir()
+    d = daemon_factory(base_document(sockdir), env={"TACHYOND_INSECURE_TEST_SCRYPT_N": "1024",
+                                                    "TMPDIR": str(elsewhere)})
+    d.start(wait=False)
+    assert d.wait(30) == 1
+    err = d.stderr()
+    assert "TACHYOND_INSECURE_TEST_SCRYPT_N" in err and f"data_dir under {elsewhere}" in err
+    assert not (sockdir / "data" / "wallet.db").exists()
+
+
+def test_the_test_override_under_the_temp_dir_is_honoured_and_logged(daemon_factory, sockdir):
+    d = daemon_factory(base_document(sockdir), env={"TACHYOND_INSECURE_TEST_SCRYPT_N": "1024"}).start()
+    d.call("wallet.create", {"password": PW})
+    assert json.loads(meta(sockdir / "data" / "wallet.db")["kdf"])["n"] == 1024
+    assert "TACHYOND_INSECURE_TEST_SCRYPT_N=1024 lowers the wallet's password hashing for tests" in d.stderr()
+
+
 async def test_stored_parameters_are_authenticated_by_the_key_wrap(tmp_path):
     with trio.fail_after(30):
         async with Wallet(tmp_path, scrypt_n=2**10) as wallet:

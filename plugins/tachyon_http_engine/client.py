@@ -45,6 +45,19 @@ def _decimal(text: Any) -> Decimal | None:
         return None
 
 
+def _reason(exc: BaseException) -> str:
+    """What went wrong: httpx's own text, or (a TLS refusal under trio says nothing itself) the certificate or
+    TLS error found along the exception's causes."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLError):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
+
+
 class HttpEngine:
     """A remote engine. Durable: the server keeps the sequenced feed the core settles from."""
 
@@ -199,7 +212,7 @@ class HttpEngine:
             raise EngineUnavailable(f"engine server {self.url}: no answer within {timeout:g}s "
                                     f"({method} {path})") from None
         except httpx.HTTPError as exc:
-            raise EngineUnavailable(f"engine server {self.url}: {type(exc).__name__}") from None
+            raise EngineUnavailable(f"engine server {self.url}: {type(exc).__name__}: {_reason(exc)}") from None
         try:
             body = jsonlib.loads(bytes(data))
         except ValueError:

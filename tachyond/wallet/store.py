@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -9,6 +10,7 @@ import os
 import queue
 import secrets
 import sqlite3
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -428,18 +430,30 @@ class Wallet:
         if not pending or not has_modules:  # nothing a module wrote yet (a bare wallet): nothing to migrate
             return None
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        dest = self.path.with_name(f"{self.path.name}.pre-migration-{stamp}.bak")
-        n = 1
-        while dest.exists():
-            n += 1
-            dest = self.path.with_name(f"{self.path.name}.pre-migration-{stamp}-{n}.bak")
-        os.close(os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        dst = sqlite3.connect(dest, isolation_level=None)
+        # Like wallet.backup: the name is claimed by O_EXCL|O_NOFOLLOW (a name taken by anything, a dangling
+        # symlink included, is skipped, never followed or overwritten) and the copy is written only through
+        # that descriptor, then synced before the migration may change the original.
+        for n in range(1, 1000):
+            dest = self.path.with_name(f"{self.path.name}.pre-migration-{stamp}{'' if n == 1 else f'-{n}'}.bak")
+            try:
+                fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise OSError(errno.EEXIST, "no free name for the pre-migration backup", str(dest))
         try:
-            conn.backup(dst)
-            dst.execute("PRAGMA journal_mode = DELETE")
-        finally:
-            dst.close()
+            os.fchmod(fd, 0o600)
+            self._backup_into(fd)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(dest)
+            except OSError:
+                pass
+            raise
+        os.close(fd)
         what = ", ".join(f"{name} {have}->{want}" for name, (have, want) in sorted(pending.items()))
         logging.getLogger("tachyond.wallet").warning("wallet schema migration (%s): the file as it was is "
                                                      "copied to %s", what, dest)
@@ -913,14 +927,27 @@ def _check_kdf(raw: bytes) -> dict:
     return kdf
 
 
-def scrypt_n_from_env() -> int:
-    """DEFAULT_SCRYPT_N, unless TACHYOND_INSECURE_TEST_SCRYPT_N (tests only: a power of two) lowers it."""
+def scrypt_n_from_env(data_dir: Path) -> int:
+    """DEFAULT_SCRYPT_N, unless TACHYOND_INSECURE_TEST_SCRYPT_N (tests only: a power of two) lowers it.
+
+    The override weakens every wallet created, and every password changed, while it is set, so it is
+    honoured only for a ``data_dir`` inside the temporary directory (``tempfile.gettempdir()``: where test
+    suites put their throw-away wallets, and where no real wallet lives: systemd's PrivateTmp and tmpfs
+    cleaners wipe it). Set anywhere else (an environment file copied from a test setup), it stops the start
+    (ValueError naming the variable) instead of quietly weakening a real wallet."""
     value = os.environ.get(INSECURE_TEST_SCRYPT_ENV)
     if not value:
         return crypto.DEFAULT_SCRYPT_N
-    n = int(value)
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
     if n < crypto.MIN_SCRYPT_N or n & (n - 1):
         raise ValueError(f"{INSECURE_TEST_SCRYPT_ENV} must be a power of two >= {crypto.MIN_SCRYPT_N}")
+    tmp = Path(tempfile.gettempdir()).resolve()
+    if not Path(data_dir).resolve().is_relative_to(tmp):
+        raise ValueError(f"{INSECURE_TEST_SCRYPT_ENV} is set, and it weakens the wallet's password hashing for tests "
+                         f"only: it is honoured only for a data_dir under {tmp}, not {data_dir}; unset it")
     return n
 
 
