@@ -40,7 +40,7 @@ def test_a_write_on_a_full_disk_is_a_clear_error_and_succeeds_once_space_returns
     doc = base_document(sockdir, tokens=[{"symbol": "USDC", "decimals": 6}])
     doc["daemon"]["data_dir"] = str(small_fs / "data")
     d = daemon_factory(doc).start()
-    d.call("wallet.create", {"password": "pw"})
+    d.call("wallet.create", {"password": "disk-full-pw"})
     d.call("ledger.deposit", {"token": "USDC", "amount": "1", "reference": "before"})
     fill(small_fs / "ballast")
     # SQLite may still have room in pages it already holds: write until the first refusal.
