@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench docs clean mutate torture
+.PHONY: install run test lint bench docs clean mutate torture
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tachyond needs Python >= 3.11")'
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@echo "installing tachyond into $(VENV) (first run, or pyproject.toml changed)..." >&2
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip 1>&2
-	@$(BIN)/python -m pip install -q -e '.[test]' 1>&2
+	@$(BIN)/python -m pip install -q -e '.[test,lint]' 1>&2
 	@# Editable installs get no bytecode, and PYTHONDONTWRITEBYTECODE (set on some machines) stops imports
 	@# from caching it: compile once, so tachyon-ctl does not recompile itself on every start.
 	@$(BIN)/python -m compileall -q tachyond tachyon_ctl plugins 1>&2
@@ -30,6 +30,11 @@ test: install
 # TORTURE_SEED=N to repeat a run's random choices. Needs root for the disk-full phase (it mounts a small tmpfs).
 torture: install
 	$(BIN)/python -m torture $(TORTURE_ARGS)
+
+# ruff: lint and import order (pyproject.toml [tool.ruff]); mypy: types of tachyond and tachyon_ctl.
+lint: install
+	$(BIN)/ruff check tachyond tachyon_ctl plugins tests bench tools torture
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python bench/run_all.py

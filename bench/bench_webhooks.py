@@ -130,6 +130,7 @@ async def receive_in_process(secrets_dir: str, events: int, concurrency: int) ->
     import types
 
     from tachyon_stripe import _factory
+
     from tachyond.config import from_mapping
     from tachyond.ledger import Ledger
     from tachyond.metrics import Metrics

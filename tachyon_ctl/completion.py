@@ -14,7 +14,7 @@ GLOBAL_VALUES = {"--socket": "files"}
 GLOBAL_FLAGS = ["--json", "--socket"]
 FILES = ":files"  # first line of the answer: let the shell complete file names
 
-BASH = r'''# bash completion for tachyon-ctl; install: tachyon-ctl completion bash | sudo tee /etc/bash_completion.d/tachyon-ctl >/dev/null
+BASH = r"""# bash completion for tachyon-ctl; install: tachyon-ctl completion bash | sudo tee /etc/bash_completion.d/tachyon-ctl >/dev/null
 _tachyon_ctl() {
     local cur="${COMP_WORDS[COMP_CWORD]}" IFS=$'\n'
     local -a candidates
@@ -26,7 +26,7 @@ _tachyon_ctl() {
     fi
 }
 complete -F _tachyon_ctl tachyon-ctl
-'''
+"""
 
 ZSH = r'''#compdef tachyon-ctl
 # zsh completion for tachyon-ctl; install: tachyon-ctl completion zsh > "${fpath[1]}/_tachyon-ctl"

@@ -8,14 +8,15 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import trio
 
 from . import __version__, logs
-from .errors import ShuttingDown, TachyonError
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_document_toml, load
+from .errors import ShuttingDown, TachyonError
 from .hardening import PRIVATE_UMASK, disable_core_dumps, make_private_dir
 from .metrics import Metrics
 from .plugins import PluginLoadError, Plugins
@@ -71,9 +72,21 @@ class Daemon:
             for plugin, name, args, kw in self.plugins.collect("register_engines"):
                 self._claim(self.engine_factories, "engine", plugin, name, args[1] if len(args) > 1 else kw["factory"])
             for plugin, name, args, kw in self.plugins.collect("register_onramp_providers"):
-                self._claim(self.provider_factories, "onramp provider", plugin, name, args[1] if len(args) > 1 else kw["factory"])
+                self._claim(
+                    self.provider_factories,
+                    "onramp provider",
+                    plugin,
+                    name,
+                    args[1] if len(args) > 1 else kw["factory"],
+                )
             for plugin, name, args, kw in self.plugins.collect("register_address_validators"):
-                self._claim(self.address_validators, "address validator for network", plugin, name, args[1] if len(args) > 1 else kw["fn"])
+                self._claim(
+                    self.address_validators,
+                    "address validator for network",
+                    plugin,
+                    name,
+                    args[1] if len(args) > 1 else kw["fn"],
+                )
             for plugin, name, args, kw in self.plugins.collect("register_background_tasks"):
                 self.background_tasks.append((plugin, name, args[1] if len(args) > 1 else kw["fn"]))
             self._check_config_against_plugins()
@@ -94,29 +107,39 @@ class Daemon:
         engines = ", ".join(sorted(self.engine_factories)) or "none"
         for i, market in enumerate(cfg.markets):
             if market.engine not in self.engine_factories:
-                raise ConfigError(f"markets[{i}].engine", f"no loaded plugin provides engine {market.engine!r} (available: {engines})")
+                raise ConfigError(
+                    f"markets[{i}].engine", f"no loaded plugin provides engine {market.engine!r} (available: {engines})"
+                )
         for name, table in cfg.engines.items():
             if name not in self.engine_factories:
-                raise ConfigError(f"engines.{name}", f"no loaded plugin provides engine {name!r} (available: {engines})")
+                raise ConfigError(
+                    f"engines.{name}", f"no loaded plugin provides engine {name!r} (available: {engines})"
+                )
             validate = getattr(self.engine_factories[name][1], "validate_config", None)
             if validate is not None:  # optional: lets an engine refuse a bad table at start, not at first unlock
                 try:
                     validate(dict(table))
                 except Exception as exc:
                     message = getattr(exc, "message", None) or str(exc)
-                    key, sep, reason = message.partition(": ") if message.startswith(f"engines.{name}.") else ("", "", "")
+                    key, sep, reason = (
+                        message.partition(": ") if message.startswith(f"engines.{name}.") else ("", "", "")
+                    )
                     raise ConfigError(key, reason) if sep else ConfigError(f"engines.{name}", message) from None
         providers = ", ".join(sorted(self.provider_factories)) or "none"
         for name in cfg.onramp:
             if name not in self.provider_factories:
-                raise ConfigError(f"onramp.{name}", f"no loaded plugin provides onramp provider {name!r} (available: {providers})")
+                raise ConfigError(
+                    f"onramp.{name}", f"no loaded plugin provides onramp provider {name!r} (available: {providers})"
+                )
 
     @staticmethod
     def _claim(table: dict[str, Any], what: str, plugin: str, name: Any, value: Any) -> None:
         if not isinstance(name, str) or not name:
             raise PluginLoadError(f"plugin {plugin!r} registered a {what} without a name")
         if name in table:
-            raise PluginLoadError(f"plugin {plugin!r}: {what} {name!r} is already registered by plugin {table[name][0]!r}")
+            raise PluginLoadError(
+                f"plugin {plugin!r}: {what} {name!r} is already registered by plugin {table[name][0]!r}"
+            )
         table[name] = (plugin, value)
 
     def prepare_services_for_check(self) -> None:
@@ -169,10 +192,14 @@ class Daemon:
             make_private_dir(cfg.daemon.data_dir)  # 0700 before anything is written in it
         except OSError as exc:
             raise StartupError(f"daemon.data_dir: cannot create {cfg.daemon.data_dir}: {exc.strerror or exc}") from exc
-        raise_nofile_limit()   # soft RLIMIT_NOFILE up to the hard one: the connection caps bind before EMFILE does
-        rpc = RpcServer(self.dispatcher, drain_timeout_s=DRAIN_TIMEOUT_S, max_connections=cfg.daemon.max_rpc_connections,
-                        max_connections_per_uid=cfg.daemon.max_rpc_connections_per_uid,
-                        idle_timeout_s=cfg.daemon.rpc_idle_timeout_s)
+        raise_nofile_limit()  # soft RLIMIT_NOFILE up to the hard one: the connection caps bind before EMFILE does
+        rpc = RpcServer(
+            self.dispatcher,
+            drain_timeout_s=DRAIN_TIMEOUT_S,
+            max_connections=cfg.daemon.max_rpc_connections,
+            max_connections_per_uid=cfg.daemon.max_rpc_connections_per_uid,
+            idle_timeout_s=cfg.daemon.rpc_idle_timeout_s,
+        )
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self._signals)
@@ -181,7 +208,9 @@ class Daemon:
             # only the auxiliary tasks (signals, watchdog, plugin tasks) are cancelled afterwards.
             async with trio.open_nursery() as servers:
                 try:
-                    await servers.start(rpc.serve, cfg.daemon.socket, cfg.daemon.socket_mode, cfg.daemon.socket_group, self.shutdown)
+                    await servers.start(
+                        rpc.serve, cfg.daemon.socket, cfg.daemon.socket_mode, cfg.daemon.socket_group, self.shutdown
+                    )
                 except (SocketInUse, OSError) as exc:
                     raise StartupError(f"daemon.socket: {exc}") from None
                 if cfg.http is not None:
@@ -198,7 +227,9 @@ class Daemon:
                 interval = watchdog_interval_s()
                 if interval:
                     await nursery.start(serve_watchdog, self.notifier, interval, lambda: not self.shutdown.is_set())
-                status = f"serving on {cfg.daemon.socket}" + (f" and {', '.join(self.http_binds)}" if self.http_binds else "")
+                status = f"serving on {cfg.daemon.socket}" + (
+                    f" and {', '.join(self.http_binds)}" if self.http_binds else ""
+                )
                 self.notifier.ready(status)
                 log.info("tachyond %s %s (wallet %s)", self.version, status, self.wallet_state())
                 self.plugins.notify("daemon_started", daemon=self)
@@ -322,7 +353,9 @@ def register_core_methods(d: Daemon) -> None:
         """An OpenRPC 1.x document of every method, plugins' included."""
         return r.discover(d.version)
 
-    @r.method("daemon.info", result="{version, uptime_s, wallet, unlocked_until, plugins, engines, markets, onramp_providers}")
+    @r.method(
+        "daemon.info", result="{version, uptime_s, wallet, unlocked_until, plugins, engines, markets, onramp_providers}"
+    )
     async def daemon_info(p: dict[str, Any]) -> Any:
         """The daemon's version, uptime, wallet state, plugins, engines, markets and onramp providers."""
         info = {
@@ -360,8 +393,14 @@ def register_core_methods(d: Daemon) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tachyond", description="The tachyon wallet daemon (foreground; logs to stderr).")
-    ap.add_argument("--config", type=Path, help="TOML config (default: $TACHYON_CONFIG, else /etc/tachyon/tachyond.toml)")
-    ap.add_argument("--dev", action="store_true", help="run the embedded development default under ./.tachyon-dev/ (not for real money)")
+    ap.add_argument(
+        "--config", type=Path, help="TOML config (default: $TACHYON_CONFIG, else /etc/tachyon/tachyond.toml)"
+    )
+    ap.add_argument(
+        "--dev",
+        action="store_true",
+        help="run the embedded development default under ./.tachyon-dev/ (not for real money)",
+    )
     ap.add_argument("--print-default-config", action="store_true", help="write a default config to stdout and exit")
     ap.add_argument("--check-config", action="store_true", help="validate the config (and its plugins) and exit")
     ap.add_argument("--version", action="version", version=f"tachyond {__version__}")

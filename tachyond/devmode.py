@@ -39,30 +39,62 @@ def dev_document(dir_: Path) -> dict[str, Any]:
     pk_file = _secret_file(dir_, "stripe-publishable-key", lambda: "pk_test_dev_" + secrets.token_hex(12))
     emulator = f"http://{DEV_EMULATOR[0]}:{DEV_EMULATOR[1]}"
     return {
-        "daemon": {"data_dir": str(dir_), "socket": str(dir_ / "rpc.sock"), "socket_mode": "0600",
-                   "log_level": os.environ.get("TACHYON_LOG_LEVEL", "info"), "log_format": "text"},
+        "daemon": {
+            "data_dir": str(dir_),
+            "socket": str(dir_ / "rpc.sock"),
+            "socket_mode": "0600",
+            "log_level": os.environ.get("TACHYON_LOG_LEVEL", "info"),
+            "log_format": "text",
+        },
         "wallet": {"password_file": str(dir_ / DEV_PASSWORD_FILE), "unlock_timeout_s": 0},
         "http": {"listen": [DEV_HTTP], "max_body_bytes": 65536, "rate_limit_per_s": 50},
         "tokens": [
-            {"symbol": "USDC", "decimals": 6, "networks": ["ethereum", "solana", "polygon", "avalanche", "base", "stellar"]},
+            {
+                "symbol": "USDC",
+                "decimals": 6,
+                "networks": ["ethereum", "solana", "polygon", "avalanche", "base", "stellar"],
+            },
             {"symbol": "ZEC", "decimals": 8},
             {"symbol": "BASE", "decimals": 8},
         ],
         "markets": [
-            {"symbol": "ZEC/USDC", "engine": "sqlite", "tick": "0.01", "lot": "0.0001", "min_notional": "1",
-             "maker_fee_bps": 10, "taker_fee_bps": 20, "protection_bps": 500},
-            {"symbol": "BASE/USDC", "engine": "sqlite", "tick": "0.0001", "lot": "0.01", "min_notional": "1",
-             "maker_fee_bps": 10, "taker_fee_bps": 20, "protection_bps": 500},
+            {
+                "symbol": "ZEC/USDC",
+                "engine": "sqlite",
+                "tick": "0.01",
+                "lot": "0.0001",
+                "min_notional": "1",
+                "maker_fee_bps": 10,
+                "taker_fee_bps": 20,
+                "protection_bps": 500,
+            },
+            {
+                "symbol": "BASE/USDC",
+                "engine": "sqlite",
+                "tick": "0.0001",
+                "lot": "0.01",
+                "min_notional": "1",
+                "maker_fee_bps": 10,
+                "taker_fee_bps": 20,
+                "protection_bps": 500,
+            },
         ],
-        "onramp": {"stripe": {
-            "secret_key_file": str(key_file), "webhook_secret_file": str(whsec_file),
-            "publishable_key_file": str(pk_file),
-            # The emulator serves a stand-in of Stripe's embedded widget: the daemon's own page
-            # (GET /onramp/{id}) mounts it offline, as it mounts Stripe's in production.
-            "api_base": emulator, "widget_base_url": emulator, "tolerance_s": 300,
-            "default_network": "ethereum", "default_currency": "usdc",
-            "reconcile_interval_s": 60, "reconcile_lookback_h": 72,
-        }},
+        "onramp": {
+            "stripe": {
+                "secret_key_file": str(key_file),
+                "webhook_secret_file": str(whsec_file),
+                "publishable_key_file": str(pk_file),
+                # The emulator serves a stand-in of Stripe's embedded widget: the daemon's own page
+                # (GET /onramp/{id}) mounts it offline, as it mounts Stripe's in production.
+                "api_base": emulator,
+                "widget_base_url": emulator,
+                "tolerance_s": 300,
+                "default_network": "ethereum",
+                "default_currency": "usdc",
+                "reconcile_interval_s": 60,
+                "reconcile_lookback_h": 72,
+            }
+        },
     }
 
 
@@ -118,12 +150,25 @@ async def seed(daemon: Any, password: str) -> None:
     tokens = {t["symbol"] for t in await call(daemon, "tokens.list", {})}
     for token, amount, ref in DEV_DEPOSITS:
         if token in tokens:
-            await call(daemon, "ledger.deposit", {"account": DEV_MAKER, "token": token, "amount": amount, "reference": ref})
+            await call(
+                daemon, "ledger.deposit", {"account": DEV_MAKER, "token": token, "amount": amount, "reference": ref}
+            )
     markets = {m.symbol for m in daemon.config.markets}
     for market, coid, price, qty in DEV_ASKS:
         if market in markets:
-            await call(daemon, "dex.place_order", {"account": DEV_MAKER, "market": market, "side": "sell", "type": "limit",
-                                                   "price": price, "qty": qty, "client_order_id": coid})
+            await call(
+                daemon,
+                "dex.place_order",
+                {
+                    "account": DEV_MAKER,
+                    "market": market,
+                    "side": "sell",
+                    "type": "limit",
+                    "price": price,
+                    "qty": qty,
+                    "client_order_id": coid,
+                },
+            )
 
 
 async def run_dev(daemon: Any) -> None:
@@ -135,7 +180,10 @@ async def run_dev(daemon: Any) -> None:
         print_banner(daemon)
         try:
             await seed(daemon, pw_file.read_text().strip())
-            log.info("development wallet ready: the maker's asks rest on %s", ", ".join(m.symbol for m in daemon.config.markets))
+            log.info(
+                "development wallet ready: the maker's asks rest on %s",
+                ", ".join(m.symbol for m in daemon.config.markets),
+            )
         except Exception:
             if daemon.shutdown.is_set():
                 log.info("seeding the development wallet was interrupted by the stop; the next start finishes it")

@@ -15,18 +15,42 @@ import time
 from typing import Any
 
 import trio
-
 from prometheus_client import Counter, Gauge
 
-from .dex_batch import Request as _Request, take_batch as _take_batch
+from .dex_batch import Request as _Request
+from .dex_batch import take_batch as _take_batch
 from .dex_checks import check_events
 from .dex_market import Market
-from .dex_store import (DEX_SCHEMA, coid_repeat, engine_epochs_read, engine_seqs_read, known_order_ids_read,
-                        open_orders_read, order_public, order_read, orders_read, record_orders_op, set_engine_feed_op,
-                        set_engine_seq_op, settle_op, trade_public, trades_read)
+from .dex_store import (
+    DEX_SCHEMA,
+    coid_repeat,
+    engine_epochs_read,
+    engine_seqs_read,
+    known_order_ids_read,
+    open_orders_read,
+    order_public,
+    order_read,
+    orders_read,
+    record_orders_op,
+    set_engine_feed_op,
+    set_engine_seq_op,
+    settle_op,
+    trade_public,
+    trades_read,
+)
 from .engine import DONE_CANCELED, EngineContext, EngineOrder, EngineUnavailable, Event, MarketSpec
-from .errors import (Conflict, EngineError, IntegrityError, InvalidParams, NotFound, OrderNotOpen, OrderRejected,
-                     TachyonError, UnknownMarket, WalletLocked)
+from .errors import (
+    Conflict,
+    EngineError,
+    IntegrityError,
+    InvalidParams,
+    NotFound,
+    OrderNotOpen,
+    OrderRejected,
+    TachyonError,
+    UnknownMarket,
+    WalletLocked,
+)
 from .ledger import check_user_account
 from .rpc import detach_call_context
 
@@ -573,7 +597,7 @@ class DexService:
             log.debug("engine %s: acknowledging seq %d failed: %s", engine_name, seq, exc.message)
 
     # ----- watching trades (dex.watch) -----
-    def watch(self, market: str | None, owner: object = None) -> "Watcher":
+    def watch(self, market: str | None, owner: object = None) -> Watcher:
         """A new subscription to settled trades (of ``market``, or all); its channel holds WATCH_BUFFER trades."""
         send, receive = trio.open_memory_channel(WATCH_BUFFER)
         watcher = Watcher(secrets.token_hex(8), market, send, receive, owner)
@@ -714,7 +738,7 @@ class DexService:
                 await wake.wait()
 
     @staticmethod
-    async def _contain(batch: list["_Request"], work: Any) -> None:
+    async def _contain(batch: list[_Request], work: Any) -> None:
         """Run a batch step; any failure answers its requests instead of leaving them waiting."""
         try:
             await work
@@ -724,14 +748,14 @@ class DexService:
             for req in batch:
                 req.finish(error=error)
 
-    async def _run_batch(self, m: Market, engine: Any, batch: list["_Request"], nursery: trio.Nursery,
+    async def _run_batch(self, m: Market, engine: Any, batch: list[_Request], nursery: trio.Nursery,
                          settling: list[trio.Event]) -> None:
         """Book checks (first order only), one write recording all, submits; settlement goes on in the nursery."""
         first = batch[0]
         if first.book_dependent:
             try:
                 await self._check_book(engine, m, first.order)
-            except TachyonError as exc:
+            except TachyonError:
                 repeat = None
                 if first.order["client_order_id"] is not None:
                     try:
@@ -748,7 +772,7 @@ class DexService:
                                    r.order["post_only"])) for r in batch]
         outcomes = await self.wallet.write(record_orders_op, items)
         accepted: list[_Request] = []
-        for req, (kind, value) in zip(batch, outcomes):
+        for req, (kind, value) in zip(batch, outcomes, strict=False):
             if kind == "refused":
                 req.finish(error=value)
             elif kind == "repeat":
@@ -783,7 +807,7 @@ class DexService:
         settling.append(done)
         nursery.start_soon(self._settle_batch, m, accepted, events, slot, done)
 
-    async def _settle_batch(self, m: Market, accepted: list["_Request"], events: list[Event],
+    async def _settle_batch(self, m: Market, accepted: list[_Request], events: list[Event],
                             slot: tuple[trio.Event, trio.Event], done: trio.Event) -> None:
         try:
             await self._contain(accepted, self._answer_batch(m, accepted, events, slot))
@@ -793,7 +817,7 @@ class DexService:
             done.set()
             self._wake[m.symbol].set()
 
-    async def _answer_batch(self, m: Market, accepted: list["_Request"], events: list[Event],
+    async def _answer_batch(self, m: Market, accepted: list[_Request], events: list[Event],
                             slot: tuple[trio.Event, trio.Event]) -> None:
         result = await self._settle_in_order(m.engine, events, slot)
         for req in accepted:
@@ -980,7 +1004,9 @@ class DexService:
                 "bids": [[m.fmt_price(p), m.fmt_qty(q)] for p, q in d.bids],
                 "asks": [[m.fmt_price(p), m.fmt_qty(q)] for p, q in d.asks]}
 
-    async def trades(self, market: str | None, account: str | None, limit: int, before: int | None = None) -> list[dict]:
+    async def trades(
+        self, market: str | None, account: str | None, limit: int, before: int | None = None
+    ) -> list[dict]:
         if market is not None:
             self.market(market)
         if not 1 <= limit <= MAX_TRADES_LIMIT:

@@ -58,13 +58,23 @@ def register_dex_methods(d: Any, dex: Any) -> None:
         """Cancel an open order by order_id, or by client_order_id (and account); its hold is released."""
         return await dex.cancel_order(p.get("order_id"), p.get("client_order_id"), p.get("account"))
 
-    @r.method("dex.orders", [Param("account", required=False), Param("market", required=False),
-                             Param("status", required=False, enum=STATUSES),
-                             Param("limit", "integer", required=False, minimum=1,
-                                   description="at most this many (1..1000); default: all"),
-                             Param("after", required=False,
-                                   description="an order id, the last of the previous page: the orders placed after it")],
-              result=f"[{ORDER}]")
+    @r.method(
+        "dex.orders",
+        [
+            Param("account", required=False),
+            Param("market", required=False),
+            Param("status", required=False, enum=STATUSES),
+            Param(
+                "limit", "integer", required=False, minimum=1, description="at most this many (1..1000); default: all"
+            ),
+            Param(
+                "after",
+                required=False,
+                description="an order id, the last of the previous page: the orders placed after it",
+            ),
+        ],
+        result=f"[{ORDER}]",
+    )
     async def orders(p: dict[str, Any]) -> Any:
         """Orders, oldest first, optionally filtered by account, market and status. Paging: pass the last
         order's id of a page as `after` (with the same filters and a `limit`) for the next; a page shorter

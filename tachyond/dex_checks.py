@@ -10,7 +10,8 @@ shared engine's feed) are not this wallet's business and are passed over, after 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .dex_market import Market
 from .engine import DONE_REASONS, Event
@@ -40,7 +41,10 @@ def check_events(events: list[Event], engine: str, open_orders: Mapping[str, dic
     for i, ev in enumerate(events):
         why = _check(ev, engine, open_orders, closed, markets, remaining, prev_seq)
         if why is not None:
-            return i, f"engine {engine} event seq {_short(ev.seq)} ({_short(ev.kind)} of market {_short(ev.market)}): {why}"
+            return (
+                i,
+                f"engine {engine} event seq {_short(ev.seq)} ({_short(ev.kind)} of market {_short(ev.market)}): {why}",
+            )
         prev_seq = ev.seq if ev.seq else prev_seq
     return None
 

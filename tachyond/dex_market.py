@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, Inexact, Rounded
-from typing import Mapping
 
 from .amounts import EXACT, Token, fmt_minor, parse_decimal
 from .config import MarketConfig
@@ -39,7 +39,7 @@ class Market:
     protection_bps: int
 
     @classmethod
-    def from_config(cls, cfg: MarketConfig, tokens: Mapping[str, Token]) -> "Market":
+    def from_config(cls, cfg: MarketConfig, tokens: Mapping[str, Token]) -> Market:
         bt, qt = tokens[cfg.base], tokens[cfg.quote]
         return cls(symbol=cfg.symbol, base=cfg.base, quote=cfg.quote, engine=cfg.engine, base_token=bt,
                    quote_token=qt, tick=cfg.tick, lot=cfg.lot, tick_minor=int(cfg.tick.scaleb(qt.decimals)),

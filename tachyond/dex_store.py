@@ -7,11 +7,12 @@ Order and trade values are sealed with AAD ``table|column|rowid``; ids, timestam
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .amounts import fmt_minor
-from .engine import DONE_CANCELED, DONE_EXPIRED, DONE_FILLED, DONE_POST_ONLY, DONE_SELF_TRADE, Event
 from .dex_market import Market, fee_minor
+from .engine import DONE_CANCELED, DONE_EXPIRED, DONE_FILLED, DONE_POST_ONLY, DONE_SELF_TRADE, Event
 from .errors import Conflict, InsufficientFunds, NotFound, UnknownAccount
 from .ledger import LedgerTx, Posting, lock_postings, release_postings
 from .wallet.store import ReadTx
@@ -89,8 +90,15 @@ def record_orders_op(tx: LedgerTx, items: list[tuple[dict, str, int]]) -> list[t
         available = tx.balance(account, token)[0]
         if available < hold_minor:
             dec = tx.tokens[token].decimals
-            out.append(("refused", InsufficientFunds(f"insufficient available {token}: need "
-                                                     f"{fmt_minor(hold_minor, dec)}, have {fmt_minor(available, dec)}")))
+            out.append(
+                (
+                    "refused",
+                    InsufficientFunds(
+                        f"insufficient available {token}: need "
+                        f"{fmt_minor(hold_minor, dec)}, have {fmt_minor(available, dec)}"
+                    ),
+                )
+            )
             continue
         rowid = tx.conn.execute("INSERT INTO dex_orders (oid_hash, coid_hash, is_open, created_at, value)"
                                 " VALUES (?, ?, 1, ?, x'')",
@@ -247,7 +255,9 @@ def orders_read(rtx: ReadTx, account: str | None, market: str | None, status: st
     """
     after_row = 0
     if after is not None:
-        row = rtx.conn.execute("SELECT id FROM dex_orders WHERE oid_hash = ?", (rtx.lookup("dex-order", after),)).fetchone()
+        row = rtx.conn.execute(
+            "SELECT id FROM dex_orders WHERE oid_hash = ?", (rtx.lookup("dex-order", after),)
+        ).fetchone()
         if row is None:
             raise NotFound(f"no order {after} (after must be the id of an order, the last of the previous page)")
         after_row = row[0]

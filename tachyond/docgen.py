@@ -46,7 +46,9 @@ def render(doc: dict) -> str:
     ]
     for e in errors.ALL_ERRORS:
         if e.code not in (errors.INVALID_PARAMS,):
-            out.append(f"| {e.code} | {e.title}: {(e.__doc__ or '').strip().splitlines()[0] if e.__doc__ and e.__doc__.strip() else e.title} |")
+            out.append(
+                f"| {e.code} | {e.title}: {(e.__doc__ or '').strip().splitlines()[0] if e.__doc__ and e.__doc__.strip() else e.title} |"
+            )
     out += ["", "## Methods", ""]
     for m in doc["methods"]:
         out.append(f"### `{m['name']}`")

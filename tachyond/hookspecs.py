@@ -6,7 +6,8 @@ pluggy has no async support: an ``async def`` hook implementation would return a
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import hookspec
 

@@ -136,7 +136,9 @@ class ConnectionLimits:
         """None when a connection from ``address`` may open; else why not ("total" or "per_address")."""
         if self.open_total >= self.max_total:
             return "total"
-        if self.by_address.get(limit_key(address), 0) >= self.max_per_address and not _in_networks(address, self.trusted):
+        if self.by_address.get(limit_key(address), 0) >= self.max_per_address and not _in_networks(
+            address, self.trusted
+        ):
             return "per_address"
         return None
 
@@ -185,7 +187,7 @@ class GuardedStream:
     """
 
     def __init__(self, inner: Any, limits: ConnectionLimits, address: str, key: tuple,
-                 registry: dict[tuple, "GuardedStream"]):
+                 registry: dict[tuple, GuardedStream]):
         self.inner = inner
         self.registry = registry
         self.limits = limits
@@ -258,7 +260,9 @@ class GuardedListener(trio.abc.Listener[Any]):
     """Wraps a hypercorn listener: survives EMFILE/ENFILE (log, back off, go on), enforces the connection
     caps and hands out :class:`GuardedStream` connections."""
 
-    def __init__(self, inner: Any, limits: ConnectionLimits, backoff: AcceptBackoff, registry: dict[tuple, GuardedStream]):
+    def __init__(
+        self, inner: Any, limits: ConnectionLimits, backoff: AcceptBackoff, registry: dict[tuple, GuardedStream]
+    ):
         self.inner = inner
         self.limits = limits
         self.backoff = backoff
@@ -496,7 +500,9 @@ def make_app(daemon: Any) -> QuartTrio:
 
     from .onramp_page import register_onramp_page
 
-    register_onramp_page(app, daemon, lambda scope: limit_key(client_address(scope, app.config["TACHYON_TRUSTED"])))  # GET /onramp/{session_id}: the embedded onramp page
+    register_onramp_page(
+        app, daemon, lambda scope: limit_key(client_address(scope, app.config["TACHYON_TRUSTED"]))
+    )  # GET /onramp/{session_id}: the embedded onramp page
 
     @app.route("/metrics", methods=["GET"])
     async def metrics() -> Response:

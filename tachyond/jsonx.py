@@ -17,7 +17,8 @@ standard library refuses, are encoded (the daemon passes none).
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["BACKEND", "FAST_DECODE", "FastDecodeError", "dumps", "loads", "stdlib_dumps"]
 

@@ -7,12 +7,19 @@ import hmac
 import re
 import secrets
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .amounts import Token, fmt_minor
-from .errors import (AmountError, Conflict, InsufficientFunds, IntegrityError, InvalidParams, UnknownAccount,
-                     UnknownToken)
+from .errors import (
+    AmountError,
+    Conflict,
+    InsufficientFunds,
+    IntegrityError,
+    InvalidParams,
+    UnknownAccount,
+    UnknownToken,
+)
 from .wallet.store import _MISSING, DIRTY, ReadTx, Tx, Wallet, dumps
 
 BUCKETS = ("available", "locked")
@@ -338,7 +345,9 @@ class LedgerTx(Tx):
         self.conn.execute("INSERT INTO ledger_journal (id, key_hash, body, mac) VALUES (?, ?, ?, ?)",
                           (entry_id, key_hash, body_ct, mac))
         # The history rows are written with the batch's others by flush(), in one executemany.
-        self._put(self._dirty, ("hist", entry_id), [(self.history_tag(a), entry_id) for a in {p.account for p in postings}])
+        self._put(
+            self._dirty, ("hist", entry_id), [(self.history_tag(a), entry_id) for a in {p.account for p in postings}]
+        )
         self._put(self._heads, 0, (entry_id, mac))
         self._put(self._dirty, ("head",), entry_id)
         return entry_dict(entry_id, body, self.tokens)

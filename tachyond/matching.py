@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import deque
-from typing import Any, Callable, Hashable, Iterable, NamedTuple
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, NamedTuple
 
-
-from .engine import (
-    DONE_CANCELED, DONE_EXPIRED, DONE_FILLED, DONE_POST_ONLY, DONE_SELF_TRADE, Depth, EngineOrder, Event,
-)
+from .engine import DONE_CANCELED, DONE_EXPIRED, DONE_FILLED, DONE_POST_ONLY, DONE_SELF_TRADE, Depth, EngineOrder, Event
 from .errors import EngineError, UnknownMarket
 
 _EVENT_FIELDS = ("seq", "market", "kind", "order_id", "qty_lots", "price_ticks", "maker_order_id",

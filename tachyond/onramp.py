@@ -11,17 +11,29 @@ import math
 import re
 import sqlite3
 import time
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any, Mapping
+from typing import Any
 
 import trio
 
-from . import jsonx, onramp_store as store
+from . import jsonx
+from . import onramp_store as store
 from .amounts import Token, fmt_minor, to_minor
 from .config import ConfigError
+from .errors import (
+    AmountError,
+    InvalidParams,
+    OnrampError,
+    PluginError,
+    ProviderNotConfigured,
+    RegionNotAllowed,
+    ShuttingDown,
+    TachyonError,
+    WalletAbsent,
+    WalletLocked,
+)
 from .ledger import check_user_account
-from .errors import (AmountError, InvalidParams, OnrampError, PluginError, ProviderNotConfigured,
-                     RegionNotAllowed, ShuttingDown, TachyonError, WalletAbsent, WalletLocked)
 from .providers import QuoteRequest, SessionInfo, SessionRequest, WebhookRejected
 
 log = logging.getLogger("tachyond.onramp")
@@ -410,7 +422,9 @@ class OnrampService:
         if token is None:
             return {**base, "kind": "parked", "reason": f"currency {info.currency!r} is not a configured token"}
         allowed = getattr(provider, "allowed", None)
-        if allowed is not None and (info.currency or "").lower() not in [c.lower() for c in allowed.get(info.network or "", ())]:
+        if allowed is not None and (info.currency or "").lower() not in [
+            c.lower() for c in allowed.get(info.network or "", ())
+        ]:
             return {**base, "kind": "parked", "reason": f"{info.currency} on {info.network} is not allowed by "
                                                        f"onramp.{name}.allowed"}
         if token.networks and info.network not in token.networks:
@@ -699,5 +713,7 @@ def parse_lookback_h(value: Any) -> float | None:
     except (InvalidOperation, ValueError):
         hours = -1.0
     if not 0 < hours <= 24 * 90:
-        raise InvalidParams("lookback_h must be a number of hours above 0 and at most 2160", data={"param": "lookback_h"})
+        raise InvalidParams(
+            "lookback_h must be a number of hours above 0 and at most 2160", data={"param": "lookback_h"}
+        )
     return hours

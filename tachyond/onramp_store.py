@@ -199,9 +199,12 @@ def claim_op(tx: LedgerTx, session_id: str, account: str | None) -> dict:
     rowid, topup = found
     account = account or topup["account"]
     token, amount_minor, provider = topup["token"], topup["amount_minor"], topup["provider"]
-    entry = tx.post_entry(f"onramp:{session_id}", "onramp",
-                          [Posting(f"external:{provider}", token, -amount_minor), Posting(account, token, amount_minor)],
-                          memo=f"onramp topup, {provider} session {session_id}")
+    entry = tx.post_entry(
+        f"onramp:{session_id}",
+        "onramp",
+        [Posting(f"external:{provider}", token, -amount_minor), Posting(account, token, amount_minor)],
+        memo=f"onramp topup, {provider} session {session_id}",
+    )
     tx.conn.execute("DELETE FROM onramp_pending WHERE id = ?", (rowid,))
     _put(tx, "onramp_outcomes", session_id, {"session_id": session_id, "provider": provider, "state": "claimed",
                                              "account": account, "token": token, "amount_minor": amount_minor,

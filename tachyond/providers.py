@@ -6,8 +6,9 @@ reconciliation), so a second provider is a plugin, not a fork.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 class WebhookRejected(Exception):

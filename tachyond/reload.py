@@ -15,14 +15,25 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import trio
 
 from . import logs
-from .config import (Config, ConfigError, secret_stem, diff, flatten, load, load_raw, provenance,
-                     read_secret_reference, restart_only)
+from .config import (
+    Config,
+    ConfigError,
+    diff,
+    flatten,
+    load,
+    load_raw,
+    provenance,
+    read_secret_reference,
+    restart_only,
+    secret_stem,
+)
 from .errors import ReloadRefused
 
 log = logging.getLogger("tachyond.reload")

@@ -18,9 +18,10 @@ import re
 import socket as stdsocket
 import struct
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -45,8 +46,8 @@ class Connection:
     tasks started in ``nursery`` live until the client disconnects or the daemon stops.
     """
 
-    def __init__(self, server: "RpcServer", stream: trio.SocketStream, send_lock: trio.Lock, nursery: trio.Nursery,
-                 slot: "_Slot | None" = None):
+    def __init__(self, server: RpcServer, stream: trio.SocketStream, send_lock: trio.Lock, nursery: trio.Nursery,
+                 slot: _Slot | None = None):
         self._server = server
         self._stream = stream
         self._send_lock = send_lock
@@ -189,11 +190,15 @@ class Param:
             if isinstance(value, py):
                 break
         else:
-            raise errors.InvalidParams(f"param '{self.name}' must be {' or '.join(self.types())}, not {_json_type(value)}",
-                                       data={"param": self.name})
+            raise errors.InvalidParams(
+                f"param '{self.name}' must be {' or '.join(self.types())}, not {_json_type(value)}",
+                data={"param": self.name},
+            )
         if self.enum is not None and value not in self.enum:
-            raise errors.InvalidParams(f"param '{self.name}' must be one of {', '.join(map(str, self.enum))}, not {value!r}",
-                                       data={"param": self.name})
+            raise errors.InvalidParams(
+                f"param '{self.name}' must be one of {', '.join(map(str, self.enum))}, not {value!r}",
+                data={"param": self.name},
+            )
         if self.minimum is not None and isinstance(value, int) and value < self.minimum:
             raise errors.InvalidParams(f"param '{self.name}' must be at least {self.minimum}, not {value}",
                                        data={"param": self.name})
@@ -224,8 +229,10 @@ class Method:
             params = {}
         if isinstance(params, list):
             if len(params) > len(self.params):
-                raise errors.InvalidParams(f"{self.name} takes at most {len(self.params)} positional params, got {len(params)}")
-            named = {p.name: v for p, v in zip(self.params, params)}
+                raise errors.InvalidParams(
+                    f"{self.name} takes at most {len(self.params)} positional params, got {len(params)}"
+                )
+            named = {p.name: v for p, v in zip(self.params, params, strict=False)}
         else:
             named = dict(params)
             known = {p.name for p in self.params}
@@ -283,7 +290,9 @@ class Registry:
             raise ValueError(f"{who}: method {name!r} is already registered by {other}")
         self.methods[name] = Method(name, handler, tuple(params), doc, result, plugin)
 
-    def method(self, name: str, params: list[Param] | tuple[Param, ...] = (), result: str = "") -> Callable[[Handler], Handler]:
+    def method(
+        self, name: str, params: list[Param] | tuple[Param, ...] = (), result: str = ""
+    ) -> Callable[[Handler], Handler]:
         """Decorator form of :meth:`add` for the core; the function's docstring is the method's doc."""
         def deco(fn: Handler) -> Handler:
             self.add(name, fn, params, fn.__doc__ or "", result)
@@ -294,9 +303,12 @@ class Registry:
         """An OpenRPC 1.x document of every method, plugins' included."""
         return {
             "openrpc": "1.2.6",
-            "info": {"title": "tachyond JSON-RPC API", "version": version,
-                     "description": "JSON-RPC 2.0 over a Unix socket, one message per line. "
-                                    "Amounts are decimal strings in whole token units; results also carry *_minor ints."},
+            "info": {
+                "title": "tachyond JSON-RPC API",
+                "version": version,
+                "description": "JSON-RPC 2.0 over a Unix socket, one message per line. "
+                "Amounts are decimal strings in whole token units; results also carry *_minor ints.",
+            },
             "methods": [m.openrpc() for m in sorted(self.methods.values(), key=lambda m: m.name)],
             # OpenRPC's components.errors is a map from a name to an Error object.
             "components": {"errors": {e.__name__: {"code": e.code, "message": e.title} for e in errors.ALL_ERRORS}},
@@ -372,12 +384,22 @@ class Dispatcher:
         except Exception as exc:  # contained: one bad call never takes the daemon down
             if method.plugin:
                 log.exception("plugin %s raised in %s", method.plugin, name)
-                code, message = errors.PluginError.code, f"plugin '{method.plugin}' failed in {name}: {type(exc).__name__}: {exc}"
+                code, message = (
+                    errors.PluginError.code,
+                    f"plugin '{method.plugin}' failed in {name}: {type(exc).__name__}: {exc}",
+                )
             else:
                 log.exception("internal error in %s", name)
-                code, message = errors.INTERNAL_ERROR, f"Internal error in {name}: {type(exc).__name__} (details in the daemon log)"
+                code, message = (
+                    errors.INTERNAL_ERROR,
+                    f"Internal error in {name}: {type(exc).__name__} (details in the daemon log)",
+                )
             self._count(name, code)
-            return None if is_notification else _error(code, message, id_, {"plugin": method.plugin} if method.plugin else None)
+            return (
+                None
+                if is_notification
+                else _error(code, message, id_, {"plugin": method.plugin} if method.plugin else None)
+            )
         self._count(name, None)
         if is_notification:
             return None
@@ -872,8 +894,15 @@ class RpcServer:
                         slot.update_idle()
                         if len(buf) > MAX_LINE_BYTES:
                             async with send_lock:
-                                await stream.send_all(_dump(_error(errors.INVALID_REQUEST,
-                                                                   "Invalid Request: line exceeds 1 MiB without a newline", None)))
+                                await stream.send_all(
+                                    _dump(
+                                        _error(
+                                            errors.INVALID_REQUEST,
+                                            "Invalid Request: line exceeds 1 MiB without a newline",
+                                            None,
+                                        )
+                                    )
+                                )
                             calls.cancel_scope.cancel()
                             break
                 slot.idle_scope = None

@@ -57,7 +57,9 @@ def watchdog_interval_s() -> float | None:
         return None
 
 
-async def serve_watchdog(notifier: Notifier, interval_s: float, healthy, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve_watchdog(
+    notifier: Notifier, interval_s: float, healthy, *, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
     """Send ``WATCHDOG=1`` every ``interval_s`` while ``healthy()`` says the event loop and services answer."""
     task_status.started()
     while True:

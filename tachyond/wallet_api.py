@@ -50,11 +50,20 @@ def register_wallet_methods(d: Any) -> None:
         """Drop the key from memory (the wallet's, its writer's and every engine's: answers once all have); anything that needs it answers `wallet is locked`."""
         return await wallet.lock()
 
-    @r.method("wallet.change_password", [Param("old_password", description=PASSWORD), Param("new_password", description=PASSWORD),
-                                         Param("rotate_data_key", "boolean", required=False,
-                                               description="also replace the data key and re-encrypt everything "
-                                                           "under it (default false)")],
-              result="{changed: true, rotated?: true}")
+    @r.method(
+        "wallet.change_password",
+        [
+            Param("old_password", description=PASSWORD),
+            Param("new_password", description=PASSWORD),
+            Param(
+                "rotate_data_key",
+                "boolean",
+                required=False,
+                description="also replace the data key and re-encrypt everything under it (default false)",
+            ),
+        ],
+        result="{changed: true, rotated?: true}",
+    )
     async def change_password(p: dict[str, Any]) -> Any:
         """Rewrap the data key under the new password. With rotate_data_key, first replace the data key (and the X25519 key) and re-encrypt the wallet, the inbox and engine files, so an old backup with an old password opens nothing written after; the wallet reads as locked meanwhile."""
         check_new_password(p["new_password"], "new_password")
@@ -63,7 +72,9 @@ def register_wallet_methods(d: Any) -> None:
         logs.add_secret(p["new_password"])
         return result
 
-    @r.method("wallet.backup", [Param("path", description="a new file the daemon's user can create")], result="{path, bytes}")
+    @r.method(
+        "wallet.backup", [Param("path", description="a new file the daemon's user can create")], result="{path, bytes}"
+    )
     async def backup(p: dict[str, Any]) -> Any:
         """A consistent, still-encrypted copy taken while running (SQLite online backup); it opens with the same password."""
         return await wallet.backup(p["path"])
@@ -86,16 +97,25 @@ def register_wallet_methods(d: Any) -> None:
         """The tokens of this daemon, from [[tokens]]."""
         return [{"symbol": t.symbol, "decimals": t.decimals, "networks": list(t.networks)} for t in d.config.tokens]
 
-    @r.method("ledger.balances", [Param("account", required=False, description="one account; all user accounts when absent")],
-              result="[{account, token, available, locked, available_minor, locked_minor}]")
+    @r.method(
+        "ledger.balances",
+        [Param("account", required=False, description="one account; all user accounts when absent")],
+        result="[{account, token, available, locked, available_minor, locked_minor}]",
+    )
     async def balances(p: dict[str, Any]) -> Any:
         """Available and locked balance per account and token."""
         wallet.keys  # WalletAbsent / WalletLocked before anything else
         return await ledger.balances(p.get("account"))
 
-    @r.method("ledger.history", [Param("account", required=False), Param("limit", "integer", required=False, minimum=1),
-                                 Param("before", "integer", required=False, description="entry id: page back from here")],
-              result="journal entries, newest first: [{id, key, kind, ts, postings, memo, links}]")
+    @r.method(
+        "ledger.history",
+        [
+            Param("account", required=False),
+            Param("limit", "integer", required=False, minimum=1),
+            Param("before", "integer", required=False, description="entry id: page back from here"),
+        ],
+        result="journal entries, newest first: [{id, key, kind, ts, postings, memo, links}]",
+    )
     async def history(p: dict[str, Any]) -> Any:
         """Journal entries, newest first (default 50, at most 1000 a call), optionally only those touching
         `account` (read through the history index, not by decrypting the journal). Paging: pass the last
@@ -131,8 +151,11 @@ def register_wallet_methods(d: Any) -> None:
         tok = ledger.token(p["token"])
         return await ledger.withdraw(p.get("account", "default"), tok.symbol, tok.to_minor(p["amount"]), p["reference"])
 
-    @r.method("ledger.transfer", [Param("from"), Param("to"), Param("token"), amount, Param("reference", required=False)],
-              result="the entry (a repeated reference: as ledger.deposit)")
+    @r.method(
+        "ledger.transfer",
+        [Param("from"), Param("to"), Param("token"), amount, Param("reference", required=False)],
+        result="the entry (a repeated reference: as ledger.deposit)",
+    )
     async def transfer(p: dict[str, Any]) -> Any:
         """Move available funds between two accounts of this wallet; idempotent by reference when one is given."""
         wallet.keys  # WalletAbsent / WalletLocked before anything else

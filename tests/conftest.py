@@ -11,8 +11,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import tomli_w
@@ -87,7 +88,9 @@ class DaemonProc:
         # (tests/test_wallet_kdf.py shows the default on a daemon started without it).
         self.env.setdefault("TACHYOND_INSECURE_TEST_SCRYPT_N", "1024")
         if test_plugin:
-            self.env["PYTHONPATH"] = os.pathsep.join([str(PLUGIN_SITE), self.env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+            self.env["PYTHONPATH"] = os.pathsep.join([str(PLUGIN_SITE), self.env.get("PYTHONPATH", "")]).rstrip(
+                os.pathsep
+            )
         self.env.update(env or {})
         self.args = args if args is not None else ["--config", str(self.config_path)]
         self.cwd = cwd or dir_
@@ -95,7 +98,7 @@ class DaemonProc:
         self.stderr_path = dir_ / "tachyond.stderr"
         self.stdout_path = dir_ / "tachyond.stdout"
 
-    def start(self, *, wait: bool = True, timeout_s: float = 30) -> "DaemonProc":
+    def start(self, *, wait: bool = True, timeout_s: float = 30) -> DaemonProc:
         self._stderr = open(self.stderr_path, "ab")
         self._stdout = open(self.stdout_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "tachyond", *self.args], cwd=self.cwd, env=self.env,
@@ -151,7 +154,7 @@ class DaemonProc:
                     if not chunk:
                         break
                     buf += chunk
-            except socket.timeout:
+            except TimeoutError:
                 pass
             return buf
 

@@ -7,10 +7,11 @@ import binascii
 
 import pluggy
 import pytest
-from hypothesis import given, settings, strategies as st
-
 import tachyon_addresses
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tachyon_addresses.validators import b58decode, eip55_checksum, validate_evm, validate_solana, validate_stellar
+
 from tachyond import PROJECT, hookspecs
 from tachyond.errors import InvalidAddress
 
@@ -75,8 +76,17 @@ def test_eip55_one_flipped_case_fails(address):
         validate_evm(flipped)
 
 
-@pytest.mark.parametrize("bad", ["", "0x", "5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed", "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAe",
-                                 "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAedd", "0xZaAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "0x",
+        "5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+        "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAe",
+        "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAedd",
+        "0xZaAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+    ],
+)
 def test_evm_malformed(bad):
     with pytest.raises(InvalidAddress, match="not an EVM address"):
         validate_evm(bad)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, base_document, require_tool, run_ctl
 
 BIN = str(Path(sys.executable).parent)  # where the venv's tachyon-ctl is
@@ -97,5 +96,8 @@ def test_markets_and_accounts_come_from_the_running_daemon(complete, daemon_fact
 def test_the_install_command_of_the_docs_is_the_one_the_script_names():
     text = (ROOT / "docs" / "operations.md").read_text()
     assert "tachyon-ctl completion bash | sudo tee /etc/bash_completion.d/tachyon-ctl >/dev/null" in text
-    assert "tachyon-ctl completion bash | sudo tee /etc/bash_completion.d/tachyon-ctl >/dev/null" in run_ctl("completion", "bash").stdout
+    assert (
+        "tachyon-ctl completion bash | sudo tee /etc/bash_completion.d/tachyon-ctl >/dev/null"
+        in run_ctl("completion", "bash").stdout
+    )
     assert run_ctl("completion", "fish").returncode == 2

@@ -15,7 +15,9 @@ def on_a_terminal(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
     """Run tachyon-ctl with stdout on a pseudo-terminal, as a person would see it."""
     master, slave = pty.openpty()
     e = {**os.environ, **(env or {})}
-    p = subprocess.Popen([sys.executable, "-m", "tachyon_ctl", *args], stdout=slave, stderr=slave, stdin=subprocess.DEVNULL, env=e)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "tachyon_ctl", *args], stdout=slave, stderr=slave, stdin=subprocess.DEVNULL, env=e
+    )
     os.close(slave)
     out = b""
     while True:
@@ -84,11 +86,13 @@ def test_help_is_rendered_from_rpc_discover(daemon_factory):
 
 
 def test_ctl_imports_only_the_standard_library():
-    code = ("import sys\nbefore=set(sys.modules)\nimport tachyon_ctl.cli\n"
-            "new=[m for m in set(sys.modules)-before if not m.startswith(('tachyon_ctl','encodings'))]\n"
-            "import sysconfig\nstd=sysconfig.get_paths()['stdlib']\n"
-            "bad=[m for m in new if getattr(sys.modules[m],'__file__',None) and not sys.modules[m].__file__.startswith(std)]\n"
-            "print(bad)")
+    code = (
+        "import sys\nbefore=set(sys.modules)\nimport tachyon_ctl.cli\n"
+        "new=[m for m in set(sys.modules)-before if not m.startswith(('tachyon_ctl','encodings'))]\n"
+        "import sysconfig\nstd=sysconfig.get_paths()['stdlib']\n"
+        "bad=[m for m in new if getattr(sys.modules[m],'__file__',None) and not sys.modules[m].__file__.startswith(std)]\n"
+        "print(bad)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
 

@@ -12,8 +12,8 @@ import threading
 import time
 
 import pytest
-
 from conftest import DaemonProc, base_document, run_ctl, write_config
+
 from tachyon_ctl.client import RpcError
 
 
@@ -112,7 +112,9 @@ def test_sigterm_while_20_clients_are_mid_call(daemon_factory):
             else:
                 msg = json.loads(buf)
                 assert msg["id"] == i
-                outcomes.append("answered" if msg.get("result") == {"slept": 1.5} else f"refused {msg['error']['code']}")
+                outcomes.append(
+                    "answered" if msg.get("result") == {"slept": 1.5} else f"refused {msg['error']['code']}"
+                )
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
     for t in threads:
@@ -200,23 +202,46 @@ def test_stale_socket_file_is_removed(daemon_factory, sockdir):
     assert d2.call("daemon.info")["version"]
 
 
-@pytest.mark.parametrize("patch,key", [
-    ({"daemon": {"bindd": "x"}}, "daemon.bindd"),
-    ({"daemon": {"log_level": 3}}, "daemon.log_level"),
-    ({"http": {"listen": ["127.0.0.1:99999"]}}, "http.listen[0]"),
-    ({"http": {"listen": ["not-an-address"]}}, "http.listen[0]"),
-    ({"tokens": [{"symbol": "USDC", "decimals": 6}], "markets": [{"symbol": "ZEC/USDC", "tick": "0.01", "lot": "1", "min_notional": "1"}]}, "markets[0].symbol"),
-    ({"tokens": [{"symbol": "USDC", "decimals": 2}, {"symbol": "ZEC", "decimals": 8}],
-      "markets": [{"symbol": "ZEC/USDC", "tick": "0.01", "lot": "0.0001", "min_notional": "1"}]}, "markets[0].lot"),
-    ({"tokens": [{"symbol": "USDC", "decimals": 6}, {"symbol": "ZEC", "decimals": 8}],
-      "markets": [{"symbol": "ZEC/USDC", "engine": "quantum", "tick": "0.01", "lot": "0.0001", "min_notional": "1"}]}, "markets[0].engine"),
-])
+@pytest.mark.parametrize(
+    "patch,key",
+    [
+        ({"daemon": {"bindd": "x"}}, "daemon.bindd"),
+        ({"daemon": {"log_level": 3}}, "daemon.log_level"),
+        ({"http": {"listen": ["127.0.0.1:99999"]}}, "http.listen[0]"),
+        ({"http": {"listen": ["not-an-address"]}}, "http.listen[0]"),
+        (
+            {
+                "tokens": [{"symbol": "USDC", "decimals": 6}],
+                "markets": [{"symbol": "ZEC/USDC", "tick": "0.01", "lot": "1", "min_notional": "1"}],
+            },
+            "markets[0].symbol",
+        ),
+        (
+            {
+                "tokens": [{"symbol": "USDC", "decimals": 2}, {"symbol": "ZEC", "decimals": 8}],
+                "markets": [{"symbol": "ZEC/USDC", "tick": "0.01", "lot": "0.0001", "min_notional": "1"}],
+            },
+            "markets[0].lot",
+        ),
+        (
+            {
+                "tokens": [{"symbol": "USDC", "decimals": 6}, {"symbol": "ZEC", "decimals": 8}],
+                "markets": [
+                    {"symbol": "ZEC/USDC", "engine": "quantum", "tick": "0.01", "lot": "0.0001", "min_notional": "1"}
+                ],
+            },
+            "markets[0].engine",
+        ),
+    ],
+)
 def test_bad_config_stops_start_with_the_dotted_key(sockdir, patch, key):
     doc = base_document(sockdir)
     for section, value in patch.items():
         doc[section] = {**doc[section], **value} if isinstance(value, dict) and section in doc else value
     path = write_config(sockdir, doc)
-    r = subprocess.run([sys.executable, "-m", "tachyond", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "tachyond", "--config", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode in (1, 2)
     lines = [line for line in r.stderr.splitlines() if line.startswith("tachyond:")]
     assert len(lines) == 1 and key in lines[0], r.stderr
@@ -226,7 +251,9 @@ def test_bad_config_stops_start_with_the_dotted_key(sockdir, patch, key):
 
 
 def test_print_default_config_round_trips(sockdir):
-    r = subprocess.run([sys.executable, "-m", "tachyond", "--print-default-config"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "tachyond", "--print-default-config"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0
     import tomllib
 
@@ -234,20 +261,31 @@ def test_print_default_config_round_trips(sockdir):
     assert doc["daemon"]["socket_mode"] == "0600" and doc["onramp"]["stripe"]["secret_key_env"] == "STRIPE_SECRET_KEY"
     path = sockdir / "default.toml"
     path.write_text(r.stdout)
-    check = subprocess.run([sys.executable, "-m", "tachyond", "--check-config", "--config", str(path)],
-                           capture_output=True, text=True, timeout=60,
-                           env={**os.environ, "STRIPE_SECRET_KEY": "sk_test_check", "STRIPE_WEBHOOK_SECRET": "whsec_check"})
+    check = subprocess.run(
+        [sys.executable, "-m", "tachyond", "--check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "STRIPE_SECRET_KEY": "sk_test_check", "STRIPE_WEBHOOK_SECRET": "whsec_check"},
+    )
     assert check.returncode == 0, check.stderr
     assert "sk_test_check" not in check.stdout + check.stderr
 
 
 def test_missing_config_file_is_one_clear_line(sockdir):
-    r = subprocess.run([sys.executable, "-m", "tachyond", "--config", str(sockdir / "nope.toml")], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "tachyond", "--config", str(sockdir / "nope.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "does not exist" in r.stderr
 
 
 def _one_line_failure(path, expect_code: int, expect_text: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "tachyond", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "tachyond", "--config", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == expect_code, r.stderr
     assert "Traceback" not in r.stderr, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from test_dex_helpers import balances, fund, order, rpc, rpc_error, start_dex_daemon
 
 BASES = ["TICK", "LOT", "MIN", "FUNDS", "POST", "FOK", "IOC", "STP", "COID", "MKT", "CANCEL", "FEES", "SHAPE", "METR"]
@@ -41,8 +40,18 @@ async def test_qty_off_the_lot_is_refused(dexd):
                                                         "type": "limit", "price": "10", "qty": "0.00001"})
         assert (err.code, err.message) == (-32021, "qty 0.00001 is off the lot 0.0001 of LOT/USDC")
         # Past Decimal's default 28 digits the quantity is still refused, never rounded onto the lot.
-        err = await rpc_error(dexd, "dex.place_order", {"account": "lot-a", "market": "LOT/USDC", "side": "buy",
-                                                        "type": "limit", "price": "10", "qty": "1.000000000000000000000000000001"})
+        err = await rpc_error(
+            dexd,
+            "dex.place_order",
+            {
+                "account": "lot-a",
+                "market": "LOT/USDC",
+                "side": "buy",
+                "type": "limit",
+                "price": "10",
+                "qty": "1.000000000000000000000000000001",
+            },
+        )
         assert err.code == -32021 and "off the lot" in err.message
         assert await rpc(dexd, "dex.orders", {"account": "lot-a"}) == []
 
@@ -162,7 +171,12 @@ async def test_market_order_fills_only_within_the_protection_band(dexd):
         await fund(dexd, "mkt-t", USDC="1000")
         # Nothing to buy from: accepted, expired with nothing filled, nothing left locked.
         empty = await order(dexd, "mkt-t", "buy", "1", market="MKT/USDC")
-        assert (empty["status"], empty["filled"], empty["remaining"], empty["trades"]) == ("expired", "0.00", "1.00", [])
+        assert (empty["status"], empty["filled"], empty["remaining"], empty["trades"]) == (
+            "expired",
+            "0.00",
+            "1.00",
+            [],
+        )
         assert (await balances(dexd, "mkt-t"))["USDC"] == (1_000_000_000, 0)
         for price in ("100.00", "104.00", "106.00"):
             await order(dexd, "mkt-m", "sell", "1", price, market="MKT/USDC")
@@ -205,7 +219,12 @@ async def test_fees_and_holds_worked_example(dexd):
         bid = await order(dexd, "fees-t", "buy", "2", "50.50", market="FEES/USDC")
         assert (bid["status"], bid["cost"], bid["fee"]) == ("closed", "100.00", "0.20")
         [trade] = bid["trades"]
-        assert (trade["price"], trade["qty"], trade["maker_fee"], trade["taker_fee"]) == ("50.00", "2.00", "0.10", "0.20")
+        assert (trade["price"], trade["qty"], trade["maker_fee"], trade["taker_fee"]) == (
+            "50.00",
+            "2.00",
+            "0.10",
+            "0.20",
+        )
         assert (trade["maker_order_id"], trade["taker_order_id"], trade["taker_side"]) == (ask["id"], bid["id"], "buy")
         assert (await balances(dexd, "fees-t"))["USDC"] == (1_000_000_000 - 100_200_000, 0)
         assert (await balances(dexd, "fees-t"))["FEES"] == (200_000_000, 0)
@@ -221,11 +240,24 @@ async def test_fees_and_holds_worked_example(dexd):
 async def test_shapes_of_markets_book_orders_and_trades(dexd):
     with trio.fail_after(30):
         markets = {m["symbol"]: m for m in await rpc(dexd, "dex.markets")}
-        assert markets["ZEC/USDC"] == {"symbol": "ZEC/USDC", "base": "ZEC", "quote": "USDC", "engine": markets["ZEC/USDC"]["engine"],
-                                       "tick": "0.01", "lot": "0.0001", "min_notional": "1.00", "tick_minor": 10_000,
-                                       "lot_minor": 10_000, "min_notional_minor": 1_000_000, "maker_fee_bps": 10,
-                                       "taker_fee_bps": 20, "protection_bps": 500, "halted": False,
-                                       "halt_reason": None, "engine_online": True}
+        assert markets["ZEC/USDC"] == {
+            "symbol": "ZEC/USDC",
+            "base": "ZEC",
+            "quote": "USDC",
+            "engine": markets["ZEC/USDC"]["engine"],
+            "tick": "0.01",
+            "lot": "0.0001",
+            "min_notional": "1.00",
+            "tick_minor": 10_000,
+            "lot_minor": 10_000,
+            "min_notional_minor": 1_000_000,
+            "maker_fee_bps": 10,
+            "taker_fee_bps": 20,
+            "protection_bps": 500,
+            "halted": False,
+            "halt_reason": None,
+            "engine_online": True,
+        }
         await fund(dexd, "shape-a", USDC="1000", SHAPE="5")
         await order(dexd, "shape-a", "buy", "1", "10.00", market="SHAPE/USDC")
         await order(dexd, "shape-a", "buy", "0.5", "10.00", market="SHAPE/USDC")

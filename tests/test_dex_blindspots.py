@@ -12,12 +12,11 @@ import shutil
 import httpx
 import pytest
 import trio
-
 from conftest import DaemonProc, base_document
-from tachyon_ctl.client import DaemonNotRunning
-from test_dex_helpers import (MARKET_DEFAULTS, PASSWORD, USDC, ZEC, balances, fund, order, rpc, rpc_error,
-                              state_snapshot)
+from test_dex_helpers import MARKET_DEFAULTS, PASSWORD, USDC, ZEC, balances, fund, order, rpc, rpc_error, state_snapshot
 from test_http_engine import TOKEN, ServerProc, server_document
+
+from tachyon_ctl.client import DaemonNotRunning
 
 
 def _document(dir_, markets: list[dict], **extra) -> dict:

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
-
 from conftest import DaemonProc, base_document
+
 from tachyon_ctl.client import RpcError
 
 PASSWORD = "correct horse battery staple"

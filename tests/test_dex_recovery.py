@@ -6,9 +6,9 @@ import json
 
 import pytest
 import trio
+from test_dex_helpers import PASSWORD, balances, fund, order, rpc, rpc_error, start_dex_daemon, state_snapshot
 
 from tachyon_ctl.client import DaemonNotRunning
-from test_dex_helpers import PASSWORD, balances, fund, order, rpc, rpc_error, start_dex_daemon, state_snapshot
 
 ENGINES = ["memory", "sqlite"]
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from test_dex_helpers import fund, order, rpc, rpc_error, start_dex_daemon
 
 BASES = ["WTCH", "OTHR", "FLOOD"]

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import base_document, require_root
+
 from tachyon_ctl.client import RpcError
 
 

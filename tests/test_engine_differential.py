@@ -10,14 +10,17 @@ from pathlib import Path
 import trio
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
-
 from tachyon_memory_engine import MemoryEngine
 from tachyon_sqlite_engine import SqliteEngine
+
 from tachyond.engine import EngineContext, EngineOrder, Event, MarketSpec
 from tachyond.errors import EngineError
 from tachyond.wallet.crypto import Cipher
 
-MARKETS = [MarketSpec("ZEC/USDC", "ZEC", "USDC", "0.01", "0.001"), MarketSpec("ETH/USDC", "ETH", "USDC", "0.01", "0.01")]
+MARKETS = [
+    MarketSpec("ZEC/USDC", "ZEC", "USDC", "0.01", "0.001"),
+    MarketSpec("ETH/USDC", "ETH", "USDC", "0.01", "0.01"),
+]
 SYMBOLS = [m.symbol for m in MARKETS]
 OWNERS = ["ann", "ben", "cat"]
 FAR_PRICES = [1, 1_000_000]   # market orders arrive as IOC/FOK limits at a far protection price

@@ -12,9 +12,9 @@ from pathlib import Path
 import pluggy
 import pytest
 import trio
-
 from tachyon_memory_engine import MemoryEngine
 from tachyon_sqlite_engine import SqliteEngine
+
 from tachyond import PROJECT, hookspecs
 from tachyond.engine import EngineContext, EngineOrder, Event, MarketSpec, OrderBookEngine
 from tachyond.errors import EngineError, IntegrityError, UnknownMarket

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from conftest import DaemonProc
 from tachyon_sqlite_engine import SqliteEngine
+from test_dex_helpers import PASSWORD, dex_document, fund, order
+
 from tachyond import errors
 from tachyond.amounts import Token
 from tachyond.engine import EngineContext, EngineOrder, MarketSpec
 from tachyond.ledger import Ledger
 from tachyond.wallet.store import Wallet
-from test_dex_helpers import PASSWORD, dex_document, fund, order
 
 PW = "files test password"
 MARKET = MarketSpec("ZEC/USDC", "ZEC", "USDC", "0.01", "0.001")

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import httpx
-
 from conftest import base_document, write_config
 
 REJECTED = 'tachyon_webhook_events_rejected_total{provider="stripe",reason="forbidden_ip"}'

@@ -8,16 +8,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 import tomli_w
 import trio
-
 from tachyon_http_engine import HttpEngine, register_engines
+
 from tachyond.engine import EngineContext, EngineOrder, MarketSpec
 from tachyond.errors import EngineError, UnknownMarket
 from tachyond.matching import Matcher
@@ -54,7 +55,7 @@ class ServerProc:
         return subprocess.run([sys.executable, "-m", "tachyon_http_engine.server", "--config", str(self.config)],
                               env=self.env, capture_output=True, text=True, timeout=30)
 
-    def start(self, timeout_s: float = 20) -> "ServerProc":
+    def start(self, timeout_s: float = 20) -> ServerProc:
         self._err = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "tachyon_http_engine.server", "--config",
                                       str(self.config)], env=self.env, stdin=subprocess.DEVNULL,
@@ -149,7 +150,7 @@ def _self_signed(dir_: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test engine server")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(hours=1))
@@ -302,7 +303,12 @@ async def test_sqlite_server_keeps_books_and_feed_across_restart(server_factory:
         with pytest.raises(EngineError, match="a1"):
             await engine.submit(order("a1", "sell", 100, 1, owner="m"))   # ids stay used after a restart
         [fill, done_maker, done_taker] = await engine.submit(order("b2", "buy", 100, 3, owner="t"))
-        assert (fill.seq, fill.qty_lots, done_maker.order_id, done_taker.seq) == (before[-1].seq + 1, 3, "a1", before[-1].seq + 3)
+        assert (fill.seq, fill.qty_lots, done_maker.order_id, done_taker.seq) == (
+            before[-1].seq + 1,
+            3,
+            "a1",
+            before[-1].seq + 3,
+        )
         await engine.aclose()
 
 

@@ -12,10 +12,9 @@ from typing import Any
 
 import httpx
 import trio
+from conftest import DaemonProc
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
-
-from conftest import DaemonProc
 from test_http_engine import TOKEN
 from test_http_engine_daemon import PASSWORD, daemon_document
 

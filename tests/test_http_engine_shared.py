@@ -9,16 +9,17 @@ from __future__ import annotations
 import signal
 import socket
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
-
 from conftest import DaemonProc
-from tachyon_ctl.client import RpcError
 from test_http_engine import TOKEN, ServerProc, server_document
 from test_http_engine_daemon import PASSWORD, daemon_document
+
+from tachyon_ctl.client import RpcError
 
 ZEC = 100_000_000
 USDC = 1_000_000
@@ -96,7 +97,9 @@ def order(d: DaemonProc, account: str, side: str, price: str, qty: str) -> dict:
 
 
 def balances(d: DaemonProc, account: str) -> dict[str, tuple[int, int]]:
-    return {b["token"]: (b["available_minor"], b["locked_minor"]) for b in d.call("ledger.balances", {"account": account})}
+    return {
+        b["token"]: (b["available_minor"], b["locked_minor"]) for b in d.call("ledger.balances", {"account": account})
+    }
 
 
 def status(d: DaemonProc, order_id: str) -> str:

@@ -15,13 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
-
 from tachyon_http_engine import HttpEngine
 from tachyon_http_engine.backend import ServerBackend
 from tachyon_http_engine.server import EngineApp, parse_config
+from test_http_engine import TOKEN, ZEC, ServerProc, order, server_document
+
 from tachyond.engine import EngineContext, EngineUnavailable
 from tachyond.errors import EngineError
-from test_http_engine import TOKEN, ZEC, ServerProc, order, server_document
 
 
 @pytest.mark.parametrize("url", ["http://10.0.0.7:9010", "http://engine.example:9010", "http://0.0.0.0:1"])
@@ -43,7 +43,7 @@ def test_token_env_and_token_file_together_are_refused() -> None:
 
 def _cert(tmp: Path) -> tuple[Path, Path, Path]:
     """A CA, and a certificate for 127.0.0.1 that it signed: (ca.pem, server.pem, server.key)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tachyon test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())

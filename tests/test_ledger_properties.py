@@ -187,7 +187,7 @@ async def test_random_operations_keep_invariants(seed, ops):
             model, accepted = Model(), 0
             # Funded accounts first (zeros skipped), so holds, releases and fills reach their exact-balance edges.
             funding = [("deposit", acct, tok, amt) for (acct, tok), amt in
-                       zip([(a, t) for a in USERS for t in sorted(TOKENS)], seed) if amt]
+                       zip([(a, t) for a in USERS for t in sorted(TOKENS)], seed, strict=False) if amt]
             for i, op in enumerate(funding + ops):
                 op = model.resolve(op)
                 before = await _state(ledger, wallet)

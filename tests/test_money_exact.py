@@ -258,41 +258,82 @@ async def test_entry_shapes_and_refusals(tmp_path):
 
             good = [Posting("default", "ZEC", -1), Posting("amy", "ZEC", 1)]
             for args, exc, message in [
-                (("", "x", good), errors.InvalidParams, "idempotency key must be a non-empty string of at most 256 characters"),
+                (
+                    ("", "x", good),
+                    errors.InvalidParams,
+                    "idempotency key must be a non-empty string of at most 256 characters",
+                ),
                 (("k" * 257, "x", good), errors.InvalidParams, None),
                 (("k", "Bad", good), errors.InvalidParams, "invalid entry kind 'Bad'"),
                 (("k", 5, good), errors.InvalidParams, "invalid entry kind 5"),
-                (("k", "x", good, ""), errors.InvalidParams, "memo must be a non-empty string of at most 1000 characters"),
+                (
+                    ("k", "x", good, ""),
+                    errors.InvalidParams,
+                    "memo must be a non-empty string of at most 1000 characters",
+                ),
                 (("k", "x", good, "m" * 1001), errors.InvalidParams, None),
                 (("k", "x", good, None, "1"), errors.InvalidParams, "links must be a list of entry ids or keys"),
                 (("k", "x", good, None, [True]), errors.InvalidParams, "links must be a list of entry ids or keys"),
                 (("k", "x", good, None, [1.5]), errors.InvalidParams, None),
                 (("k", "x", []), errors.InvalidParams, "an entry needs at least one posting"),
                 (("k", "x", [("default", "ZEC", -1)]), errors.InvalidParams, "postings must be Posting objects"),
-                (("k", "x", [Posting("default", "DOGE", -1), Posting("amy", "DOGE", 1)]), errors.UnknownToken,
-                 "unknown token 'DOGE'"),
-                (("k", "x", [Posting("default", "ZEC", 0)]), errors.AmountError,
-                 "a posting's delta_minor must be a non-zero integer"),
+                (
+                    ("k", "x", [Posting("default", "DOGE", -1), Posting("amy", "DOGE", 1)]),
+                    errors.UnknownToken,
+                    "unknown token 'DOGE'",
+                ),
+                (
+                    ("k", "x", [Posting("default", "ZEC", 0)]),
+                    errors.AmountError,
+                    "a posting's delta_minor must be a non-zero integer",
+                ),
                 (("k", "x", [Posting("default", "ZEC", True), Posting("amy", "ZEC", -1)]), errors.AmountError, None),
                 (("k", "x", [Posting("default", "ZEC", 1.0), Posting("amy", "ZEC", -1)]), errors.AmountError, None),
-                (("k", "x", [Posting("default", "ZEC", -1, "spare")]), errors.InvalidParams,
-                 "bucket must be one of available, locked"),
-                (("k", "x", [Posting("default", "ZEC", -1, "locked")]), errors.InvalidParams,
-                 "locked postings, and only they, name a hold"),
-                (("k", "x", [Posting("default", "ZEC", -1, "available", "h")]), errors.InvalidParams,
-                 "locked postings, and only they, name a hold"),
-                (("k", "x", [Posting("default", "ZEC", -1, "locked", "")]), errors.InvalidParams,
-                 "hold id must be a non-empty string of at most 256 characters"),
-                (("k", "x", [Posting("default", "ZEC", -1), Posting("amy", "ZEC", 2)]), errors.InvalidParams,
-                 "entry does not balance in ZEC: postings sum to 1 minor units"),
-                (("k", "x", [Posting("default", "ZEC", -1), Posting("ghost", "ZEC", 1)]), errors.UnknownAccount,
-                 "unknown account 'ghost'"),
-                (("k", "x", [Posting("default", "ZEC", -1), Posting("Bad Name", "ZEC", 1)]), errors.InvalidParams,
-                 None),
-                (("k", "x", [Posting("default", "USDC", -1), Posting("amy", "USDC", 1)]), errors.InsufficientFunds,
-                 "insufficient available USDC: need 0.000001, have 0.00"),
-                (("k", "x", [Posting("default", "ZEC", -1, "locked", "h1"), Posting("default", "ZEC", 1)]),
-                 errors.InsufficientFunds, "insufficient locked ZEC: need 0.00000001, have 0.00"),
+                (
+                    ("k", "x", [Posting("default", "ZEC", -1, "spare")]),
+                    errors.InvalidParams,
+                    "bucket must be one of available, locked",
+                ),
+                (
+                    ("k", "x", [Posting("default", "ZEC", -1, "locked")]),
+                    errors.InvalidParams,
+                    "locked postings, and only they, name a hold",
+                ),
+                (
+                    ("k", "x", [Posting("default", "ZEC", -1, "available", "h")]),
+                    errors.InvalidParams,
+                    "locked postings, and only they, name a hold",
+                ),
+                (
+                    ("k", "x", [Posting("default", "ZEC", -1, "locked", "")]),
+                    errors.InvalidParams,
+                    "hold id must be a non-empty string of at most 256 characters",
+                ),
+                (
+                    ("k", "x", [Posting("default", "ZEC", -1), Posting("amy", "ZEC", 2)]),
+                    errors.InvalidParams,
+                    "entry does not balance in ZEC: postings sum to 1 minor units",
+                ),
+                (
+                    ("k", "x", [Posting("default", "ZEC", -1), Posting("ghost", "ZEC", 1)]),
+                    errors.UnknownAccount,
+                    "unknown account 'ghost'",
+                ),
+                (
+                    ("k", "x", [Posting("default", "ZEC", -1), Posting("Bad Name", "ZEC", 1)]),
+                    errors.InvalidParams,
+                    None,
+                ),
+                (
+                    ("k", "x", [Posting("default", "USDC", -1), Posting("amy", "USDC", 1)]),
+                    errors.InsufficientFunds,
+                    "insufficient available USDC: need 0.000001, have 0.00",
+                ),
+                (
+                    ("k", "x", [Posting("default", "ZEC", -1, "locked", "h1"), Posting("default", "ZEC", 1)]),
+                    errors.InsufficientFunds,
+                    "insufficient locked ZEC: need 0.00000001, have 0.00",
+                ),
             ]:
                 with pytest.raises(exc) as info:
                     await wallet.write(post, *args)
@@ -337,12 +378,20 @@ async def test_holds_are_per_account_and_token_and_cannot_be_overdrawn(tmp_path)
             rel = await wallet.write(post, "rel", [Posting("default", "USDC", -1_000_000, "locked", "h2"),
                                                    Posting("default", "USDC", 1_000_000)])
             assert rel["repeated"] is False
-            assert await wallet.write(lambda tx: (tx.hold_remaining("h"), tx.hold_remaining("h2"),
-                                                  tx.balance("default", "USDC"))) == (3_000_000, 0, (2_000_000, 3_000_000))
+            assert await wallet.write(
+                lambda tx: (tx.hold_remaining("h"), tx.hold_remaining("h2"), tx.balance("default", "USDC"))
+            ) == (3_000_000, 0, (2_000_000, 3_000_000))
             # Both legs of one account in one entry net out before the funds check.
-            await wallet.write(post, "swap", [Posting("default", "USDC", -2_000_000), Posting("default", "USDC", 2_000_000, "locked", "h3"),
-                                              Posting("default", "USDC", -2_000_000, "locked", "h3"),
-                                              Posting("default", "USDC", 2_000_000)])
+            await wallet.write(
+                post,
+                "swap",
+                [
+                    Posting("default", "USDC", -2_000_000),
+                    Posting("default", "USDC", 2_000_000, "locked", "h3"),
+                    Posting("default", "USDC", -2_000_000, "locked", "h3"),
+                    Posting("default", "USDC", 2_000_000),
+                ],
+            )
             assert (await ledger.verify())["ok"]
         finally:
             await wallet.aclose()
@@ -439,9 +488,14 @@ async def test_maker_fee_above_taker_fee_a_resting_bid_with_no_spare_funds_fills
             [trade] = result["trades"]
             assert (trade["maker_fee_minor"], trade["taker_fee_minor"]) == (202_000, 101_000)
             fill = (await ledger.history(limit=1))[0]
-            assert postings_of(fill) == [("buyer", "USDC", "locked", "-101.22"), ("buyer", "USDC", "available", "0.018"),
-                                         ("buyer", "ZEC", "available", "2.00"), ("seller", "ZEC", "locked", "-2.00"),
-                                         ("seller", "USDC", "available", "100.899"), ("fees", "USDC", "available", "0.303")]
+            assert postings_of(fill) == [
+                ("buyer", "USDC", "locked", "-101.22"),
+                ("buyer", "USDC", "available", "0.018"),
+                ("buyer", "ZEC", "available", "2.00"),
+                ("seller", "ZEC", "locked", "-2.00"),
+                ("seller", "USDC", "available", "100.899"),
+                ("fees", "USDC", "available", "0.303"),
+            ]
             rows = await ledger.balances()
             assert bal(rows, "buyer", "USDC") == (18_000, 0) and bal(rows, "seller", "USDC") == (100_899_000, 0)
             assert (await ledger.verify())["ok"]
@@ -484,14 +538,29 @@ async def test_partial_fills_with_fees_that_do_not_divide(tmp_path):
             assert sorted(stored, key=lambda t: t["id"]) == result["trades"]
             assert [t["id"] for t in result["trades"]] == [1, 2]
             assert result["trades"][0] == {
-                "seq": 1, "engine": "memory", "market": "ZEC/USDC", "price_ticks": 5050, "qty_lots": 1,
-                "maker_order_id": "oa", "taker_order_id": "ob", "taker_side": "buy", "maker_fee_minor": 6,
-                "taker_fee_minor": 11, "notional_minor": 5050, "ts": result["trades"][0]["ts"], "maker_account": "maker",
-                "taker_account": "taker", "id": 1}
+                "seq": 1,
+                "engine": "memory",
+                "market": "ZEC/USDC",
+                "price_ticks": 5050,
+                "qty_lots": 1,
+                "maker_order_id": "oa",
+                "taker_order_id": "ob",
+                "taker_side": "buy",
+                "maker_fee_minor": 6,
+                "taker_fee_minor": 11,
+                "notional_minor": 5050,
+                "ts": result["trades"][0]["ts"],
+                "maker_account": "maker",
+                "taker_account": "taker",
+                "id": 1,
+            }
             assert isinstance(result["trades"][0]["ts"], float)
             back = await wallet.read(order_read, "ob")
             assert (back["filled_lots"], back["status"], [t["id"] for t in back["trade_rows"]]) == (3, "closed", [1, 2])
-            assert await wallet.write(lambda tx: (tx.hold_remaining("order:ob"), tx.hold_remaining("order:oa"))) == (0, 0)
+            assert await wallet.write(lambda tx: (tx.hold_remaining("order:ob"), tx.hold_remaining("order:oa"))) == (
+                0,
+                0,
+            )
             assert (await ledger.verify())["ok"]
         finally:
             await wallet.aclose()

@@ -3,7 +3,6 @@ exhaustion and oversized batches, against a real tachyond process on real socket
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import resource
@@ -11,15 +10,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
-
 from conftest import DaemonProc, base_document
-from tachyon_ctl.client import Client
 from test_webhooks import event_body, sign
+
+from tachyon_ctl.client import Client
 
 WHSEC = "whsec_net_hardening_secret"
 SLOW_HEAD = (b"POST /webhook/stripe HTTP/1.1\r\nHost: tachyond\r\nContent-Type: application/json\r\n"
@@ -33,7 +33,7 @@ class LimitedDaemon(DaemonProc):
         super().__init__(*a, **kw)
         self.nofile = nofile
 
-    def start(self, *, wait: bool = True, timeout_s: float = 30) -> "LimitedDaemon":
+    def start(self, *, wait: bool = True, timeout_s: float = 30) -> LimitedDaemon:
         self._stderr = open(self.stderr_path, "ab")
         self._stdout = open(self.stdout_path, "ab")
         nofile = self.nofile
@@ -138,7 +138,7 @@ def closed_by_peer(s: socket.socket, timeout_s: float) -> bool:
                 return True
     except (ConnectionResetError, BrokenPipeError):
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 
@@ -476,9 +476,13 @@ def test_connection_and_deadline_keys_are_validated():
 
     assert bad("http", request_timeout_s=0).startswith("http.request_timeout_s: must be between 1 and 3600")
     assert bad("http", max_connections=0) == "http.max_connections: must be at least 1, not 0"
-    assert bad("http", trusted_proxies=["10.0.0.0/33"]).startswith("http.trusted_proxies[0]: '10.0.0.0/33' is not an IP network")
+    assert bad("http", trusted_proxies=["10.0.0.0/33"]).startswith(
+        "http.trusted_proxies[0]: '10.0.0.0/33' is not an IP network"
+    )
     assert bad("http", admin_listen=["8788"]).startswith("http.admin_listen[0]: '8788' is not HOST:PORT")
-    assert bad("daemon", max_rpc_connections_per_uid=0).startswith("daemon.max_rpc_connections_per_uid: must be at least 1")
+    assert bad("daemon", max_rpc_connections_per_uid=0).startswith(
+        "daemon.max_rpc_connections_per_uid: must be at least 1"
+    )
     assert bad("daemon", rpc_idle_timeout_s=-1).startswith("daemon.rpc_idle_timeout_s: must be zero or more")
     cfg = from_mapping({"daemon": {"data_dir": "/tmp/x"}, "http": {"max_connections": 25}})
     assert cfg.http.request_timeout_s == 10 and cfg.http.max_connections_per_address == 2
@@ -495,7 +499,7 @@ def self_signed(dir_: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     import ipaddress
 
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -521,7 +525,10 @@ def test_over_tls_http11_only_and_a_stalled_handshake_is_cut_at_the_deadline(lim
     assert url.startswith("https://")
     ctx = ssl.create_default_context(cafile=str(cert))
     ctx.set_alpn_protocols(["h2", "http/1.1"])
-    with socket.create_connection(host_port(url), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with (
+        socket.create_connection(host_port(url), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
         assert tls.selected_alpn_protocol() == "http/1.1"
     with httpx.Client(verify=ctx, timeout=10) as client:
         session = {"id": "cos_tls", "object": "crypto.onramp_session", "metadata": {"tachyon_wallet": "tw_x"}}

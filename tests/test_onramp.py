@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 import trio
-
 from conftest import DaemonProc, base_document
-from tachyon_ctl.client import RpcError
 from tachyon_stripe.emulator import EmulatorConfig, StripeEmulator, serve_emulator
+
+from tachyon_ctl.client import RpcError
 
 WHSEC_A = "whsec_onramp_test_secret_aaaa"
 WHSEC_B = "whsec_onramp_test_secret_bbbb"
@@ -118,7 +119,7 @@ async def onramp_env(nursery: trio.Nursery, dir_: Path, *, secrets: tuple[str, .
 
 
 
-async def complete_marker(env: "Env", amount: str = "5") -> dict:
+async def complete_marker(env: Env, amount: str = "5") -> dict:
     """A session of ours, completed now: once it is pending, every webhook and reconcile before it was handled.
 
     Tests wait for it instead of sleeping to show that something else did NOT become pending."""
@@ -309,7 +310,9 @@ async def test_create_session_checks_everything_before_calling_stripe(nursery, s
                 err = await env.error("onramp.create_session", {"destination_address": ETH, "amount": "1", **extra})
                 assert err.code == code, (extra, err.message)
             await env.call("wallet.lock")
-            assert (await env.error("onramp.create_session", {"destination_address": ETH, "amount": "1"})).code == -32001
+            assert (
+                await env.error("onramp.create_session", {"destination_address": ETH, "amount": "1"})
+            ).code == -32001
             assert env.emu.requests == []
             await env.call("wallet.unlock", {"password": PASSWORD})
             made = await env.create("1", network="base")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import trio
-
 from conftest import require_tool
 from test_onramp import onramp_env
 

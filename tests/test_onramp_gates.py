@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from tachyon_stripe.provider import StripeOnrampProvider
+
 from tachyond.onramp import destination_problem, livemode_problem
 
 DATA = Path(__file__).parent / "data"

@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import trio
-
 from conftest import run_ctl
 from test_onramp import ETH, Env, onramp_env
 
@@ -209,7 +208,6 @@ async def test_quote_through_rpc_and_ctl(nursery, sockdir):
 async def test_embedded_page_for_our_sessions_only_with_a_strict_csp(nursery, sockdir):
     """redirect_url null: create-session returns the daemon's page, which mounts the widget for our session only."""
     import httpx
-
     from test_onramp import PUBLISHABLE_KEY
 
     with trio.fail_after(40):

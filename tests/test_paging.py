@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from conftest import run_ctl
 from test_dex_helpers import fund, order, rpc, rpc_error, start_dex_daemon
 

@@ -11,12 +11,10 @@ import httpx
 import pytest
 import tomli_w
 import trio
-
 from conftest import base_document, run_ctl
-from tachyon_ctl.client import RpcError
-from tachyon_stripe.webhook_sender import signature_header
-from test_onramp import API_KEY, PASSWORD, WHSEC_A, WHSEC_B, onramp_env
+from test_onramp import API_KEY, WHSEC_A, WHSEC_B, onramp_env
 
+from tachyon_ctl.client import RpcError
 from tachyond.config import diff, flatten, from_mapping, is_dynamic, restart_only
 
 pytestmark = pytest.mark.slow
@@ -166,7 +164,9 @@ async def test_reload_refuses_a_broken_file_and_a_socket_change_and_keeps_servin
         # allow_ips applies to the next request: this test's 127.0.0.1 is now outside it.
         base = (await call("daemon.info"))["http"][0]
         async with httpx.AsyncClient() as client:
-            r2 = await client.post(base + "/webhook/stripe", content=b"{}", headers={"content-type": "application/json"})
+            r2 = await client.post(
+                base + "/webhook/stripe", content=b"{}", headers={"content-type": "application/json"}
+            )
         assert r2.status_code == 403 and "http.allow_ips" in r2.text
         assert (await call("daemon.info"))["wallet"] == "absent"  # same daemon, still serving
         r = run_ctl("reload", socket_path=d.socket)  # nothing changed since
@@ -297,7 +297,8 @@ def test_diff_names_changed_keys_and_restart_only_names_the_fixed_ones(tmp_path)
 
 def test_engine_token_rotates_from_a_file_without_a_restart(daemon_factory, sockdir, tmp_path):
     from test_http_engine import ServerProc, server_document
-    from test_http_engine_daemon import PASSWORD as ENGINE_PW, daemon_document
+    from test_http_engine_daemon import PASSWORD as ENGINE_PW
+    from test_http_engine_daemon import daemon_document
 
     token_a, token_b = "engine-token-aaaa-1111", "engine-token-bbbb-2222"
     server = ServerProc(tmp_path, server_document(tmp_path / "engine-data"), token=f"{token_a},{token_b}").start()

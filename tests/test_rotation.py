@@ -10,15 +10,15 @@ import sqlite3
 
 import pytest
 import trio
-
 from conftest import DaemonProc, run_ctl, write_config
+from test_dex_helpers import dex_document
+
 from tachyond import errors
 from tachyond.config import load
 from tachyond.daemon import Daemon
 from tachyond.wallet import crypto
 from tachyond.wallet.crypto import Cipher
 from tachyond.wallet.store import Wallet, aad
-from test_dex_helpers import dex_document
 
 OLD_PW, NEW_PW = "old password words", "new password words"
 SEALED = {"ledger_accounts": "value", "ledger_balances": "value", "ledger_holds": "value", "ledger_journal": "body",

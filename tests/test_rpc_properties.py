@@ -4,7 +4,6 @@ only for notifications: everything with an "id" (and anything that is not an obj
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import trio
 from hypothesis import example, given, settings
@@ -13,8 +12,13 @@ from hypothesis import strategies as st
 from tachyond.config import from_mapping
 from tachyond.daemon import Daemon
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False, allow_infinity=False),
-                    st.text(max_size=20))
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+)
 json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                             st.dictionaries(st.text(max_size=8), inner, max_size=4)),
                            max_leaves=12)

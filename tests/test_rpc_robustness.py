@@ -12,7 +12,6 @@ import sys
 import threading
 
 import pytest
-
 from conftest import base_document, require_root, run_ctl
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import base_document
 
 
@@ -44,7 +43,7 @@ def send(daemon, text: str):
                 if not chunk:
                     break
                 buf += chunk
-        except socket.timeout:
+        except TimeoutError:
             return None
     return json.loads(buf) if buf else None
 
@@ -57,41 +56,67 @@ def spec(text: str) -> str:
 
 
 CASES = [
-    ('{"jsonrpc": "2.0", "method": "subtract", "params": [42, 23], "id": 1}', {"jsonrpc": "2.0", "result": 19, "id": 1}),
-    ('{"jsonrpc": "2.0", "method": "subtract", "params": [23, 42], "id": 2}', {"jsonrpc": "2.0", "result": -19, "id": 2}),
-    ('{"jsonrpc": "2.0", "method": "subtract", "params": {"subtrahend": 23, "minuend": 42}, "id": 3}', {"jsonrpc": "2.0", "result": 19, "id": 3}),
-    ('{"jsonrpc": "2.0", "method": "subtract", "params": {"minuend": 42, "subtrahend": 23}, "id": 4}', {"jsonrpc": "2.0", "result": 19, "id": 4}),
+    (
+        '{"jsonrpc": "2.0", "method": "subtract", "params": [42, 23], "id": 1}',
+        {"jsonrpc": "2.0", "result": 19, "id": 1},
+    ),
+    (
+        '{"jsonrpc": "2.0", "method": "subtract", "params": [23, 42], "id": 2}',
+        {"jsonrpc": "2.0", "result": -19, "id": 2},
+    ),
+    (
+        '{"jsonrpc": "2.0", "method": "subtract", "params": {"subtrahend": 23, "minuend": 42}, "id": 3}',
+        {"jsonrpc": "2.0", "result": 19, "id": 3},
+    ),
+    (
+        '{"jsonrpc": "2.0", "method": "subtract", "params": {"minuend": 42, "subtrahend": 23}, "id": 4}',
+        {"jsonrpc": "2.0", "result": 19, "id": 4},
+    ),
     ('{"jsonrpc": "2.0", "method": "update", "params": [1,2,3,4,5]}', None),
     ('{"jsonrpc": "2.0", "method": "foobar"}', None),
-    ('{"jsonrpc": "2.0", "method": "foobar", "id": "1"}',
-     {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": "1"}),
-    ('{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]',
-     {"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": None}),
-    ('{"jsonrpc": "2.0", "method": 1, "params": "bar"}',
-     {"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": None}),
-    ('[{"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"}, {"jsonrpc": "2.0", "method"]',
-     {"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": None}),
+    (
+        '{"jsonrpc": "2.0", "method": "foobar", "id": "1"}',
+        {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": "1"},
+    ),
+    (
+        '{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]',
+        {"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": None},
+    ),
+    (
+        '{"jsonrpc": "2.0", "method": 1, "params": "bar"}',
+        {"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": None},
+    ),
+    (
+        '[{"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"}, {"jsonrpc": "2.0", "method"]',
+        {"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": None},
+    ),
     ("[]", {"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": None}),
     ("[1]", [{"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": None}]),
     ("[1,2,3]", [{"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": None}] * 3),
-    ("""[
+    (
+        """[
         {"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},
         {"jsonrpc": "2.0", "method": "notify_hello", "params": [7]},
         {"jsonrpc": "2.0", "method": "subtract", "params": [42,23], "id": "2"},
         {"foo": "boo"},
         {"jsonrpc": "2.0", "method": "foo.get", "params": {"name": "myself"}, "id": "5"},
         {"jsonrpc": "2.0", "method": "get_data", "id": "9"}
-    ]""", [
-        {"jsonrpc": "2.0", "result": 7, "id": "1"},
-        {"jsonrpc": "2.0", "result": 19, "id": "2"},
-        {"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": None},
-        {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": "5"},
-        {"jsonrpc": "2.0", "result": ["hello", 5], "id": "9"},
-    ]),
-    ("""[
+    ]""",
+        [
+            {"jsonrpc": "2.0", "result": 7, "id": "1"},
+            {"jsonrpc": "2.0", "result": 19, "id": "2"},
+            {"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": None},
+            {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": "5"},
+            {"jsonrpc": "2.0", "result": ["hello", 5], "id": "9"},
+        ],
+    ),
+    (
+        """[
         {"jsonrpc": "2.0", "method": "notify_sum", "params": [1,2,4]},
         {"jsonrpc": "2.0", "method": "notify_hello", "params": [7]}
-    ]""", None),
+    ]""",
+        None,
+    ),
 ]
 
 
@@ -103,9 +128,15 @@ def test_specification_example(spec_daemon, request_text, expected):
 def test_invalid_params_name_the_param(spec_daemon):
     missing = send(spec_daemon, '{"jsonrpc": "2.0", "method": "spec.subtract", "params": {"minuend": 1}, "id": 7}')
     assert missing["error"]["code"] == -32602 and "subtrahend" in missing["error"]["message"]
-    unknown = send(spec_daemon, '{"jsonrpc": "2.0", "method": "spec.subtract", "params": {"minuend": 1, "subtrahend": 2, "bogus": 3}, "id": 8}')
+    unknown = send(
+        spec_daemon,
+        '{"jsonrpc": "2.0", "method": "spec.subtract", "params": {"minuend": 1, "subtrahend": 2, "bogus": 3}, "id": 8}',
+    )
     assert unknown["error"]["code"] == -32602 and "bogus" in unknown["error"]["message"]
-    mistyped = send(spec_daemon, '{"jsonrpc": "2.0", "method": "spec.subtract", "params": {"minuend": "1", "subtrahend": 2}, "id": 9}')
+    mistyped = send(
+        spec_daemon,
+        '{"jsonrpc": "2.0", "method": "spec.subtract", "params": {"minuend": "1", "subtrahend": 2}, "id": 9}',
+    )
     assert mistyped["error"]["code"] == -32602 and "minuend" in mistyped["error"]["message"]
     too_many = send(spec_daemon, '{"jsonrpc": "2.0", "method": "daemon.info", "params": [1], "id": 10}')
     assert too_many["error"]["code"] == -32602

@@ -11,11 +11,12 @@ import types
 
 import pytest
 import trio
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from conftest import write_config
-from tachyon_ctl.client import Client, RpcError
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tachyon_sqlite_engine import SqliteEngine
+from test_dex_helpers import PASSWORD, dex_document
+
+from tachyon_ctl.client import Client, RpcError
 from tachyond import logs
 from tachyond.config import load
 from tachyond.daemon import Daemon
@@ -23,7 +24,6 @@ from tachyond.engine import EngineContext, EngineOrder, MarketSpec
 from tachyond.errors import WalletLocked
 from tachyond.wallet.crypto import Cipher, WalletKeys
 from tachyond.wallet.store import Wallet
-from test_dex_helpers import PASSWORD, dex_document
 
 WRONG = "not the password, but long enough to redact"
 

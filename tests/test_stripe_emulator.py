@@ -8,8 +8,8 @@ import json
 import os
 import signal
 import subprocess
-from functools import partial
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,9 @@ import httpx
 import pytest
 import trio
 import trio.testing
-
 from tachyon_stripe.emulator import EmulatorConfig, StripeEmulator, serve_emulator
-from webhook_receiver import start_receiver
 from tachyon_stripe.forms import FormError, decode_form
+from webhook_receiver import start_receiver
 
 DATA = Path(__file__).parent / "data"
 FRAGMENT = json.loads((DATA / "stripe_onramp_openapi_fragment.json").read_text())
@@ -186,28 +185,49 @@ async def test_create_retrieve_list_match_schema(nursery):
             check_schema(SESSION_SCHEMA, emu.create_foreign_session())
 
 
-@pytest.mark.parametrize("form,code,param", [
-    ({"destination_currency": "usdc", "destination_network": "bitcoin"},
-     "crypto_onramp_invalid_destination_currency_and_network_pair", None),
-    ({"destination_currency": "usdc"}, "crypto_onramp_incomplete_destination_currency_and_network_pair", None),
-    (create_form(**{"wallet_addresses[ethereum]": "0x1234"}), "crypto_onramp_wallet_address_invalid",
-     "wallet_addresses[ethereum]"),
-    (create_form(favourite_colour="blue"), "parameter_unknown", "favourite_colour"),
-    (create_form(**{"wallet_addresses[base]": ETH}), "parameter_unknown", "wallet_addresses[base]"),
-    (create_form(source_amount="10", source_currency="usd"), "crypto_onramp_invalid_source_destination_pair", None),
-    (create_form(destination_amount="-1"), "crypto_onramp_invalid_destination_amount", "destination_amount"),
-    (create_form(destination_amount="1.0000001"), "crypto_onramp_invalid_destination_amount", "destination_amount"),
-    (create_form(customer_ip_address="203.0.113.9"), "crypto_onramp_unsupported_country", "customer_ip_address"),
-    (create_form(**{"destination_currency": "eth"}), "crypto_onramp_conflicting_destination_currency",
-     "destination_currency"),
-    ({"lock_wallet_address": "true"}, "crypto_onramp_no_wallet_address_to_lock", "lock_wallet_address"),
-    # "When set [destination_amount], both destination_currency and destination_network must also be set."
-    ({"wallet_addresses[ethereum]": ETH, "destination_currencies[0]": "usdc", "destination_amount": "5"},
-     "crypto_onramp_missing_destination_currency", "destination_currency"),
-    ({"destination_currency[x]": "usdc", "destination_network": "ethereum"}, None, "destination_currency"),
-    ({"wallet_addresses[solana]": "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v", "destination_networks[0]": "ethereum"},
-     "crypto_onramp_wallet_addresses_not_all_networks_supported", "wallet_addresses"),
-])
+@pytest.mark.parametrize(
+    "form,code,param",
+    [
+        (
+            {"destination_currency": "usdc", "destination_network": "bitcoin"},
+            "crypto_onramp_invalid_destination_currency_and_network_pair",
+            None,
+        ),
+        ({"destination_currency": "usdc"}, "crypto_onramp_incomplete_destination_currency_and_network_pair", None),
+        (
+            create_form(**{"wallet_addresses[ethereum]": "0x1234"}),
+            "crypto_onramp_wallet_address_invalid",
+            "wallet_addresses[ethereum]",
+        ),
+        (create_form(favourite_colour="blue"), "parameter_unknown", "favourite_colour"),
+        (create_form(**{"wallet_addresses[base]": ETH}), "parameter_unknown", "wallet_addresses[base]"),
+        (create_form(source_amount="10", source_currency="usd"), "crypto_onramp_invalid_source_destination_pair", None),
+        (create_form(destination_amount="-1"), "crypto_onramp_invalid_destination_amount", "destination_amount"),
+        (create_form(destination_amount="1.0000001"), "crypto_onramp_invalid_destination_amount", "destination_amount"),
+        (create_form(customer_ip_address="203.0.113.9"), "crypto_onramp_unsupported_country", "customer_ip_address"),
+        (
+            create_form(**{"destination_currency": "eth"}),
+            "crypto_onramp_conflicting_destination_currency",
+            "destination_currency",
+        ),
+        ({"lock_wallet_address": "true"}, "crypto_onramp_no_wallet_address_to_lock", "lock_wallet_address"),
+        # "When set [destination_amount], both destination_currency and destination_network must also be set."
+        (
+            {"wallet_addresses[ethereum]": ETH, "destination_currencies[0]": "usdc", "destination_amount": "5"},
+            "crypto_onramp_missing_destination_currency",
+            "destination_currency",
+        ),
+        ({"destination_currency[x]": "usdc", "destination_network": "ethereum"}, None, "destination_currency"),
+        (
+            {
+                "wallet_addresses[solana]": "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v",
+                "destination_networks[0]": "ethereum",
+            },
+            "crypto_onramp_wallet_addresses_not_all_networks_supported",
+            "wallet_addresses",
+        ),
+    ],
+)
 async def test_create_errors_use_stripe_codes(nursery, form, code, param):
     with trio.fail_after(20):
         emu = await start_emulator(nursery)
@@ -239,7 +259,9 @@ async def test_auth_and_unknown_urls(nursery):
         open_emu = await start_emulator(nursery)  # no keys configured: any test key, never a live one
         async with httpx.AsyncClient(base_url=open_emu.base_url) as http:
             assert (await http.get("/v1/crypto/onramp_sessions", headers=AUTH)).status_code == 200
-            live = await http.get("/v1/crypto/onramp_sessions", headers={"Authorization": "Bearer sk_live_abcdefgh1234"})
+            live = await http.get(
+                "/v1/crypto/onramp_sessions", headers={"Authorization": "Bearer sk_live_abcdefgh1234"}
+            )
             assert live.status_code == 401
 
 
@@ -384,10 +406,14 @@ async def test_list_filters_and_paging(nursery):
             assert [s["id"] for s in solana["data"]] == [ids[5], ids[3], ids[1]]
             complete = await page(status="fulfillment_complete")
             assert [s["id"] for s in complete["data"]] == [ids[6]]
-            for params, code in [({"limit": 0}, "parameter_invalid_integer"), ({"limit": 101}, "parameter_invalid_integer"),
-                                 ({"created[gte]": "soon"}, "parameter_invalid_integer"),
-                                 ({"starting_after": "cos_missing"}, "resource_missing"), ({"colour": "red"}, "parameter_unknown"),
-                                 ({"starting_after[x]": "cos_1"}, None)]:
+            for params, code in [
+                ({"limit": 0}, "parameter_invalid_integer"),
+                ({"limit": 101}, "parameter_invalid_integer"),
+                ({"created[gte]": "soon"}, "parameter_invalid_integer"),
+                ({"starting_after": "cos_missing"}, "resource_missing"),
+                ({"colour": "red"}, "parameter_unknown"),
+                ({"starting_after[x]": "cos_1"}, None),
+            ]:
                 response = await http.get("/v1/crypto/onramp_sessions", params=params)
                 assert response.status_code == 400 and response.json()["error"].get("code") == code
 
@@ -433,7 +459,7 @@ async def test_checkout_form_post_sends_three_signed_webhooks(nursery):
         await emu.wait_webhooks_idle()
         statuses = [e["data"]["object"]["status"] for e in receiver.events()]
         assert statuses == ["requires_payment", "fulfillment_processing", "fulfillment_complete"]
-        for (body, headers), event in zip(receiver.requests, receiver.events()):
+        for (body, headers), event in zip(receiver.requests, receiver.events(), strict=False):
             signature = headers["stripe-signature"]
             assert signature.count("v1=") == 2
             assert verify_signature(body, signature, SECRET) and verify_signature(body, signature, "whsec_second")

@@ -12,14 +12,14 @@ from pathlib import Path
 import httpx
 import pluggy
 import pytest
+import tachyon_stripe
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
-
-import tachyon_stripe
 from tachyon_stripe.emulator import EmulatorConfig, StripeEmulator, serve_emulator
 from tachyon_stripe.provider import StripeOnrampProvider
 from webhook_receiver import Receiver
+
 from tachyond import PROJECT, hookspecs
 from tachyond.config import ConfigError
 from tachyond.errors import OnrampError

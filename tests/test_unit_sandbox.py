@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, DaemonProc, require_tool, write_config
 from test_dex_helpers import PASSWORD, dex_document
 

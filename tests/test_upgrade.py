@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import base_document
 
 pytestmark = pytest.mark.slow
@@ -71,7 +70,9 @@ def test_a_release_wallet_opens_after_the_migration_with_a_backup_beside_it(daem
         # The index, filled from the old entries at unlock, answers what a scan of the journal would.
         expected = [e for e in everything if any(p["account"] == account for p in e["postings"])]
         assert d.call("ledger.history", {"account": account, "limit": 1000}) == expected
-    assert len(d.call("ledger.history", {"account": "alice", "limit": 1000})) == 1 + 20 + 2  # deposit, transfers, order lock, fill
+    assert (
+        len(d.call("ledger.history", {"account": "alice", "limit": 1000})) == 1 + 20 + 2
+    )  # deposit, transfers, order lock, fill
     with sqlite3.connect(data / "wallet.db") as conn:
         assert conn.execute("SELECT count(*) FROM meta WHERE key = 'history_index_through'").fetchone()[0] == 0
         tags = conn.execute("SELECT count(DISTINCT account_tag) FROM ledger_history").fetchone()[0]

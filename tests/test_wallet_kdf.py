@@ -9,8 +9,8 @@ import sqlite3
 
 import pytest
 import trio
-
 from conftest import base_document, run_ctl
+
 from tachyond import errors
 from tachyond.wallet import crypto
 from tachyond.wallet.store import Wallet, dumps

@@ -9,10 +9,9 @@ import threading
 import time
 
 import pytest
+from conftest import base_document, ctl_json, run_ctl
 
 from tachyon_ctl.client import DaemonNotRunning
-
-from conftest import base_document, ctl_json, run_ctl
 
 TOKENS = [{"symbol": "USDC", "decimals": 6, "networks": ["ethereum"]}, {"symbol": "ZEC", "decimals": 8}]
 PASSWORD = "correct horse battery staple"
@@ -37,14 +36,21 @@ def test_create_unlock_lock_through_tachyon_ctl(daemon_factory, sockdir):
     assert r.returncode == 1 and "wallet is locked" in r.stderr
     r = run_ctl("wallet", "unlock", "--password-stdin", socket_path=s, input_text="wrong\n")
     assert r.returncode == 1 and "wrong password" in r.stderr
-    unlocked = ctl_json("wallet", "unlock", "--password-stdin", "--timeout", "600", socket_path=s, input_text=PASSWORD + "\n")
+    unlocked = ctl_json(
+        "wallet", "unlock", "--password-stdin", "--timeout", "600", socket_path=s, input_text=PASSWORD + "\n"
+    )
     assert unlocked["unlocked"] is True and unlocked["until"] > time.time() + 590
     assert ctl_json("status", socket_path=s)["unlocked_until"] == pytest.approx(unlocked["until"])
     balances = ctl_json("balance", socket_path=s)
-    assert {(b["account"], b["token"], b["available"]) for b in balances} == {("default", "USDC", "0.00"), ("default", "ZEC", "0.00")}
+    assert {(b["account"], b["token"], b["available"]) for b in balances} == {
+        ("default", "USDC", "0.00"),
+        ("default", "ZEC", "0.00"),
+    }
     r = run_ctl("wallet", "create", "--password-stdin", socket_path=s, input_text="another\n")
     assert r.returncode == 1 and "already exists" in r.stderr
-    changed = ctl_json("wallet", "change-password", "--password-stdin", socket_path=s, input_text=f"{PASSWORD}\nnew-secret-words\n")
+    changed = ctl_json(
+        "wallet", "change-password", "--password-stdin", socket_path=s, input_text=f"{PASSWORD}\nnew-secret-words\n"
+    )
     assert changed == {"changed": True}
     ctl_json("wallet", "lock", socket_path=s)
     assert run_ctl("wallet", "unlock", "--password-stdin", socket_path=s, input_text=PASSWORD + "\n").returncode == 1
@@ -59,15 +65,55 @@ def test_password_file_unlocks_at_start_and_money_moves(daemon_factory, sockdir)
     d.call("wallet.create", {"password": PASSWORD}) if d.call("daemon.info")["wallet"] == "absent" else None
     s = d.socket
     ctl_json("accounts", "create", "alice", socket_path=s)
-    dep = ctl_json("ledger", "deposit", "--account", "alice", "--token", "USDC", "--amount", "120", "--reference", "tx-1", socket_path=s)
+    dep = ctl_json(
+        "ledger",
+        "deposit",
+        "--account",
+        "alice",
+        "--token",
+        "USDC",
+        "--amount",
+        "120",
+        "--reference",
+        "tx-1",
+        socket_path=s,
+    )
     assert dep["kind"] == "deposit"
-    again = ctl_json("ledger", "deposit", "--account", "alice", "--token", "USDC", "--amount", "120", "--reference", "tx-1", socket_path=s)
+    again = ctl_json(
+        "ledger",
+        "deposit",
+        "--account",
+        "alice",
+        "--token",
+        "USDC",
+        "--amount",
+        "120",
+        "--reference",
+        "tx-1",
+        socket_path=s,
+    )
     assert again["id"] == dep["id"]
-    r = run_ctl("ledger", "transfer", "--from", "alice", "--to", "default", "--token", "USDC", "--amount", "500", socket_path=s)
+    r = run_ctl(
+        "ledger", "transfer", "--from", "alice", "--to", "default", "--token", "USDC", "--amount", "500", socket_path=s
+    )
     assert r.returncode == 1 and "insufficient available USDC: need 500.00, have 120.00" in r.stderr
-    r = run_ctl("ledger", "transfer", "--from", "alice", "--to", "default", "--token", "USDC", "--amount", "0.0000001", socket_path=s)
+    r = run_ctl(
+        "ledger",
+        "transfer",
+        "--from",
+        "alice",
+        "--to",
+        "default",
+        "--token",
+        "USDC",
+        "--amount",
+        "0.0000001",
+        socket_path=s,
+    )
     assert r.returncode == 1 and "finer than USDC's 6 decimals" in r.stderr
-    ctl_json("ledger", "transfer", "--from", "alice", "--to", "default", "--token", "USDC", "--amount", "20.5", socket_path=s)
+    ctl_json(
+        "ledger", "transfer", "--from", "alice", "--to", "default", "--token", "USDC", "--amount", "20.5", socket_path=s
+    )
     bal = {(b["account"], b["token"]): b for b in ctl_json("balance", socket_path=s)}
     assert bal[("alice", "USDC")]["available"] == "99.50" and bal[("alice", "USDC")]["available_minor"] == 99_500_000
     assert bal[("default", "USDC")]["available"] == "20.50"

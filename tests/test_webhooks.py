@@ -10,7 +10,6 @@ import time
 
 import httpx
 import trio
-
 from test_onramp import WHSEC_A, WHSEC_B, Env, onramp_env
 
 

@@ -15,10 +15,11 @@ import signal
 import string
 import sys
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
 from functools import partial
 from importlib import resources
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import trio
@@ -69,7 +70,7 @@ class EmulatorConfig:
     webhook_timeout_s: float = 10.0
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any]) -> "EmulatorConfig":
+    def from_mapping(cls, raw: Mapping[str, Any]) -> EmulatorConfig:
         """From a dict (e.g. the daemon's --dev mode); lists may be comma-separated strings."""
         known = {f.name: f for f in fields(cls)}
         values: dict[str, Any] = {}
@@ -82,8 +83,10 @@ class EmulatorConfig:
         return cls(**values)
 
     def __repr__(self) -> str:
-        return (f"EmulatorConfig(listen={self.listen!r}, webhook_url={self.webhook_url!r}, "
-                f"webhook_secrets=<{len(self.webhook_secrets)} redacted>, secret_keys=<{len(self.secret_keys)} redacted>)")
+        return (
+            f"EmulatorConfig(listen={self.listen!r}, webhook_url={self.webhook_url!r}, "
+            f"webhook_secrets=<{len(self.webhook_secrets)} redacted>, secret_keys=<{len(self.secret_keys)} redacted>)"
+        )
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -377,7 +380,9 @@ class StripeEmulator:
                 raise
             return _json(200, session)
         if path == QUOTES_PATH and method == "GET":
-            return _json(200, quote_answer(params, self.livemode, round(self.clock(), 6)))  # a float, as Stripe's rate_fetched_at
+            return _json(
+                200, quote_answer(params, self.livemode, round(self.clock(), 6))
+            )  # a float, as Stripe's rate_fetched_at
         if self._fail_in_endpoint:
             self._injected_failure()
         if path == SESSIONS_PATH and method == "GET":

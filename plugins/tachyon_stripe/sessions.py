@@ -9,8 +9,9 @@ import re
 import secrets
 import string
 import time
+from collections.abc import Callable, Mapping
 from decimal import ROUND_DOWN, ROUND_UP, Decimal, InvalidOperation
-from typing import Any, Callable, Mapping
+from typing import Any
 
 # Pairs the emulator sells; an approximation of Stripe's US list (Stripe varies it by region).
 SUPPORTED_PAIRS: dict[str, frozenset[str]] = {
@@ -186,8 +187,11 @@ def validate_create(params: Mapping[str, Any], unsupported_ips: tuple[str, ...] 
     if "destination_amount" in p:
         # Stripe's schema: "When set, both destination_currency and destination_network must also be set."
         if currency is None:
-            raise onramp_error("crypto_onramp_missing_destination_currency",
-                               "Set destination_currency if you're setting a destination amount.", "destination_currency")
+            raise onramp_error(
+                "crypto_onramp_missing_destination_currency",
+                "Set destination_currency if you're setting a destination amount.",
+                "destination_currency",
+            )
         if network is None:
             raise onramp_error("crypto_onramp_missing_destination_network",
                                "Set destination_network if you're setting a destination amount.", "destination_network")
@@ -418,7 +422,7 @@ class SessionStore:
         return self.set_status(session_id, "rejected")
 
 
-def by_client_secret(store: "SessionStore", client_secret: str) -> dict[str, Any] | None:
+def by_client_secret(store: SessionStore, client_secret: str) -> dict[str, Any] | None:
     """The stored session a client secret belongs to (the embedded widget's only credential)."""
     given = client_secret.encode("utf-8", "surrogatepass")   # bytes: compare_digest refuses non-ASCII str
     return next((s for s in store.sessions.values()

@@ -13,15 +13,25 @@ import sqlite3
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import outcome
 import trio
 
 from .. import jsonx
-from ..errors import (Conflict, IntegrityError, InvalidParams, ShuttingDown, WalletAbsent, WalletExists, WalletLocked,
-                      WriteFailed, WrongPassword)
+from ..errors import (
+    Conflict,
+    IntegrityError,
+    InvalidParams,
+    ShuttingDown,
+    WalletAbsent,
+    WalletExists,
+    WalletLocked,
+    WriteFailed,
+    WrongPassword,
+)
 from ..hardening import make_private_dir, private_sqlite_file
 from . import crypto
 from .crypto import Cipher, WalletKeys
@@ -95,7 +105,7 @@ class UnlockTimer:
             on_expire()
 
 
-def _probe(rtx: "ReadTx") -> None:
+def _probe(rtx: ReadTx) -> None:
     rtx.conn.execute("SELECT count(*) FROM meta").fetchone()
 
 
@@ -354,7 +364,7 @@ class Wallet:
         self._thread = None
         self._closing = False
 
-    async def __aenter__(self) -> "Wallet":
+    async def __aenter__(self) -> Wallet:
         await self.start()
         return self
 
@@ -559,7 +569,7 @@ class Wallet:
     @staticmethod
     def _deliver(batch: list[_Op], results: list[outcome.Outcome]) -> None:
         by_token: dict = {}
-        for op, result in zip(batch, results):
+        for op, result in zip(batch, results, strict=False):
             by_token.setdefault(op.token, []).append((op.task, result))
         for token, pairs in by_token.items():
             try:
