@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "tachyond.hookspecs": 0,
     "tachyond.config": 0,
     "tachyond.plugins": 0,
+    "tachyond.jsonx": 0,  # the wire encoding (msgspec or stdlib) storage, rpc and plugins share
     # 1: the RPC protocol and registry every domain's api registers into; log helpers
     "tachyond.rpc": 1,
     "tachyond.runtime.logs": 1,

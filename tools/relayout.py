@@ -55,6 +55,14 @@ MODULE_MOVES: dict[str, str] = {
     "tachyond.metrics": "tachyond.runtime.metrics",
     "tachyond.systemd": "tachyond.runtime.systemd",
     "tachyond.devmode": "tachyond.runtime.devmode",
+    # Modules merged after the script was first written (issues 9, 10, 11, 13, 15, torture).
+    "tachyond.dex_checks": "tachyond.dex.checks",
+    "tachyond.onramp_page": "tachyond.onramp.page",
+    "tachyond.reload": "tachyond.runtime.reload",
+    "tachyond.hardening": "tachyond.runtime.hardening",
+    "tachyond.completion_gen": "tachyond.rpc.completion_gen",
+    "tachyond.inspect_wallet": "tachyond.wallet.inspect",
+    # tachyond.jsonx stays: a protocol-level encoding used by storage, rpc and a plugin (layer 0).
     # The Stripe emulator becomes a package; its module moves to emulator/app.py (split after).
     "tachyon_stripe.emulator": "tachyon_stripe.emulator.app",
 }
@@ -72,7 +80,7 @@ PACKAGES: dict[str, str] = {
     "tachyond.ledger": "The double-entry token ledger: journal (LedgerTx), service (Ledger), verify, api.",
     "tachyond.dex": "The DEX: service (locks, settlement), market, store, watch, recovery, api.",
     "tachyond.onramp": "Stripe Crypto Onramp: service, inbox (webhooks, worker), reconcile, store, api.",
-    "tachyond.runtime": "Runtime plumbing the daemon wires together: logs, metrics, systemd, devmode.",
+    "tachyond.runtime": "Runtime plumbing the daemon wires together: logs, metrics, systemd, devmode, reload, hardening.",
     "tachyon_stripe.emulator": "An in-repo Stripe Crypto Onramp emulator (the tachyon-stripe-emulator command).",
 }
 
@@ -109,6 +117,28 @@ TEST_MOVES: dict[str, str] = {
     "tests/test_http.py": "tests/runtime/test_http.py",
     "tests/test_plugins.py": "tests/runtime/test_plugins.py",
     "tests/test_addresses.py": "tests/runtime/test_addresses.py",
+    # Test files merged after the script was first written.
+    "tests/test_wallet_kdf.py": "tests/wallet/test_wallet_kdf.py",
+    "tests/test_rotation.py": "tests/wallet/test_rotation.py",
+    "tests/test_secrets_in_memory.py": "tests/wallet/test_secrets_in_memory.py",
+    "tests/test_upgrade.py": "tests/wallet/test_upgrade.py",
+    "tests/test_disk_full.py": "tests/wallet/test_disk_full.py",
+    "tests/test_history_index.py": "tests/ledger/test_history_index.py",
+    "tests/test_money_exact.py": "tests/ledger/test_money_exact.py",
+    "tests/test_paging.py": "tests/dex/test_paging.py",
+    "tests/test_dex_blindspots.py": "tests/dex/test_dex_blindspots.py",
+    "tests/test_http_engine_shared.py": "tests/engines/test_http_engine_shared.py",
+    "tests/test_http_engine_lying.py": "tests/engines/test_http_engine_lying.py",
+    "tests/test_http_engine_transport.py": "tests/engines/test_http_engine_transport.py",
+    "tests/test_onramp_production.py": "tests/onramp/test_onramp_production.py",
+    "tests/test_onramp_gates.py": "tests/onramp/test_onramp_gates.py",
+    "tests/test_completion.py": "tests/rpc/test_completion.py",
+    "tests/test_jsonx.py": "tests/rpc/test_jsonx.py",
+    "tests/test_net_hardening.py": "tests/runtime/test_net_hardening.py",
+    "tests/test_reload.py": "tests/runtime/test_reload.py",
+    "tests/test_files.py": "tests/runtime/test_files.py",
+    "tests/test_unit_sandbox.py": "tests/runtime/test_unit_sandbox.py",
+    "tests/test_http_allow_ips.py": "tests/runtime/test_http_allow_ips.py",
 }
 
 # Phase 2: (source module, target module, [top-level names]). Applied in order; each step is a no-op
