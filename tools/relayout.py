@@ -187,7 +187,7 @@ TEXT_SUFFIXES = {".py", ".md", ".toml", ".yaml", ".yml", ".cfg", ".ini", ".txt",
 TEXT_NAMES = {"Makefile", "run"}
 SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache",
              "node_modules", ".tachyon-dev"}
-SKIP_FILES = {"tools/relayout.py", "RELAYOUT-NOTES.md", "tests/test_layout.py"}
+SKIP_FILES = {"tools/relayout.py", "tools/RELAYOUT-NOTES.md", "RELAYOUT-NOTES.md", "tests/test_layout.py"}
 
 CHECK = False
 CHANGED: list[str] = []
