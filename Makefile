@@ -40,7 +40,7 @@ bench: install
 	$(BIN)/python bench/run_all.py
 
 docs: install
-	$(BIN)/python -m tachyond.docgen docs/rpc.md
+	$(BIN)/python -m tachyond.rpc.docgen docs/rpc.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .tachyon-dev mutants
@@ -50,16 +50,16 @@ clean:
 # module.x_function, or module.xǁClassǁmethod). Low priority: the machine is shared.
 MUTATE_FUNCTIONS ?= \
   'tachyond.amounts.*' \
-  'tachyond.dex_market.*' \
-  'tachyond.ledger.x_lock_postings__*' 'tachyond.ledger.x_release_postings__*' \
-  'tachyond.ledger.x_check_amount_minor__*' 'tachyond.ledger.x__check_text__*' \
-  'tachyond.ledger.xǁLedgerTxǁpost_entry__*' 'tachyond.ledger.xǁLedgerTxǁ_check_posting__*' \
-  'tachyond.ledger.xǁLedgerTxǁ_check_effects__*' 'tachyond.ledger.xǁLedgerTxǁ_apply__*' \
-  'tachyond.ledger.xǁLedgerTxǁbalance__*' 'tachyond.ledger.xǁLedgerTxǁhold_remaining__*' \
-  'tachyond.ledger.xǁLedgerǁ_external__*' 'tachyond.ledger.xǁLedgerǁtransfer__*' \
-  'tachyond.ledger.xǁLedgerǁdeposit__*' 'tachyond.ledger.xǁLedgerǁwithdraw__*' \
-  'tachyond.dex_store.x_record_orders_op__*' 'tachyond.dex_store.x_settle_op__*' \
-  'tachyond.dex_store.x__apply_fill__*'
+  'tachyond.dex.market.*' \
+  'tachyond.ledger.service.x_lock_postings__*' 'tachyond.ledger.service.x_release_postings__*' \
+  'tachyond.ledger.service.x_check_amount_minor__*' 'tachyond.ledger.service.x__check_text__*' \
+  'tachyond.ledger.service.xǁLedgerTxǁpost_entry__*' 'tachyond.ledger.service.xǁLedgerTxǁ_check_posting__*' \
+  'tachyond.ledger.service.xǁLedgerTxǁ_check_effects__*' 'tachyond.ledger.service.xǁLedgerTxǁ_apply__*' \
+  'tachyond.ledger.service.xǁLedgerTxǁbalance__*' 'tachyond.ledger.service.xǁLedgerTxǁhold_remaining__*' \
+  'tachyond.ledger.service.xǁLedgerǁ_external__*' 'tachyond.ledger.service.xǁLedgerǁtransfer__*' \
+  'tachyond.ledger.service.xǁLedgerǁdeposit__*' 'tachyond.ledger.service.xǁLedgerǁwithdraw__*' \
+  'tachyond.dex.store.x_record_orders_op__*' 'tachyond.dex.store.x_settle_op__*' \
+  'tachyond.dex.store.x__apply_fill__*'
 MUTATE_JOBS ?= 1
 
 mutate: install

@@ -22,8 +22,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tachyond.amounts import Token  # noqa: E402
-from tachyond.ledger import Ledger  # noqa: E402
-from tachyond.wallet.store import Wallet  # noqa: E402
+from tachyond.ledger.service import Ledger  # noqa: E402
+from tachyond.wallet.wallet import Wallet  # noqa: E402
 
 TOKENS = {"USDC": Token("USDC", 6)}
 

@@ -14,15 +14,17 @@ from typing import Any
 
 import trio
 
-from . import __version__, logs
+from . import __version__
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_document_toml, load
 from .errors import ShuttingDown, TachyonError
-from .hardening import PRIVATE_UMASK, disable_core_dumps, make_private_dir
-from .metrics import Metrics
 from .plugins import PluginLoadError, Plugins
-from .rpc import Dispatcher, Registry, RpcServer, SocketInUse, raise_nofile_limit
-from .systemd import Notifier, serve_watchdog, watchdog_interval_s
-from .wallet_api import register_wallet_methods
+from .rpc.dispatch import Dispatcher, Registry
+from .rpc.server import RpcServer, SocketInUse, raise_nofile_limit
+from .runtime import logs
+from .runtime.hardening import PRIVATE_UMASK, disable_core_dumps, make_private_dir
+from .runtime.metrics import Metrics
+from .runtime.systemd import Notifier, serve_watchdog, watchdog_interval_s
+from .wallet.api import register_wallet_methods
 
 log = logging.getLogger("tachyond")
 
@@ -57,9 +59,9 @@ class Daemon:
         self.socket_path: Path = config.daemon.socket
         self.http_binds: list[str] = []
         self.nursery: trio.Nursery | None = None
-        from .reload import Reloader
+        from .runtime.reload import Reloader
 
-        self.reloader = Reloader(self)  # SIGHUP and daemon.reload (tachyond/reload.py)
+        self.reloader = Reloader(self)  # SIGHUP and daemon.reload (tachyond/runtime/reload.py)
 
     # --- plugins --------------------------------------------------------------------------------
 
@@ -243,8 +245,8 @@ class Daemon:
 
     def build_services(self) -> None:
         """Construct the wallet and ledger (and register their schemas) before anything runs."""
-        from .ledger import Ledger
-        from .wallet.store import INSECURE_TEST_SCRYPT_ENV, Wallet, scrypt_n_from_env
+        from .ledger.service import Ledger
+        from .wallet.wallet import INSECURE_TEST_SCRYPT_ENV, Wallet, scrypt_n_from_env
 
         try:
             scrypt_n = scrypt_n_from_env(self.config.daemon.data_dir)  # refused outside the temp dir
@@ -258,11 +260,11 @@ class Daemon:
         self.wallet.add_lock_listener(self.on_locked)
         self.ledger = Ledger(self.wallet, self.config.token_map())
         # Each service registers its wallet schema and its RPC methods in its constructor.
-        from .dex import DexService
+        from .dex.service import DexService
 
         self.dex = DexService(self)  # always: with no [[markets]], dex.markets is [] and orders name an unknown market
         # Always present: with no [onramp.*] table, onramp.* answers "not configured" rather than "method not found".
-        from .onramp import OnrampService
+        from .onramp.service import OnrampService
 
         self.onramp = OnrampService(self)
         for name, service in (("dex", self.dex), ("onramp", self.onramp)):
@@ -384,7 +386,7 @@ def register_core_methods(d: Daemon) -> None:
         """Every loaded plugin with its version, the hooks it implements and whether it ships with tachyond."""
         return d.plugins.listing()
 
-    from .reload import register_reload_methods
+    from .runtime.reload import register_reload_methods
 
     register_reload_methods(d)
 
@@ -409,7 +411,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace) -> Config:
     if args.dev:
-        from .devmode import dev_config
+        from .runtime.devmode import dev_config
 
         return dev_config(Path.cwd() / ".tachyon-dev")
     path = args.config or Path(os.environ.get("TACHYON_CONFIG") or DEFAULT_CONFIG_PATH)
@@ -419,7 +421,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["inspect"]:  # `tachyond inspect PATH`: a stopped wallet file, read-only
-        from .inspect_wallet import main as inspect_main
+        from .wallet.inspect import main as inspect_main
 
         return inspect_main(argv[1:])
     args = _parser().parse_args(argv)
@@ -484,7 +486,7 @@ async def _run(config: Config) -> None:
     daemon = Daemon(config)
     daemon.load_plugins()
     if config.dev:
-        from .devmode import run_dev
+        from .runtime.devmode import run_dev
 
         await run_dev(daemon)
     else:

@@ -17,7 +17,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from .config import HttpConfig, parse_listen
-from .rpc import AcceptBackoff
+from .rpc.server import AcceptBackoff
 
 log = logging.getLogger("tachyond.http")
 
@@ -498,7 +498,7 @@ def make_app(daemon: Any) -> QuartTrio:
         return _json({"status": "ok", "version": daemon.version, "uptime_s": daemon.uptime_s(),
                       "wallet": daemon.wallet_state()}, 200)
 
-    from .onramp_page import register_onramp_page
+    from .onramp.page import register_onramp_page
 
     register_onramp_page(
         app, daemon, lambda scope: limit_key(client_address(scope, app.config["TACHYON_TRUSTED"]))

@@ -96,7 +96,7 @@ class Quote:
 
 @dataclass(frozen=True)
 class Embed:
-    """What a page needs to mount a provider's payment widget for one session (see tachyond.onramp_page).
+    """What a page needs to mount a provider's payment widget for one session (see tachyond.onramp.page).
 
     ``scripts`` are loaded in order; ``bootstrap_js`` runs after them with ``config`` as the global
     ``ONRAMP_CONFIG``; the CSP names only ``script_hosts``/``frame_hosts``/``connect_hosts``/``img_hosts``.

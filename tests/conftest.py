@@ -85,7 +85,7 @@ class DaemonProc:
         self.env.pop("WATCHDOG_USEC", None)
         self.env.pop("TACHYON_DISABLED_PLUGINS", None)
         # scrypt at the default N=2**17 costs ~0.4-1.3 s per create/unlock here; the suite's daemons use 2**10
-        # (tests/test_wallet_kdf.py shows the default on a daemon started without it).
+        # (tests/wallet/test_wallet_kdf.py shows the default on a daemon started without it).
         self.env.setdefault("TACHYOND_INSECURE_TEST_SCRYPT_N", "1024")
         if test_plugin:
             self.env["PYTHONPATH"] = os.pathsep.join([str(PLUGIN_SITE), self.env.get("PYTHONPATH", "")]).rstrip(

@@ -16,7 +16,7 @@ from .forms import FormError, decode_form
 from .sessions import ApiError, by_client_secret
 
 if TYPE_CHECKING:
-    from .emulator import Response, StripeEmulator
+    from .emulator.app import Response, StripeEmulator
 
 _CORS = {"access-control-allow-origin": "*", "access-control-allow-methods": "GET, POST",
          "access-control-allow-headers": "content-type"}
