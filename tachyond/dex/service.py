@@ -53,6 +53,7 @@ from .store import (
     trade_public,
     trades_read,
 )
+from .watch import WATCH_BUFFER, Watcher
 
 log = logging.getLogger("tachyond.dex")
 
@@ -65,21 +66,6 @@ RETRY_MIN_S = 0.1         # reconnect backoff of a shared engine: from this, dou
 RETRY_MAX_S = 5.0
 ACK_EVERY = 256           # a shared engine hears what this wallet applied every this many seqs, and when idle
 _NOTHING: dict = {"orders": {}, "trades": []}
-
-
-WATCH_BUFFER = 1000
-
-
-class Watcher:
-    """One dex.watch subscription: its id, market filter (None: all), and the channel its stream reads."""
-
-    def __init__(self, watch_id: str, market: str | None, send: Any, receive: Any, owner: object = None):
-        self.id = watch_id
-        self.owner = owner   # the connection that asked: only it may dex.unwatch
-        self.market = market
-        self.send = send
-        self.receive = receive
-        self.ended: str | None = None   # why the daemon ended it (None: the client asked, or it is live)
 
 
 class DexService:
@@ -1013,4 +999,3 @@ class DexService:
             raise InvalidParams(f"limit must be from 1 to {MAX_TRADES_LIMIT}")
         rows = await self.wallet.read(trades_read, market, account, limit, before)
         return [trade_public(t, self.markets[t["market"]]) for t in rows]
-
