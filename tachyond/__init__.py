@@ -28,6 +28,7 @@ PUBLIC_MODULES = (
     "tachyond.errors",
     "tachyond.config",
     "tachyond.rpc",  # Param, for plugins that register methods
+    "tachyond.jsonx",  # the wire encoding (msgspec with a stdlib fallback) the Stripe provider shares
 )
 
 __all__ = ["__version__", "hookimpl", "hookspec", "PROJECT", "PUBLIC_MODULES"]
