@@ -16,7 +16,12 @@ import trio
 
 from . import __version__
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_document_toml, load
+from .dex import api as dex_api
+from .dex.service import DexService
 from .errors import ShuttingDown, TachyonError
+from .ledger import api as ledger_api
+from .onramp import api as onramp_api
+from .onramp.service import OnrampService
 from .plugins import PluginLoadError, Plugins
 from .rpc.dispatch import Dispatcher, Registry
 from .rpc.server import RpcServer, SocketInUse, raise_nofile_limit
@@ -24,7 +29,7 @@ from .runtime import logs
 from .runtime.hardening import PRIVATE_UMASK, disable_core_dumps, make_private_dir
 from .runtime.metrics import Metrics
 from .runtime.systemd import Notifier, serve_watchdog, watchdog_interval_s
-from .wallet.api import register_wallet_methods
+from .wallet import api as wallet_api
 
 log = logging.getLogger("tachyond")
 
@@ -93,8 +98,7 @@ class Daemon:
                 self.background_tasks.append((plugin, name, args[1] if len(args) > 1 else kw["fn"]))
             self._check_config_against_plugins()
             self.build_services()
-            register_core_methods(self)
-            register_wallet_methods(self)
+            self.register_methods()
             for plugin, _name, args, kw in self.plugins.collect("register_rpc_methods"):
                 try:
                     self.registry.add(*args, **kw, plugin=plugin)
@@ -259,16 +263,22 @@ class Daemon:
         self.wallet = Wallet(self.config.daemon.data_dir, scrypt_n=scrypt_n)
         self.wallet.add_lock_listener(self.on_locked)
         self.ledger = Ledger(self.wallet, self.config.token_map())
-        # Each service registers its wallet schema and its RPC methods in its constructor.
-        from .dex.service import DexService
-
+        # Each service registers its wallet schema in its constructor; register_methods adds their RPC methods.
         self.dex = DexService(self)  # always: with no [[markets]], dex.markets is [] and orders name an unknown market
         # Always present: with no [onramp.*] table, onramp.* answers "not configured" rather than "method not found".
-        from .onramp.service import OnrampService
-
         self.onramp = OnrampService(self)
         for name, service in (("dex", self.dex), ("onramp", self.onramp)):
             self.reloader.add(name, service.prepare_config)  # reload: each service applies its dynamic keys
+
+    def register_methods(self) -> None:
+        """The one registration path: the core's methods, then each domain's ``api.register`` with its service
+        (wallet, ledger, dex, onramp: the order of docs/rpc.md)."""
+        register_core_methods(self)
+        wallet_api.register(self.registry, self.wallet, settings=lambda: self.config.wallet,
+                            on_unlocked=self.on_unlocked)
+        ledger_api.register(self.registry, self.ledger, self.wallet)
+        dex_api.register(self.registry, self.dex)
+        onramp_api.register(self.registry, self.onramp)
 
     async def _start_services(self, nursery: trio.Nursery) -> None:
         """Open the wallet file (and unlock it from password_file); start the services that need it."""

@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "tachyond.rpc": 1,
     "tachyond.runtime.logs": 1,
     "tachyond.runtime.metrics": 1,
+    "tachyond.runtime.hardening": 1,  # private files and dirs (umask, modes): the wallet file uses it
     # 2: storage: the wallet file, its writer and the ledger's journal
     "tachyond.wallet": 2,
     "tachyond.ledger.journal": 2,
@@ -43,6 +44,8 @@ LAYERS: dict[str, int] = {
     # 4: runtime: the daemon wires it all
     "tachyond.rpc.server": 4,
     "tachyond.rpc.docgen": 4,
+    "tachyond.rpc.completion_gen": 4,  # like docgen: builds the daemon's registry to write tachyon-ctl's data
+    "tachyond.wallet.inspect": 4,  # the `tachyond inspect` command: reads every domain's schema
     "tachyond.runtime": 4,
     "tachyond.http": 4,
     "tachyond.daemon": 4,

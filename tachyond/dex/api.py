@@ -9,7 +9,8 @@ import trio
 
 from ..errors import InvalidParams, NotFound
 from ..rpc import Param
-from ..rpc.dispatch import after_answer, current_connection
+from ..rpc.dispatch import Registry, after_answer, current_connection
+from .service import DexService
 
 ORDER = ("{id, client_order_id, account, market, side, type, time_in_force, post_only, price, qty, filled, remaining, "
          "cost, fee, status, created_at, trades} with *_minor ints")
@@ -17,8 +18,9 @@ STATUSES = ("open", "closed", "canceled", "expired", "rejected")
 MAX_WATCHES_PER_CONNECTION = 16
 
 
-def register_dex_methods(d: Any, dex: Any) -> None:
-    r = d.registry
+def register(registry: Registry, dex: DexService) -> None:
+    """Register dex.*."""
+    r = registry
 
     @r.method("dex.markets", result="[{symbol, base, quote, engine, tick, lot, min_notional, tick_minor, lot_minor, "
                                     "min_notional_minor, maker_fee_bps, taker_fee_bps, protection_bps, halted, "

@@ -119,9 +119,6 @@ class DexService:
         daemon.wallet.add_rekey("dex_orders", sealed=("value",), lookups=("oid_hash", "coid_hash"))
         daemon.wallet.add_rekey("dex_trades", sealed=("value",))
         daemon.wallet.add_rotate_listener(self.on_rotated)
-        from .api import register_dex_methods
-
-        register_dex_methods(daemon, self)
 
     # ----- lifecycle -----
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

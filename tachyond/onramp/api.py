@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..rpc import Param
+from ..rpc.dispatch import Registry
+from .service import OnrampService, parse_lookback_h
 
 
-def register_onramp_methods(d: Any, service: Any) -> None:
-    r = d.registry
-    from .service import parse_lookback_h
+def register(registry: Registry, service: OnrampService) -> None:
+    """Register onramp.*."""
+    r = registry
 
     @r.method("onramp.create_session", [
         Param("provider", required=False, description="an [onramp.<name>] provider; the only one when omitted"),

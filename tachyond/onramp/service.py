@@ -144,9 +144,6 @@ class OnrampService:
         self.last_reconcile: dict[str, dict] = {}
         self._retired: list[Any] = []           # providers replaced by a reload, closed at aclose
         self._reconfigured = trio.Event()       # set (and replaced) by a reload: reconciler timers re-read
-        from .api import register_onramp_methods
-
-        register_onramp_methods(daemon, self)
 
     # ----- the daemon's hooks ----------------------------------------------------------------
 
