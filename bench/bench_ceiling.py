@@ -143,7 +143,7 @@ def main() -> None:
         port = free_port()
         server = subprocess.Popen([sys.executable, "-c", ASGI_SERVER, worker, str(port)], stderr=subprocess.DEVNULL)
         try:
-            wait_for(lambda: port_open(port), f"hypercorn ({worker})")
+            wait_for(lambda port=port: port_open(port), f"hypercorn ({worker})")
             requests = [http_request(f"127.0.0.1:{port}", event_body("tw_bench", n))
                         for n in range(2000 if args.quick else 8000)]
             r = load_native_http("127.0.0.1", port, 32, requests)

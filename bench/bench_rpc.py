@@ -45,7 +45,9 @@ def main() -> None:
     with Daemon() as d:
         for clients in (1, 32):
             r = trio.run(
-                lambda: __import__("common").load(d.socket, clients, seconds, lambda c, n: {"method": "daemon.info"})
+                lambda clients=clients: __import__("common").load(
+                    d.socket, clients, seconds, lambda c, n: {"method": "daemon.info"}
+                )
             )
             emit({"bench": "rpc_daemon_info", "load_generator": "python (trio)", **r})
             native = load_native(d.socket, clients, 200 if args.quick else 1500, lambda c, n: {"method": "daemon.info"})

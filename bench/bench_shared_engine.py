@@ -80,7 +80,7 @@ def feed_lag_ms(maker: Daemon, taker: Daemon, samples: int = 20) -> list[float]:
     """A resting sell in ``maker`` (on a market of its own), taken by ``taker``: time until maker settles it."""
     lags = []
     for i in range(samples):
-        ask = maker.call("dex.place_order", {"account": "c0", "market": "LAG/USDC", "side": "sell", "type": "limit",
+        maker.call("dex.place_order", {"account": "c0", "market": "LAG/USDC", "side": "sell", "type": "limit",
                                              "price": "10.00", "qty": "0.01"})
         t0 = time.perf_counter()
         taker.call("dex.place_order", {"account": "c0", "market": "LAG/USDC", "side": "buy", "type": "limit",

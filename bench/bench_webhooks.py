@@ -130,11 +130,11 @@ async def receive_in_process(secrets_dir: str, events: int, concurrency: int) ->
     import types
 
     from tachyon_stripe import _factory
-    from tachyond.rpc.dispatch import Registry
 
     from tachyond.config import from_mapping
     from tachyond.ledger.service import Ledger
     from tachyond.onramp.service import OnrampService
+    from tachyond.rpc.dispatch import Registry
     from tachyond.runtime.metrics import Metrics
     from tachyond.wallet.wallet import Wallet
 

@@ -607,7 +607,7 @@ async def serve_guarded(app: Any, cfg: HttpConfig, roles: list[tuple[str, tuple[
             except BaseExceptionGroup as error:
                 _, other = error.split((ShutdownError, KeyboardInterrupt))
                 if other is not None:
-                    raise other
+                    raise other  # noqa: B904 (the group's other part, re-raised as it came)
             finally:
                 await context.terminated.set()
                 server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout

@@ -21,6 +21,11 @@ import tomli_w
 from tachyon_ctl.client import Client, DaemonNotRunning
 
 ROOT = Path(__file__).resolve().parent.parent
+# The test modules import helpers from each other across the folders that mirror the packages
+# (test_dex_helpers, test_http_engine, test_onramp, ...): each folder is on sys.path, as the flat tests/ was.
+for _folder in sorted(Path(__file__).resolve().parent.iterdir()):
+    if _folder.is_dir() and any(_folder.glob("test_*.py")) and str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 PLUGIN_SITE = Path(__file__).resolve().parent / "fixtures" / "plugin_site"
 IN_CI = os.environ.get("CI") == "true"
 

@@ -80,7 +80,7 @@ PACKAGES: dict[str, str] = {
     "tachyond.ledger": "The double-entry token ledger: journal (LedgerTx), service (Ledger), verify, api.",
     "tachyond.dex": "The DEX: service (locks, settlement), market, store, watch, recovery, api.",
     "tachyond.onramp": "Stripe Crypto Onramp: service, inbox (webhooks, worker), reconcile, store, api.",
-    "tachyond.runtime": "Runtime plumbing the daemon wires together: logs, metrics, systemd, devmode, reload, hardening.",
+    "tachyond.runtime": "Runtime plumbing the daemon wires together: logs, metrics, systemd, devmode, reload, hardening.",  # noqa: E501 (shown verbatim)
     "tachyon_stripe.emulator": "An in-repo Stripe Crypto Onramp emulator (the tachyon-stripe-emulator command).",
 }
 
@@ -155,7 +155,8 @@ SPLITS: list[tuple[str, str, list[str]]] = [
     ("tachyond.ledger.service", "tachyond.ledger.journal", [
         "BUCKETS", "MAX_KEY_CHARS", "MAX_MEMO_CHARS", "ZERO_MAC", "_NAME", "USER_ACCOUNT_RE", "SYSTEM_ACCOUNT_RE",
         "_KIND_RE", "LEDGER_SCHEMA", "_fmt_minor", "Posting", "lock_postings", "release_postings", "is_user_account",
-        "_classify", "_kind_ok", "check_user_account", "check_amount_minor", "_check_text", "entry_dict", "_same_content", "LedgerTx"]),
+        "_classify", "_kind_ok", "check_user_account", "check_amount_minor", "_check_text", "entry_dict",
+        "_same_content", "LedgerTx"]),
     ("tachyond.ledger.service", "tachyond.ledger.verify", ["_verify_sync", "_replay", "_compare_stored"]),
     # wallet: the transaction objects ops get (the writer's half); the Writer class itself is carved out of
     # Wallet by hand (RELAYOUT-NOTES.md, step 3).

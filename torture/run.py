@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import DaemonProc, base_document  # noqa: E402  (the suite's own daemon helpers)
 from tachyon_stripe.emulator import EmulatorConfig, serve_emulator  # noqa: E402
 from test_http_engine import TOKEN as ENGINE_TOKEN  # noqa: E402
-from test_http_engine import ServerProc, server_document
+from test_http_engine import ServerProc, server_document  # noqa: E402  (tests/engines, on sys.path by conftest)
 
 from torture.rpc import Down, Rpc, RpcError  # noqa: E402
 
@@ -223,7 +223,8 @@ class World:
 
     # ----- client side -----
     async def call(self, rpc: Rpc, method: str, params: Any = None, *, retry: bool = True) -> tuple[str, Any]:
-        """("ok", result) or ("refused", RpcError): the acknowledged answer, repeating the call while the daemon is away.
+        """("ok", result) or ("refused", RpcError): the acknowledged answer, repeating the call while the
+        daemon is away.
 
         ("down", None) when ``retry`` is False and the daemon went away before answering."""
         first = True
@@ -449,7 +450,7 @@ class World:
             postings = self.journal[entry_id][2]
             amount = sum(p["amount_minor"] for p in postings if p["account"] == account and p["bucket"] == "available")
             self.st.claims[sid] = {"entry_id": entry_id, "account": account, "token": "USDC", "amount_minor": amount}
-        for sid, rev in self.st.reversals.items():
+        for sid in self.st.reversals:
             if f"reverse:onramp:{sid}" not in self.keys:
                 self.fail(f"acknowledged reversal of {sid} missing")
         self.checks["acknowledged entries present, refusals absent"] += 1

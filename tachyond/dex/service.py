@@ -738,15 +738,16 @@ class DexService:
         if first.book_dependent:
             try:
                 await self._check_book(engine, m, first.order)
-            except TachyonError:
+            except TachyonError as book_error:
+                error: TachyonError = book_error
                 repeat = None
                 if first.order["client_order_id"] is not None:
                     try:
                         repeat = await self._find_by_coid(first.order["account"], first.order["client_order_id"],
                                                           first.order)
                     except Conflict as conflict:  # the id names another order: that, not the book, is the error
-                        exc = conflict
-                first.finish(result=repeat) if repeat is not None else first.finish(error=exc)
+                        error = conflict
+                first.finish(result=repeat) if repeat is not None else first.finish(error=error)
                 batch = batch[1:]
         if not batch:
             return

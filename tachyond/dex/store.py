@@ -278,7 +278,7 @@ def trades_read(rtx: ReadTx, market: str | None, account: str | None, limit: int
                 before: int | None = None) -> list[dict]:
     """Trades newest first, filtered by market and by an account on either side; ``before`` (a trade id, the
     last one of the previous page) pages back: only trades older than it."""
-    rtx.keys  # locked -> WalletLocked even when there are no trades
+    _ = rtx.keys  # locked -> WalletLocked even when there are no trades
     out = []
     for rowid, blob in rtx.conn.execute("SELECT id, value FROM dex_trades WHERE id < ? ORDER BY id DESC",
                                         (before if before is not None else 2**63 - 1,)):

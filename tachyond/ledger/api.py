@@ -73,7 +73,7 @@ def register(registry: Registry, ledger: Ledger, wallet: Wallet) -> None:
               result="the entry (the first one when the reference repeats with the same content; "
                      "Conflict -32014 naming it when with other content)")
     async def deposit(p: dict[str, Any]) -> Any:
-        """Credit an account from `external:chain` (what a chain-sync plugin calls when base assets arrive); idempotent by reference."""
+        """Credit an account from `external:chain` (what a chain-sync plugin calls when base assets arrive); idempotent by reference."""  # noqa: E501 (shown verbatim)
         _ = wallet.keys  # WalletAbsent / WalletLocked before anything else
         tok = ledger.token(p["token"])
         return await ledger.deposit(p.get("account", "default"), tok.symbol, tok.to_minor(p["amount"]), p["reference"])

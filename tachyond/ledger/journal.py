@@ -298,7 +298,7 @@ class LedgerTx(Tx):
                     dec = self.tokens[token].decimals
                     raise InsufficientFunds(f"insufficient {bucket} {token}: need {fmt_minor(-deltas[i], dec)}, "
                                             f"have {fmt_minor(have[i + 1], dec)}")
-        for hold, (account, token, delta) in holds.items():
+        for hold, (_account, token, delta) in holds.items():
             remaining = self.hold_remaining(hold)
             if remaining + delta < 0:
                 dec = self.tokens[token].decimals

@@ -134,7 +134,7 @@ class Ledger:
 
     @staticmethod
     def _accounts_sync(rtx: ReadTx, users_only: bool) -> list[dict]:
-        rtx.keys  # absent or locked: say so, even before any account is stored
+        _ = rtx.keys  # absent or locked: say so, even before any account is stored
         out = []
         for rowid, blob in rtx.conn.execute("SELECT id, value FROM ledger_accounts"):
             account = rtx.open_json("ledger_accounts", "value", rowid, blob)
@@ -183,7 +183,7 @@ class Ledger:
         return await self.wallet.read(self._history_sync, account, limit, before)
 
     def _history_sync(self, rtx: ReadTx, account: str | None, limit: int, before: int | None) -> list[dict]:
-        rtx.keys  # absent or locked: say so, even when the journal is empty
+        _ = rtx.keys  # absent or locked: say so, even when the journal is empty
         out = []
         before = before if before is not None else 2**63 - 1
         if account is not None and _history_index_through(rtx) is None:

@@ -301,7 +301,7 @@ class OnrampService:
             if not rows:
                 await self._prune_inbox()
                 return next_due
-            for inbox_id, sealed, received_at in rows:
+            for inbox_id, sealed, _received_at in rows:
                 after_id = inbox_id
                 failures, retry_at = self._failures.get(inbox_id, (0, 0.0))
                 now = trio.current_time()
@@ -533,7 +533,7 @@ class OnrampService:
     async def create_session(self, provider_name: str | None, account: str, address: str, network: str | None,
                              currency: str | None, amount: str, customer_ip: str | None = None) -> dict:
         """Check everything locally, then create a session tagged with this wallet and remember its account."""
-        self.wallet.keys  # WalletAbsent / WalletLocked before anything else
+        _ = self.wallet.keys  # WalletAbsent / WalletLocked before anything else
         name, provider = self.provider(provider_name)
         network = network or getattr(provider, "default_network", None)
         currency = (currency or getattr(provider, "default_currency", None) or "").lower()
@@ -662,7 +662,7 @@ class OnrampService:
 
     async def claim(self, session_id: str, account: str | None = None) -> dict:
         self.require_providers()
-        self.wallet.keys
+        _ = self.wallet.keys
         if account is not None:
             check_user_account(account)
         result = await self.wallet.write(store.claim_op, session_id, account)
@@ -678,7 +678,7 @@ class OnrampService:
 
     async def reverse(self, session_id: str, reason: str) -> dict:
         self.require_providers()
-        self.wallet.keys
+        _ = self.wallet.keys
         if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_CHARS:
             raise InvalidParams(f"reason must be a non-empty string of at most {MAX_REASON_CHARS} characters",
                                 data={"param": "reason"})

@@ -132,7 +132,7 @@ def session_sync(rtx: ReadTx, session_id: str) -> dict | None:
 
 def parked_sync(rtx: ReadTx) -> list[dict]:
     """Every session parked (confirmed by the provider, not credited), oldest first."""
-    rtx.keys
+    _ = rtx.keys
     rows = [rtx.open_json("onramp_outcomes", "value", rowid, blob)
             for rowid, blob in rtx.conn.execute("SELECT id, value FROM onramp_outcomes ORDER BY id")]
     return [r for r in rows if r.get("state") == "parked"]
@@ -178,7 +178,7 @@ def confirm_op(tx: Tx, inbox_id: int, session_id: str, decision: dict[str, Any],
 
 
 def pending_sync(rtx: ReadTx) -> list[dict]:
-    rtx.keys  # locked -> WalletLocked even when nothing is pending
+    _ = rtx.keys  # locked -> WalletLocked even when nothing is pending
     rows = [rtx.open_json("onramp_pending", "value", rowid, blob)
             for rowid, blob in rtx.conn.execute("SELECT id, value FROM onramp_pending ORDER BY id")]
     return rows

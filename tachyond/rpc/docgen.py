@@ -39,7 +39,7 @@ def render(doc: dict) -> str:
         "| code | meaning |",
         "|---|---|",
         "| -32700 | Parse error: the line is not JSON |",
-        "| -32600 | Invalid Request: not a JSON-RPC 2.0 request object (also: a line over 1 MiB, then the connection closes) |",
+        "| -32600 | Invalid Request: not a JSON-RPC 2.0 request object (also: a line over 1 MiB, then the connection closes) |",  # noqa: E501 (shown verbatim)
         "| -32601 | Method not found |",
         "| -32602 | Invalid params: the message names the missing, mistyped or unknown param |",
         "| -32603 | Internal error: details are in the daemon log, never in the answer |",
@@ -47,7 +47,7 @@ def render(doc: dict) -> str:
     for e in errors.ALL_ERRORS:
         if e.code not in (errors.INVALID_PARAMS,):
             out.append(
-                f"| {e.code} | {e.title}: {(e.__doc__ or '').strip().splitlines()[0] if e.__doc__ and e.__doc__.strip() else e.title} |"
+                f"| {e.code} | {e.title}: {(e.__doc__ or '').strip().splitlines()[0] if e.__doc__ and e.__doc__.strip() else e.title} |"  # noqa: E501 (one line on purpose)
             )
     out += ["", "## Methods", ""]
     for m in doc["methods"]:

@@ -44,7 +44,7 @@ def register(registry: Registry, wallet: Wallet, *, settings: Callable[[], Walle
                                                   "default [wallet] unlock_timeout_s")],
               result="{unlocked: true, until?}")
     async def unlock(p: dict[str, Any]) -> Any:
-        """Unlock with the password. A new unlock replaces the previous timeout; wrong passwords wait longer each time."""
+        """Unlock with the password. A new unlock replaces the previous timeout; wrong passwords wait longer each time."""  # noqa: E501 (shown verbatim)
         timeout_s = p.get("timeout_s", settings().unlock_timeout_s)
         result = await wallet.unlock(p["password"], timeout_s)
         logs.add_secret(p["password"])  # verified: a wrong password never enters the redaction set
@@ -53,7 +53,7 @@ def register(registry: Registry, wallet: Wallet, *, settings: Callable[[], Walle
 
     @r.method("wallet.lock", result="{locked: true}")
     async def lock(p: dict[str, Any]) -> Any:
-        """Drop the key from memory (the wallet's, its writer's and every engine's: answers once all have); anything that needs it answers `wallet is locked`."""
+        """Drop the key from memory (the wallet's, its writer's and every engine's: answers once all have); anything that needs it answers `wallet is locked`."""  # noqa: E501 (shown verbatim)
         return await wallet.lock()
 
     @r.method(
@@ -71,7 +71,7 @@ def register(registry: Registry, wallet: Wallet, *, settings: Callable[[], Walle
         result="{changed: true, rotated?: true}",
     )
     async def change_password(p: dict[str, Any]) -> Any:
-        """Rewrap the data key under the new password. With rotate_data_key, first replace the data key (and the X25519 key) and re-encrypt the wallet, the inbox and engine files, so an old backup with an old password opens nothing written after; the wallet reads as locked meanwhile."""
+        """Rewrap the data key under the new password. With rotate_data_key, first replace the data key (and the X25519 key) and re-encrypt the wallet, the inbox and engine files, so an old backup with an old password opens nothing written after; the wallet reads as locked meanwhile."""  # noqa: E501 (shown verbatim)
         check_new_password(p["new_password"], "new_password")
         result = await wallet.change_password(p["old_password"], p["new_password"], p.get("rotate_data_key", False))
         logs.add_secret(p["old_password"])
@@ -82,5 +82,5 @@ def register(registry: Registry, wallet: Wallet, *, settings: Callable[[], Walle
         "wallet.backup", [Param("path", description="a new file the daemon's user can create")], result="{path, bytes}"
     )
     async def backup(p: dict[str, Any]) -> Any:
-        """A consistent, still-encrypted copy taken while running (SQLite online backup); it opens with the same password."""
+        """A consistent, still-encrypted copy taken while running (SQLite online backup); it opens with the same password."""  # noqa: E501 (shown verbatim)
         return await wallet.backup(p["path"])

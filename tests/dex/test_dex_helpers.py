@@ -18,7 +18,7 @@ MARKET_DEFAULTS = {"tick": "0.01", "lot": "0.0001", "min_notional": "1", "maker_
 
 
 def dex_document(dir_: Path, engine: str, extra_bases: list[str] = ()) -> dict[str, Any]:
-    """A config with USDC(6)/ZEC(8), the market ZEC/USDC on ``engine`` (plus X/USDC per extra base), unlocked at start."""
+    """A config with USDC(6)/ZEC(8), the market ZEC/USDC on ``engine`` (plus X/USDC per extra base), unlocked at start."""  # noqa: E501 (shown verbatim)
     (dir_ / "pw").write_text(PASSWORD)
     tokens = [USDC, ZEC] + [{"symbol": b, "decimals": 8} for b in extra_bases]
     markets = [{"symbol": f"{b}/USDC", "engine": engine, **MARKET_DEFAULTS} for b in ["ZEC", *extra_bases]]

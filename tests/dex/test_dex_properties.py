@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 from hypothesis import given, settings
@@ -62,7 +63,9 @@ class Reference:
                 return "expired"
             band = best * (10_000 + PROTECTION_BPS) if side == "buy" else best * (10_000 - PROTECTION_BPS)
             price = band // 10_000 if side == "buy" else -(-band // 10_000)
-        crossing = lambda r: r.side == opposite and (r.price <= price if side == "buy" else r.price >= price)
+        def crossing(r: Any) -> bool:
+            return r.side == opposite and (r.price <= price if side == "buy" else r.price >= price)
+
         if post_only and best is not None and any(crossing(r) for r in self.book):
             return "refused"
         self.owner[coid] = account

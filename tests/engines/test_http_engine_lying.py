@@ -110,8 +110,10 @@ async def test_each_kind_of_invalid_fill_moves_nothing_and_halts_the_market(sock
         async with trio.open_nursery() as nursery:
             [url] = await nursery.start(lambda task_status: serve(fake, hc, mode="asgi", task_status=task_status))
             doc = daemon_document(sockdir, url)
-            start = lambda: daemons.append(DaemonProc(sockdir, doc, env={"TACHYON_ENGINE_TOKEN": TOKEN}).start()) \
-                or daemons[-1]
+            def start() -> DaemonProc:
+                daemons.append(DaemonProc(sockdir, doc, env={"TACHYON_ENGINE_TOKEN": TOKEN}).start())
+                return daemons[-1]
+
             try:
                 d = await trio.to_thread.run_sync(start)
                 await call(d, "wallet.create", {"password": PASSWORD})

@@ -193,7 +193,7 @@ def test_server_outage_refuses_orders_without_locking_and_the_feed_resumes_by_it
 
     server.kill()
     for d in (a, b):
-        wait_for("/healthz to name the unreachable engine", lambda: healthz(d).status_code == 503)
+        wait_for("/healthz to name the unreachable engine", lambda d=d: healthz(d).status_code == 503)
         body = healthz(d).json()
         assert "engine:http" in body["failing"], body  # names only; why is in dex.markets and the log
         assert d.call("dex.markets")[0]["engine_online"] is False
@@ -209,7 +209,7 @@ def test_server_outage_refuses_orders_without_locking_and_the_feed_resumes_by_it
 
     cluster.server(port=port)   # same data dir, same URL: the log and the epoch are the same
     for d in (a, b):
-        wait_for("the daemon to reconnect by itself", lambda: d.call("dex.markets")[0]["engine_online"])
+        wait_for("the daemon to reconnect by itself", lambda d=d: d.call("dex.markets")[0]["engine_online"])
     assert healthz(a).status_code == 200
     bid = order(a, "alice", "buy", "40.00", "1")
     assert bid["status"] == "closed"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import sqlite3
 
 import trio
-from tachyond.ledger.journal import Posting
 from test_ledger import started
+
+from tachyond.ledger.journal import Posting
 
 
 def _many(tx, start: int, count: int, alice_every: int) -> None:

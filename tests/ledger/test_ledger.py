@@ -6,10 +6,10 @@ import sqlite3
 
 import pytest
 import trio
-from tachyond.ledger.journal import Posting, lock_postings, release_postings
 
 from tachyond import errors
 from tachyond.amounts import Token
+from tachyond.ledger.journal import Posting, lock_postings, release_postings
 from tachyond.ledger.service import Ledger
 from tachyond.wallet.wallet import Wallet
 

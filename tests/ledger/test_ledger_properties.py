@@ -9,10 +9,10 @@ from pathlib import Path
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tachyond.ledger.journal import Posting, lock_postings, release_postings
 
 from tachyond import errors
 from tachyond.amounts import Token
+from tachyond.ledger.journal import Posting, lock_postings, release_postings
 from tachyond.ledger.service import Ledger
 from tachyond.wallet.wallet import Wallet
 
@@ -165,7 +165,7 @@ async def _check_final(ledger: Ledger, wallet: Wallet, model: Model, accepted: i
     locked_by_pair: dict = defaultdict(int)
     for name, (acct, tok, remaining) in model.holds.items():
         assert final["holds"][name] == remaining
-        assert await wallet.write(lambda tx: tx.hold_remaining(name)) == remaining
+        assert await wallet.write(lambda tx, name=name: tx.hold_remaining(name)) == remaining
         locked_by_pair[(acct, tok)] += remaining
     for (acct, tok), (_, locked) in model.bal.items():
         assert locked == locked_by_pair.get((acct, tok), 0)

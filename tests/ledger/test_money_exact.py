@@ -11,7 +11,6 @@ from decimal import Decimal
 
 import pytest
 import trio
-from tachyond.ledger.journal import Posting
 
 from tachyond import errors
 from tachyond.amounts import Token, fmt_minor, parse_decimal, to_minor
@@ -19,6 +18,7 @@ from tachyond.config import MarketConfig
 from tachyond.dex.market import Market, fee_minor
 from tachyond.dex.store import DEX_SCHEMA, order_read, record_orders_op, settle_op, trades_read
 from tachyond.engine import Event
+from tachyond.ledger.journal import Posting
 from tachyond.ledger.service import Ledger
 from tachyond.wallet.wallet import Wallet
 

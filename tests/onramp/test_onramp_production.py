@@ -261,7 +261,7 @@ async def test_reconciler_lists_only_complete_sessions_through_every_page_of_72_
             params = {"destination_currency": "usdc", "destination_network": "ethereum", "destination_amount": "1",
                       "wallet_addresses": {"ethereum": ETH}, "metadata": tag}
             complete = []
-            for i in range(230):
+            for _ in range(230):
                 made = env.emu.create_foreign_session(params)
                 env.emu.store.sessions[made["id"]]["status"] = "fulfillment_complete"
                 complete.append(made["id"])

@@ -1,4 +1,4 @@
-"""POST /webhook/stripe under abuse: forged, stale, replayed, oversized and flooding requests against a real tachyond."""
+"""POST /webhook/stripe under abuse: forged, stale, replayed, oversized and flooding requests against a real tachyond."""  # noqa: E501 (shown verbatim)
 
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ def test_ctl_imports_only_the_standard_library():
         "import sys\nbefore=set(sys.modules)\nimport tachyon_ctl.cli\n"
         "new=[m for m in set(sys.modules)-before if not m.startswith(('tachyon_ctl','encodings'))]\n"
         "import sysconfig\nstd=sysconfig.get_paths()['stdlib']\n"
-        "bad=[m for m in new if getattr(sys.modules[m],'__file__',None) and not sys.modules[m].__file__.startswith(std)]\n"
+        "bad=[m for m in new if getattr(sys.modules[m],'__file__',None) and not sys.modules[m].__file__.startswith(std)]\n"  # noqa: E501 (one line on purpose)
         "print(bad)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)

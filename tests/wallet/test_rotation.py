@@ -11,7 +11,6 @@ import sqlite3
 import pytest
 import trio
 from conftest import DaemonProc, run_ctl, write_config
-from tachyond.wallet.writer import aad
 from test_dex_helpers import dex_document
 
 from tachyond import errors
@@ -20,6 +19,7 @@ from tachyond.daemon import Daemon
 from tachyond.wallet import crypto
 from tachyond.wallet.crypto import Cipher
 from tachyond.wallet.wallet import Wallet
+from tachyond.wallet.writer import aad
 
 OLD_PW, NEW_PW = "old password words", "new password words"
 SEALED = {"ledger_accounts": "value", "ledger_balances": "value", "ledger_holds": "value", "ledger_journal": "body",

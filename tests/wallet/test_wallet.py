@@ -9,10 +9,10 @@ import threading
 import pytest
 import trio
 import trio.testing
-from tachyond.ledger.journal import Posting
 
 from tachyond import errors
 from tachyond.amounts import Token
+from tachyond.ledger.journal import Posting
 from tachyond.ledger.service import Ledger
 from tachyond.wallet.wallet import MAX_UNLOCK_TIMEOUT_S, UnlockTimer, Wallet, wrong_password_delay_s
 
@@ -48,7 +48,7 @@ async def test_lifecycle_states_and_reopen(tmp_path):
             assert (await wallet.lock()) == {"locked": True}
             assert wallet.state == "locked"
             with pytest.raises(errors.WalletLocked):
-                wallet.cipher
+                _ = wallet.cipher
             with pytest.raises(errors.WalletLocked):
                 await ledger.balances()
             with pytest.raises(errors.WalletLocked):

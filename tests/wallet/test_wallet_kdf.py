@@ -10,11 +10,11 @@ import sqlite3
 import pytest
 import trio
 from conftest import base_document, run_ctl
-from tachyond.wallet.writer import dumps
 
 from tachyond import errors
 from tachyond.wallet import crypto
 from tachyond.wallet.wallet import Wallet
+from tachyond.wallet.writer import dumps
 
 PW = "kdf test password"
 
