@@ -512,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_subparsers = add_subparsers
         return parser
 
-    sp.add_parser = add_parser
+    sp.add_parser = add_parser  # type: ignore[method-assign]  # wraps argparse's add_parser on this one object
     sp.required = True
 
     c = sp.add_parser("call", help="call any RPC method: call METHOD ['{json params}']")

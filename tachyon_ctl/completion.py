@@ -10,6 +10,8 @@ from typing import Any
 
 from . import completion_data as data
 
+COMMANDS: dict[str, dict[str, Any]] = data.COMMANDS  # type: ignore[assignment]  # a generated literal
+
 GLOBAL_VALUES = {"--socket": "files"}
 GLOBAL_FLAGS = ["--json", "--socket"]
 FILES = ":files"  # first line of the answer: let the shell complete file names
@@ -86,7 +88,7 @@ def candidates(cword: int, words: list[str]) -> list[str]:
     i = 0
     while i < cword:
         w = words[i]
-        node = data.COMMANDS.get(" ".join(path), {})
+        node = COMMANDS.get(" ".join(path), {})
         if w.startswith("-"):
             if "=" not in w and (w in node.get("values", {}) or w in GLOBAL_VALUES):
                 i += 1  # the flag's value
@@ -95,7 +97,7 @@ def candidates(cword: int, words: list[str]) -> list[str]:
         else:
             positional_used = True
         i += 1
-    node = data.COMMANDS.get(" ".join(path), {})
+    node = COMMANDS.get(" ".join(path), {})
     values = {**GLOBAL_VALUES, **node.get("values", {})}
     prev = words[cword - 1] if cword > 0 else ""
     if prev in values and prev.startswith("-"):

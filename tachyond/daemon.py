@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ class Daemon:
 
     # --- plugins --------------------------------------------------------------------------------
 
-    def load_plugins(self, extra: list[tuple[str, Any]] = ()) -> None:
+    def load_plugins(self, extra: Sequence[tuple[str, Any]] = ()) -> None:
         """Load entry points (and ``extra`` objects, for embedding), then gather what each registers."""
         try:
             self.plugins.load_entry_points()
@@ -101,7 +101,7 @@ class Daemon:
             self.register_methods()
             for plugin, _name, args, kw in self.plugins.collect("register_rpc_methods"):
                 try:
-                    self.registry.add(*args, **kw, plugin=plugin)
+                    self.registry.add(*args, **kw, plugin=plugin)  # type: ignore[misc]  # a plugin passing plugin= is a TypeError, caught below
                 except (TypeError, ValueError) as exc:
                     raise PluginLoadError(str(exc)) from None
         except PluginLoadError as exc:
@@ -225,9 +225,9 @@ class Daemon:
                     try:
                         self.http_binds = await servers.start(serve_http, self, self.shutdown)
                     except* OSError as group:  # hypercorn binds inside its own nursery
-                        exc = _leaves(group)[0]
+                        first = _leaves(group)[0]
                         raise StartupError(f"http.listen: cannot listen on {', '.join(cfg.http.listen)}: "
-                                           f"{getattr(exc, 'strerror', None) or exc}") from None
+                                           f"{getattr(first, 'strerror', None) or first}") from None
                 for plugin, name, fn in self.background_tasks:
                     nursery.start_soon(self._plugin_task, plugin, name, fn)
                 interval = watchdog_interval_s()

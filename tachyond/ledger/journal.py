@@ -294,10 +294,10 @@ class LedgerTx(Tx):
                 continue
             have = self._balance_row(account, token)
             for i, bucket in enumerate(BUCKETS):
-                if deltas[i] < 0 and have[i + 1] + deltas[i] < 0:
+                if deltas[i] < 0 and have[i + 1] + deltas[i] < 0:  # type: ignore[operator]  # balance columns are ints; only the row id may be None
                     dec = self.tokens[token].decimals
                     raise InsufficientFunds(f"insufficient {bucket} {token}: need {fmt_minor(-deltas[i], dec)}, "
-                                            f"have {fmt_minor(have[i + 1], dec)}")
+                                            f"have {fmt_minor(have[i + 1], dec)}")  # type: ignore[arg-type]  # balance columns are ints; only the row id may be None
         for hold, (_account, token, delta) in holds.items():
             remaining = self.hold_remaining(hold)
             if remaining + delta < 0:

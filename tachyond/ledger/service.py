@@ -67,7 +67,7 @@ class Ledger:
         self.history_rows_read = 0  # journal rows ledger.history has read (and decrypted), for tests and metrics
         wallet.add_schema("ledger", LEDGER_SCHEMA)
         wallet.tx_factory = functools.partial(LedgerTx, tokens=self.tokens)
-        wallet.add_create_hook(_create_default)
+        wallet.add_create_hook(_create_default)  # type: ignore[arg-type]  # the wallet's tx_factory makes LedgerTx
         # What a data-key rotation re-encrypts (wallet.change_password rotate_data_key).
         wallet.add_rekey("ledger_accounts", sealed=("value",), lookups=("name_hash",))
         wallet.add_rekey("ledger_balances", sealed=("value",), lookups=("key_hash",))

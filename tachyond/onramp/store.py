@@ -16,6 +16,7 @@ tables are keyed by an HMAC of the session id under the data key.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from ..amounts import fmt_minor
@@ -71,7 +72,7 @@ def _put(tx: Tx, table: str, session_id: str, value: dict) -> None:
 # ----- the inbox (works while locked: only SQL, no cipher) -----
 
 def enqueue_op(tx: Tx, keys: list[bytes], sealed: bytes, received_at: float,
-               confirmed: list[bytes] = ()) -> bool:
+               confirmed: Sequence[bytes] = ()) -> bool:
     """Record the dedupe ``keys`` and the sealed event; False (nothing queued) when any key was already seen,
     or when any of ``confirmed`` (looked up, never recorded here) was."""
     fresh = True
@@ -139,7 +140,7 @@ def parked_sync(rtx: ReadTx) -> list[dict]:
 
 
 def confirm_op(tx: Tx, inbox_id: int, session_id: str, decision: dict[str, Any], seen_keys: list[bytes],
-               forget_keys: list[bytes] = ()) -> str:
+               forget_keys: Sequence[bytes] = ()) -> str:
     """Apply a decision for one inbox event in one transaction; returns what happened.
 
     ``decision["kind"]`` is ``pending`` (with token, amount_minor, network, provider, received_at,

@@ -45,7 +45,7 @@ class Connection:
         self.nursery = nursery
         self._slot = slot
 
-    def start_stream(self, fn: Callable[[], Awaitable[None]], stop: Callable[[str], None]) -> None:
+    def start_stream(self, fn: Callable[[], Awaitable[None]], stop: Callable[[str], object]) -> None:
         """Run ``fn`` (a stream of notifications) for as long as the connection lives. At a graceful stop the
         server calls ``stop(reason)``, which should make ``fn`` send what it has queued, say why, and return;
         the server waits a moment for that before it closes the connection."""
@@ -261,11 +261,11 @@ def parse_line(line: bytes) -> Any:
         text = line.decode(json.detect_encoding(line), "surrogatepass")
         if text.startswith("\ufeff"):
             raise ValueError("a BOM is not JSON")
-        i = _WS.match(text).end()
+        i = _WS.match(text).end()  # type: ignore[union-attr]  # [ \t\n\r]* matches everywhere, never None
         if not text.startswith("[", i):
             return _DECODER.decode(text)
         items: list[Any] = []
-        i = _WS.match(text, i + 1).end()
+        i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]  # [ \t\n\r]* matches everywhere, never None
         if text.startswith("]", i):
             i += 1
         else:
@@ -275,15 +275,15 @@ def parse_line(line: bytes) -> Any:
                 if len(items) > MAX_BATCH:
                     return LineError(errors.INVALID_REQUEST,
                                      f"Invalid Request: a batch may hold at most {MAX_BATCH:,} calls")
-                i = _WS.match(text, i).end()
+                i = _WS.match(text, i).end()  # type: ignore[union-attr]  # [ \t\n\r]* matches everywhere, never None
                 if text.startswith(",", i):
-                    i = _WS.match(text, i + 1).end()
+                    i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]  # [ \t\n\r]* matches everywhere, never None
                     continue
                 if text.startswith("]", i):
                     i += 1
                     break
                 raise ValueError("expected , or ] in a batch")
-        if _WS.match(text, i).end() != len(text):
+        if _WS.match(text, i).end() != len(text):  # type: ignore[union-attr]  # [ \t\n\r]* matches everywhere, never None
             raise ValueError("extra data after the batch")
         return items
     except (ValueError, RecursionError):  # bad JSON or UTF-8, NaN/Infinity, an integer past Python's digit limit

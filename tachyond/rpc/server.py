@@ -181,7 +181,7 @@ def bind_socket(path: Path, mode: int, group: str | None) -> trio.socket.SocketT
     sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
     old = os.umask(0o777 & ~mode)
     try:
-        sock._sock.bind(str(path))  # a plain bind: trio's async bind adds nothing for a path
+        sock._sock.bind(str(path))  # type: ignore[attr-defined]  # trio's socket wraps a stdlib one in _sock; a plain bind: trio's async bind adds nothing for a path
     finally:
         os.umask(old)
     if group is not None:
@@ -254,7 +254,7 @@ class RpcServer:
         self.in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
-        self._streams: dict[object, Callable[[str], None]] = {}   # running streams -> their stop()
+        self._streams: dict[object, Callable[[str], object]] = {}   # running streams -> their stop()
         self._streams_changed = trio.Event()
         self._slots: OrderedDict[_Slot, None] = OrderedDict()     # least recently active first
         self._per_uid: dict[int, int] = {}
@@ -265,7 +265,7 @@ class RpcServer:
         return self.dispatcher.metrics
 
     def _start_stream(self, nursery: trio.Nursery, fn: Callable[[], Awaitable[None]],
-                      stop: Callable[[str], None]) -> None:
+                      stop: Callable[[str], object]) -> None:
         token = object()
         self._streams[token] = stop
 

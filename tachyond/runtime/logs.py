@@ -74,7 +74,7 @@ class JsonFormatter(logging.Formatter):
         doc = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
                "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
         if record.exc_info or record.exc_text:
-            doc["exc"] = record.exc_text or self.formatException(record.exc_info)
+            doc["exc"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]  # exc_info is set: checked by the if above
         return json.dumps(doc)
 
 

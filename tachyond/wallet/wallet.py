@@ -112,7 +112,7 @@ class Wallet:
         self._lock_listeners: list[Callable[[], Awaitable[object]]] = []
         self._rekey_specs: dict[str, dict[str, tuple[str, ...]]] = {}
         self._rekey_hooks: list[Callable[[Tx, WalletKeys, WalletKeys], object]] = []
-        self._rotate_listeners: list[Callable[[Cipher], Awaitable[object]]] = []
+        self._rotate_listeners: list[Callable[[Cipher, Cipher], Awaitable[object]]] = []
         self._keys_dropped = trio.Event()
         self._meta: dict[str, bytes] = {}
         self._keys: WalletKeys | None = None
@@ -635,7 +635,7 @@ class Wallet:
             if rotate_data_key:
                 await self._rotate(keys, new_password)
                 return {"changed": True, "rotated": True}
-            kdf, wrapped = await trio.to_thread.run_sync(self._wrap_sync, new_password, keys.data_key,
+            kdf, wrapped = await trio.to_thread.run_sync(self._wrap_sync, new_password, keys.data_key,  # type: ignore[arg-type]  # an open wallet has its public id
                                                          self.public_id)
             await self._submit(self._store_meta_op, ({"kdf": kdf, "wrapped_key": wrapped},), keys)
             self._meta.update(kdf=kdf, wrapped_key=wrapped)
@@ -652,7 +652,7 @@ class Wallet:
         data_key = secrets.token_bytes(crypto.KEY_BYTES)
         private_raw, public_raw = crypto.new_private_key()
         new = WalletKeys(data_key, private_raw, old.lookup_chain())
-        kdf, wrapped = await trio.to_thread.run_sync(self._wrap_sync, new_password, data_key, self.public_id)
+        kdf, wrapped = await trio.to_thread.run_sync(self._wrap_sync, new_password, data_key, self.public_id)  # type: ignore[arg-type]  # an open wallet has its public id
         seal = new.cipher.seal
         meta = {"kdf": kdf, "wrapped_key": wrapped, "public_key": public_raw,
                 "private_key": seal(aad("meta", "value", "private_key"), private_raw),
@@ -733,7 +733,7 @@ class Wallet:
                         values[i] = new.rehash_lookup(value)
                     else:
                         values[i] = crypto.seal_to_public(meta["public_key"],
-                                                          crypto.open_sealed_with(old.private_raw, value))
+                                                          crypto.open_sealed_with(old.private_raw, value))  # type: ignore[arg-type]  # keys of an open wallet have the private key
                 assignments = ", ".join(f"{c} = ?" for c in columns)
                 conn.execute(f"UPDATE {table} SET {assignments} WHERE id = ?", (*values, rowid))
         for hook in self._rekey_hooks:
@@ -811,7 +811,7 @@ class Wallet:
 
     def open_sealed(self, blob: bytes) -> bytes:
         """Open a blob from seal_to_wallet (needs the wallet unlocked)."""
-        return crypto.open_sealed_with(self._require_keys().private_raw, blob)
+        return crypto.open_sealed_with(self._require_keys().private_raw, blob)  # type: ignore[arg-type]  # keys of an open wallet have the private key
 
 
 def _delete_meta_op(tx: Tx, key: str) -> None:
