@@ -51,11 +51,11 @@ clean:
 MUTATE_FUNCTIONS ?= \
   'tachyond.amounts.*' \
   'tachyond.dex.market.*' \
-  'tachyond.ledger.service.x_lock_postings__*' 'tachyond.ledger.service.x_release_postings__*' \
-  'tachyond.ledger.service.x_check_amount_minor__*' 'tachyond.ledger.service.x__check_text__*' \
-  'tachyond.ledger.service.xǁLedgerTxǁpost_entry__*' 'tachyond.ledger.service.xǁLedgerTxǁ_check_posting__*' \
-  'tachyond.ledger.service.xǁLedgerTxǁ_check_effects__*' 'tachyond.ledger.service.xǁLedgerTxǁ_apply__*' \
-  'tachyond.ledger.service.xǁLedgerTxǁbalance__*' 'tachyond.ledger.service.xǁLedgerTxǁhold_remaining__*' \
+  'tachyond.ledger.journal.x_lock_postings__*' 'tachyond.ledger.journal.x_release_postings__*' \
+  'tachyond.ledger.journal.x_check_amount_minor__*' 'tachyond.ledger.journal.x__check_text__*' \
+  'tachyond.ledger.journal.xǁLedgerTxǁpost_entry__*' 'tachyond.ledger.journal.xǁLedgerTxǁ_check_posting__*' \
+  'tachyond.ledger.journal.xǁLedgerTxǁ_check_effects__*' 'tachyond.ledger.journal.xǁLedgerTxǁ_apply__*' \
+  'tachyond.ledger.journal.xǁLedgerTxǁbalance__*' 'tachyond.ledger.journal.xǁLedgerTxǁhold_remaining__*' \
   'tachyond.ledger.service.xǁLedgerǁ_external__*' 'tachyond.ledger.service.xǁLedgerǁtransfer__*' \
   'tachyond.ledger.service.xǁLedgerǁdeposit__*' 'tachyond.ledger.service.xǁLedgerǁwithdraw__*' \
   'tachyond.dex.store.x_record_orders_op__*' 'tachyond.dex.store.x_settle_op__*' \
