@@ -177,7 +177,7 @@ async def test_reload_refuses_a_broken_file_and_a_socket_change_and_keeps_servin
                              http={**doc["http"], "allow_ips": ["10.0.0.0/8"], "max_body_bytes": 4096}))
         assert await call("daemon.reload") == {"changed": ["daemon.log_format", "daemon.log_level"]}
         last = json.loads(d.stderr().strip().splitlines()[-1])
-        assert last["logger"] == "tachyond.runtime.reload" and "daemon.log_format" in last["msg"]
+        assert last["logger"] == "tachyond.reload" and "daemon.log_format" in last["msg"]
         # trusted_proxies applies to the next request too: 127.0.0.1 becomes a proxy, and the forwarded
         # client inside allow_ips gets through, where the same request was refused before the reload.
         forwarded = {"content-type": "application/json", "X-Forwarded-For": "10.1.2.3"}
