@@ -186,6 +186,33 @@ async def test_create_retrieve_list_match_schema(nursery):
             check_schema(SESSION_SCHEMA, emu.create_foreign_session())
 
 
+# One request per cross-field rule of the emulator's tables (sessions.DESTINATION_RULES, SOURCE_RULES).
+RULE_CASES = [
+    ({"destination_currencies[0]": "btc", "destination_networks[0]": "solana"},
+     "crypto_onramp_invalid_destination_currencies_and_networks", None),
+    (create_form(**{"destination_networks[0]": "solana", "destination_currencies[0]": "usdc",
+                    "destination_networks[1]": "polygon", "wallet_addresses[ethereum]": ETH}),
+     "crypto_onramp_conflicting_destination_network", "destination_network"),
+    ({"destination_amount": "5", "source_currency": "usd", "source_amount": "5"},
+     "crypto_onramp_invalid_source_destination_pair", None),
+    ({"source_currency": "jpy"}, "crypto_onramp_invalid_source_currency", "source_currency"),
+    ({"source_amount": "10"}, "crypto_onramp_missing_source_currency", None),
+]
+# A destination_amount with a currency and no network is refused as an incomplete pair first.
+UNREACHABLE_RULES = {"crypto_onramp_missing_destination_network"}
+
+
+def test_every_create_rule_has_a_case():
+    from tachyon_stripe.sessions import DESTINATION_RULES, SOURCE_RULES
+
+    codes = {code for _holds, code, _message, _param in (*DESTINATION_RULES, *SOURCE_RULES)}
+    cases = {code for _form, code, _param in RULE_CASES} | {
+        "crypto_onramp_invalid_destination_currency_and_network_pair",
+        "crypto_onramp_incomplete_destination_currency_and_network_pair",
+        "crypto_onramp_conflicting_destination_currency", "crypto_onramp_missing_destination_currency"}
+    assert codes - UNREACHABLE_RULES == cases
+
+
 @pytest.mark.parametrize(
     "form,code,param",
     [
@@ -227,6 +254,7 @@ async def test_create_retrieve_list_match_schema(nursery):
             "crypto_onramp_wallet_addresses_not_all_networks_supported",
             "wallet_addresses",
         ),
+        *RULE_CASES,
     ],
 )
 async def test_create_errors_use_stripe_codes(nursery, form, code, param):
