@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench docs clean mutate torture
+.PHONY: install run test lint bench docs clean mutate torture
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tachyond needs Python >= 3.11")'
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@echo "installing tachyond into $(VENV) (first run, or pyproject.toml changed)..." >&2
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip 1>&2
-	@$(BIN)/python -m pip install -q -e '.[test]' 1>&2
+	@$(BIN)/python -m pip install -q -e '.[test,lint]' 1>&2
 	@# Editable installs get no bytecode, and PYTHONDONTWRITEBYTECODE (set on some machines) stops imports
 	@# from caching it: compile once, so tachyon-ctl does not recompile itself on every start.
 	@$(BIN)/python -m compileall -q tachyond tachyon_ctl plugins 1>&2
@@ -31,11 +31,16 @@ test: install
 torture: install
 	$(BIN)/python -m torture $(TORTURE_ARGS)
 
+# ruff: lint and import order (pyproject.toml [tool.ruff]); mypy: types of tachyond and tachyon_ctl.
+lint: install
+	$(BIN)/ruff check tachyond tachyon_ctl plugins tests bench tools torture
+	$(BIN)/mypy
+
 bench: install
 	$(BIN)/python bench/run_all.py
 
 docs: install
-	$(BIN)/python -m tachyond.docgen docs/rpc.md
+	$(BIN)/python -m tachyond.rpc.docgen docs/rpc.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .tachyon-dev mutants
@@ -45,16 +50,16 @@ clean:
 # module.x_function, or module.xǁClassǁmethod). Low priority: the machine is shared.
 MUTATE_FUNCTIONS ?= \
   'tachyond.amounts.*' \
-  'tachyond.dex_market.*' \
-  'tachyond.ledger.x_lock_postings__*' 'tachyond.ledger.x_release_postings__*' \
-  'tachyond.ledger.x_check_amount_minor__*' 'tachyond.ledger.x__check_text__*' \
-  'tachyond.ledger.xǁLedgerTxǁpost_entry__*' 'tachyond.ledger.xǁLedgerTxǁ_check_posting__*' \
-  'tachyond.ledger.xǁLedgerTxǁ_check_effects__*' 'tachyond.ledger.xǁLedgerTxǁ_apply__*' \
-  'tachyond.ledger.xǁLedgerTxǁbalance__*' 'tachyond.ledger.xǁLedgerTxǁhold_remaining__*' \
-  'tachyond.ledger.xǁLedgerǁ_external__*' 'tachyond.ledger.xǁLedgerǁtransfer__*' \
-  'tachyond.ledger.xǁLedgerǁdeposit__*' 'tachyond.ledger.xǁLedgerǁwithdraw__*' \
-  'tachyond.dex_store.x_record_orders_op__*' 'tachyond.dex_store.x_settle_op__*' \
-  'tachyond.dex_store.x__apply_fill__*'
+  'tachyond.dex.market.*' \
+  'tachyond.ledger.journal.x_lock_postings__*' 'tachyond.ledger.journal.x_release_postings__*' \
+  'tachyond.ledger.journal.x_check_amount_minor__*' 'tachyond.ledger.journal.x__check_text__*' \
+  'tachyond.ledger.journal.xǁLedgerTxǁpost_entry__*' 'tachyond.ledger.journal.xǁLedgerTxǁ_check_posting__*' \
+  'tachyond.ledger.journal.xǁLedgerTxǁ_check_effects__*' 'tachyond.ledger.journal.xǁLedgerTxǁ_apply__*' \
+  'tachyond.ledger.journal.xǁLedgerTxǁbalance__*' 'tachyond.ledger.journal.xǁLedgerTxǁhold_remaining__*' \
+  'tachyond.ledger.service.xǁLedgerǁ_external__*' 'tachyond.ledger.service.xǁLedgerǁtransfer__*' \
+  'tachyond.ledger.service.xǁLedgerǁdeposit__*' 'tachyond.ledger.service.xǁLedgerǁwithdraw__*' \
+  'tachyond.dex.store.x_record_orders_op__*' 'tachyond.dex.store.x_settle_op__*' \
+  'tachyond.dex.store.x__apply_fill__*'
 MUTATE_JOBS ?= 1
 
 mutate: install

@@ -17,7 +17,6 @@ Usage: python bench/bench_ceiling.py [--quick]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -26,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from common import PIPELINE_DEPTH, emit, load_native, load_native_http
 
@@ -112,8 +110,11 @@ def wrk(url: str, connections: int, seconds: float) -> dict:
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-    return {"requests_per_s": round(rate), "p99_ms": round(float(p99.group(1)) * scale[p99.group(2)], 3) if p99 else None,
-            "non_2xx": int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0}
+    return {
+        "requests_per_s": round(rate),
+        "p99_ms": round(float(p99.group(1)) * scale[p99.group(2)], 3) if p99 else None,
+        "non_2xx": int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0,
+    }
 
 
 def main() -> None:
@@ -142,7 +143,7 @@ def main() -> None:
         port = free_port()
         server = subprocess.Popen([sys.executable, "-c", ASGI_SERVER, worker, str(port)], stderr=subprocess.DEVNULL)
         try:
-            wait_for(lambda: port_open(port), f"hypercorn ({worker})")
+            wait_for(lambda port=port: port_open(port), f"hypercorn ({worker})")
             requests = [http_request(f"127.0.0.1:{port}", event_body("tw_bench", n))
                         for n in range(2000 if args.quick else 8000)]
             r = load_native_http("127.0.0.1", port, 32, requests)

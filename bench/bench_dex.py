@@ -11,7 +11,6 @@ import random
 import sys
 
 import trio
-
 from common import PIPELINE_DEPTH, Daemon, emit, load, load_native
 
 PASSWORD = "bench password"

@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
 import trio  # noqa: E402
-
 from tachyon_memory_engine import MemoryEngine  # noqa: E402
 from tachyon_sqlite_engine import SqliteEngine  # noqa: E402
+
 from tachyond.engine import EngineContext, EngineOrder, MarketSpec  # noqa: E402
 from tachyond.matching import Matcher  # noqa: E402
 from tachyond.wallet.crypto import Cipher  # noqa: E402

@@ -22,8 +22,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tachyond.amounts import Token  # noqa: E402
-from tachyond.ledger import Ledger  # noqa: E402
-from tachyond.wallet.store import Wallet  # noqa: E402
+from tachyond.ledger.service import Ledger  # noqa: E402
+from tachyond.wallet.wallet import Wallet  # noqa: E402
 
 TOKENS = {"USDC": Token("USDC", 6)}
 
@@ -99,10 +99,19 @@ async def run(concurrency: int, ops: int, data_dir: Path, profile: bool = False)
         assert (await ledger.verify())["ok"]
     latencies.sort()
     done = per_task * concurrency
-    return {"bench": "ledger.transfer", "concurrency": concurrency, "ops": done, "seconds": round(seconds, 3),
-            "transfers_per_s": round(done / seconds, 1), "commits": commits,
-            "ops_per_commit": round(done / commits, 2), "writer_cpu_us_per_op": round(writer_cpu[0] / done * 1e6, 1), "p50_ms": round(latencies[len(latencies) // 2] * 1e3, 3),
-            "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1e3, 3), "synchronous": "FULL"}
+    return {
+        "bench": "ledger.transfer",
+        "concurrency": concurrency,
+        "ops": done,
+        "seconds": round(seconds, 3),
+        "transfers_per_s": round(done / seconds, 1),
+        "commits": commits,
+        "ops_per_commit": round(done / commits, 2),
+        "writer_cpu_us_per_op": round(writer_cpu[0] / done * 1e6, 1),
+        "p50_ms": round(latencies[len(latencies) // 2] * 1e3, 3),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1e3, 3),
+        "synchronous": "FULL",
+    }
 
 
 def main() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 import trio
-
 from common import PIPELINE_DEPTH, Daemon, emit, load, load_native
 
 TOKENS = [{"symbol": "USDC", "decimals": 6, "networks": ["ethereum"]}]
@@ -28,8 +27,15 @@ def main() -> None:
 
         def transfer(cid: int, n: int) -> dict:
             # Each client moves between its own pair of accounts, so no transfer is refused for funds.
-            return {"method": "ledger.transfer", "params": {"from": accounts[(2 * cid) % 64], "to": accounts[(2 * cid + 1) % 64],
-                                                            "token": "USDC", "amount": "0.01"}}
+            return {
+                "method": "ledger.transfer",
+                "params": {
+                    "from": accounts[(2 * cid) % 64],
+                    "to": accounts[(2 * cid + 1) % 64],
+                    "token": "USDC",
+                    "amount": "0.01",
+                },
+            }
 
         for clients in (1, 32):
             r = trio.run(load, d.socket, clients, seconds, transfer, args.pipeline)
@@ -42,7 +48,9 @@ def main() -> None:
         if native is not None:
             emit({"bench": "ledger_transfer_rpc", "synchronous": "FULL", **native})
         verify = d.call("ledger.verify")
-        emit({"bench": "ledger_verify", "after": "ledger_transfer_rpc", "ok": verify["ok"], "entries": verify["entries"]})
+        emit(
+            {"bench": "ledger_verify", "after": "ledger_transfer_rpc", "ok": verify["ok"], "entries": verify["entries"]}
+        )
         assert verify["ok"], verify["problems"]
 
 

@@ -10,7 +10,6 @@ import sys
 import time
 
 import trio
-
 from common import PIPELINE_DEPTH, Daemon, emit, load_native
 
 
@@ -19,14 +18,18 @@ def ctl_startup(socket_path: str, runs: int) -> dict:
     walls = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "tachyon_ctl", "--socket", socket_path, "status"], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "tachyon_ctl", "--socket", socket_path, "status"], check=True, capture_output=True
+        )
         walls.append((time.perf_counter() - t0) * 1000)
     empty = []
     for _ in range(runs):
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "pass"], check=True)
         empty.append((time.perf_counter() - t0) * 1000)
-    r = subprocess.run([sys.executable, "-X", "importtime", "-c", "import tachyon_ctl.cli"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import tachyon_ctl.cli"], capture_output=True, text=True
+    )
     m = re.search(r"\|\s*(\d+) \| tachyon_ctl\.cli$", r.stderr, re.M)
     return {"bench": "ctl_startup", "runs": runs, "status_wall_ms_median": round(statistics.median(walls), 1),
             "bare_python_ms_median": round(statistics.median(empty), 1),
@@ -41,7 +44,11 @@ def main() -> None:
     seconds = 1.5 if args.quick else args.seconds
     with Daemon() as d:
         for clients in (1, 32):
-            r = trio.run(lambda: __import__("common").load(d.socket, clients, seconds, lambda c, n: {"method": "daemon.info"}))
+            r = trio.run(
+                lambda clients=clients: __import__("common").load(
+                    d.socket, clients, seconds, lambda c, n: {"method": "daemon.info"}
+                )
+            )
             emit({"bench": "rpc_daemon_info", "load_generator": "python (trio)", **r})
             native = load_native(d.socket, clients, 200 if args.quick else 1500, lambda c, n: {"method": "daemon.info"})
             if native is not None:

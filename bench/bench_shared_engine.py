@@ -22,7 +22,6 @@ from pathlib import Path
 
 import tomli_w
 import trio
-
 from bench_dex import PASSWORD, make_order
 from common import Daemon, emit, load, pct
 
@@ -39,9 +38,11 @@ class Server:
         server = {"listen": "127.0.0.1:0", "engine": engine}
         if engine == "sqlite":
             server["data_dir"] = str(self.dir / "data")
-        (self.dir / "server.toml").write_text(tomli_w.dumps({"server": server, "tokens": TOKENS, "markets": [MARKET, LAG_MARKET]}))
+        (self.dir / "server.toml").write_text(
+            tomli_w.dumps({"server": server, "tokens": TOKENS, "markets": [MARKET, LAG_MARKET]})
+        )
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         self.err = open(self.dir / "stderr", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "tachyon_http_engine.server", "--config",
                                       str(self.dir / "server.toml")], stderr=self.err, stdout=subprocess.DEVNULL,
@@ -79,7 +80,7 @@ def feed_lag_ms(maker: Daemon, taker: Daemon, samples: int = 20) -> list[float]:
     """A resting sell in ``maker`` (on a market of its own), taken by ``taker``: time until maker settles it."""
     lags = []
     for i in range(samples):
-        ask = maker.call("dex.place_order", {"account": "c0", "market": "LAG/USDC", "side": "sell", "type": "limit",
+        maker.call("dex.place_order", {"account": "c0", "market": "LAG/USDC", "side": "sell", "type": "limit",
                                              "price": "10.00", "qty": "0.01"})
         t0 = time.perf_counter()
         taker.call("dex.place_order", {"account": "c0", "market": "LAG/USDC", "side": "buy", "type": "limit",

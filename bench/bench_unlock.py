@@ -18,7 +18,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tachyond.wallet.store import Wallet  # noqa: E402
+from tachyond.wallet.wallet import Wallet  # noqa: E402
 
 PASSWORD = "correct horse battery staple"
 

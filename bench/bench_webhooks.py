@@ -130,12 +130,13 @@ async def receive_in_process(secrets_dir: str, events: int, concurrency: int) ->
     import types
 
     from tachyon_stripe import _factory
+
     from tachyond.config import from_mapping
-    from tachyond.ledger import Ledger
-    from tachyond.metrics import Metrics
-    from tachyond.onramp import OnrampService
-    from tachyond.rpc import Registry
-    from tachyond.wallet.store import Wallet
+    from tachyond.ledger.service import Ledger
+    from tachyond.onramp.service import OnrampService
+    from tachyond.rpc.dispatch import Registry
+    from tachyond.runtime.metrics import Metrics
+    from tachyond.wallet.wallet import Wallet
 
     cfg = from_mapping({"daemon": {"data_dir": f"{secrets_dir}/data", "socket": f"{secrets_dir}/rpc.sock"},
                         "tokens": [{"symbol": "USDC", "decimals": 6}],

@@ -11,8 +11,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import tomli_w
 import trio
@@ -51,8 +52,14 @@ class Daemon:
 
     def __init__(self, doc: dict[str, Any] | None = None, password: str | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="tyb-", dir="/tmp"))
-        base = {"daemon": {"data_dir": str(self.dir / "data"), "socket": str(self.dir / "rpc.sock"), "log_level": "warning"},
-                "http": {"listen": ["127.0.0.1:0"]}}
+        base = {
+            "daemon": {
+                "data_dir": str(self.dir / "data"),
+                "socket": str(self.dir / "rpc.sock"),
+                "log_level": "warning",
+            },
+            "http": {"listen": ["127.0.0.1:0"]},
+        }
         base.update(doc or {})
         if password is not None:
             (self.dir / "pw").write_text(password)
@@ -61,7 +68,7 @@ class Daemon:
         (self.dir / "tachyond.toml").write_text(tomli_w.dumps(base))
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "Daemon":
+    def __enter__(self) -> Daemon:
         self.proc = subprocess.Popen([sys.executable, "-m", "tachyond", "--config", str(self.dir / "tachyond.toml")],
                                      stderr=open(self.dir / "stderr", "wb"), stdout=subprocess.DEVNULL)
         from tachyon_ctl.client import Client, DaemonNotRunning

@@ -79,8 +79,10 @@ def summarize(rows: list[dict]) -> list[dict]:
         if target is not None:
             met = ratio >= target and (p99_target is None or (p99 is not None and p99 <= p99_target))
         tgt = "" if target is None else f">={target}" + (f", p99<={p99_target}" if p99_target else "")
-        print(f"{name:<66} {rate(a):>11,.0f} {rate(b):>11,.0f} {ratio:>6.2f} {tgt:>7} {p99 if p99 is not None else '-':>8}"
-              f"  {'' if met is None else ('yes' if met else 'NO')}")
+        print(
+            f"{name:<66} {rate(a):>11,.0f} {rate(b):>11,.0f} {ratio:>6.2f} {tgt:>7} {p99 if p99 is not None else '-':>8}"  # noqa: E501 (one line on purpose)
+            f"  {'' if met is None else ('yes' if met else 'NO')}"
+        )
         row = {"bench": "ratios", "ratio": name, "measured_per_s": round(rate(a)), "baseline_per_s": round(rate(b)),
                "value": round(ratio, 3), "target": target, "p99_ms": p99, "target_p99_ms": p99_target, "met": met}
         out.append(row)

@@ -7,7 +7,8 @@ import json
 import signal
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .client import Client, DaemonNotRunning, RpcError
 
@@ -48,7 +49,7 @@ def table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     cols = columns or _human_keys(list(rows[0].keys()))
     cells = [[_cell(r.get(c), c) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=False)).rstrip()  # noqa: E731
     return "\n".join([line([c.upper() for c in cols]), *(line(r) for r in cells)])
 
 
@@ -207,7 +208,9 @@ def render_help(doc: dict[str, Any], method: str | None) -> str:
         for p in m["params"]:
             t = p["schema"].get("type")
             t = "|".join(t) if isinstance(t, list) else t
-            lines.append(f"  {p['name']} ({t}{'' if p['required'] else ', optional'})  {p.get('description', '')}".rstrip())
+            lines.append(
+                f"  {p['name']} ({t}{'' if p['required'] else ', optional'})  {p.get('description', '')}".rstrip()
+            )
     lines += ["", f"Result: {m.get('result', {}).get('description', '')}"]
     if m.get("x-plugin"):
         lines.append(f"Provided by plugin: {m['x-plugin']}")
@@ -246,9 +249,23 @@ def run(args: argparse.Namespace, client: Client, out: Output) -> None:  # noqa:
         out.show(call("daemon.config", label="config"), config_text)
     elif cmd == "wallet":
         if sub == "create":
-            out.show(call("wallet.create", {"password": read_password(args, "New wallet password: ", confirm=True)}, label="wallet-create"), kv)
+            out.show(
+                call(
+                    "wallet.create",
+                    {"password": read_password(args, "New wallet password: ", confirm=True)},
+                    label="wallet-create",
+                ),
+                kv,
+            )
         elif sub == "unlock":
-            out.show(call("wallet.unlock", drop_none({"password": read_password(args, "Wallet password: "), "timeout_s": args.timeout}), label="wallet-unlock"), kv)
+            out.show(
+                call(
+                    "wallet.unlock",
+                    drop_none({"password": read_password(args, "Wallet password: "), "timeout_s": args.timeout}),
+                    label="wallet-unlock",
+                ),
+                kv,
+            )
         elif sub == "lock":
             out.show(call("wallet.lock", label="wallet-lock"), kv)
         elif sub == "change-password":
@@ -269,18 +286,59 @@ def run(args: argparse.Namespace, client: Client, out: Output) -> None:  # noqa:
                  lambda r: table(r, ["account", "token", "available", "locked"]))
     elif cmd == "ledger":
         if sub == "history":
-            out.show(listing(client, args, "ledger.history", {"account": args.account}, "before", "history"),
-                     lambda r: table([{"id": e["id"], "kind": e["kind"], "ts": e.get("ts"), "key": e.get("key"),
-                                       "postings": "; ".join(f"{p['account']} {p['token']} {p.get('bucket', '')} {p['amount']}" for p in e.get("postings", []))}
-                                      for e in r]))
+            out.show(
+                listing(client, args, "ledger.history", {"account": args.account}, "before", "history"),
+                lambda r: table(
+                    [
+                        {
+                            "id": e["id"],
+                            "kind": e["kind"],
+                            "ts": e.get("ts"),
+                            "key": e.get("key"),
+                            "postings": "; ".join(
+                                f"{p['account']} {p['token']} {p.get('bucket', '')} {p['amount']}"
+                                for p in e.get("postings", [])
+                            ),
+                        }
+                        for e in r
+                    ]
+                ),
+            )
         elif sub == "verify":
             out.show(call("ledger.verify", label="verify"), kv)
         elif sub in ("deposit", "withdraw"):
-            out.show(call(f"ledger.{sub}", drop_none({"account": args.account, "token": args.token, "amount": args.amount,
-                                                      "reference": args.reference}), label=sub), kv)
+            out.show(
+                call(
+                    f"ledger.{sub}",
+                    drop_none(
+                        {
+                            "account": args.account,
+                            "token": args.token,
+                            "amount": args.amount,
+                            "reference": args.reference,
+                        }
+                    ),
+                    label=sub,
+                ),
+                kv,
+            )
         elif sub == "transfer":
-            out.show(call("ledger.transfer", drop_none({"from": args.from_account, "to": args.to_account, "token": args.token,
-                                                        "amount": args.amount, "reference": args.reference}), label="transfer"), kv)
+            out.show(
+                call(
+                    "ledger.transfer",
+                    drop_none(
+                        {
+                            "from": args.from_account,
+                            "to": args.to_account,
+                            "token": args.token,
+                            "amount": args.amount,
+                            "reference": args.reference,
+                        }
+                    ),
+                    label="transfer",
+                ),
+                kv,
+            )
     elif cmd == "onramp":
         if sub == "create-session":
             currency = args.currency or "usdc"
@@ -290,24 +348,65 @@ def run(args: argparse.Namespace, client: Client, out: Output) -> None:  # noqa:
             # Minor units were converted with `currency`'s decimals: name it, so the daemon cannot apply another
             # token's (its provider default) to the converted amount.
             sent_currency = args.currency if args.value is not None else currency
-            out.show(call("onramp.create_session", drop_none({"provider": args.provider, "account": args.account,
-                                                              "destination_address": args.destination, "network": args.network,
-                                                              "currency": sent_currency, "amount": amount,
-                                                              "customer_ip_address": args.customer_ip}), label="create-session"), kv)
+            out.show(
+                call(
+                    "onramp.create_session",
+                    drop_none(
+                        {
+                            "provider": args.provider,
+                            "account": args.account,
+                            "destination_address": args.destination,
+                            "network": args.network,
+                            "currency": sent_currency,
+                            "amount": amount,
+                            "customer_ip_address": args.customer_ip,
+                        }
+                    ),
+                    label="create-session",
+                ),
+                kv,
+            )
         elif sub == "pending":
-            out.show(call("onramp.pending", drop_none({"provider": args.provider}), label="pending"),
-                     lambda r: table(r, ["session_id", "provider", "account", "token", "amount", "network", "received_at"]))
+            out.show(
+                call("onramp.pending", drop_none({"provider": args.provider}), label="pending"),
+                lambda r: table(r, ["session_id", "provider", "account", "token", "amount", "network", "received_at"]),
+            )
         elif sub == "claim":
-            out.show(call("onramp.claim", drop_none({"session_id": args.session_id, "account": args.account}), label="claim"), kv)
+            out.show(
+                call(
+                    "onramp.claim", drop_none({"session_id": args.session_id, "account": args.account}), label="claim"
+                ),
+                kv,
+            )
         elif sub == "reconcile":
             out.show(call("onramp.reconcile", drop_none({"lookback_h": args.lookback_h}), label="reconcile"), kv)
         elif sub == "reverse":
-            out.show(call("onramp.reverse", {"session_id": args.session_id, "reason": args.reason}, label="reverse"), kv)
+            out.show(
+                call("onramp.reverse", {"session_id": args.session_id, "reason": args.reason}, label="reverse"), kv
+            )
         elif sub == "quote":
-            out.show(call("onramp.quote", drop_none({"provider": args.provider, "currency": args.currency, "network": args.network,
-                                                     "amount": args.amount, "amount_is": "source" if args.fiat else args.amount_is}), label="quote"),
-                     lambda r: kv({**{k: v for k, v in r.items() if k != "fees"},
-                                   "network_fee": r["fees"]["network"], "transaction_fee": r["fees"]["transaction"]}))
+            out.show(
+                call(
+                    "onramp.quote",
+                    drop_none(
+                        {
+                            "provider": args.provider,
+                            "currency": args.currency,
+                            "network": args.network,
+                            "amount": args.amount,
+                            "amount_is": "source" if args.fiat else args.amount_is,
+                        }
+                    ),
+                    label="quote",
+                ),
+                lambda r: kv(
+                    {
+                        **{k: v for k, v in r.items() if k != "fees"},
+                        "network_fee": r["fees"]["network"],
+                        "transaction_fee": r["fees"]["transaction"],
+                    }
+                ),
+            )
         elif sub == "parked":
             out.show(call("onramp.parked", drop_none({"provider": args.provider}), label="parked"),
                      lambda r: table(r, ["session_id", "provider", "status", "account", "reason"]))
@@ -323,7 +422,10 @@ def run(args: argparse.Namespace, client: Client, out: Output) -> None:  # noqa:
                 params.update(price=args.price, time_in_force=args.tif, post_only=True if args.post_only else None)
             elif args.tif:
                 params["time_in_force"] = args.tif
-            out.show(call("dex.place_order", drop_none(params), label=sub), lambda o: kv({k: v for k, v in o.items() if k != "trades"}))
+            out.show(
+                call("dex.place_order", drop_none(params), label=sub),
+                lambda o: kv({k: v for k, v in o.items() if k != "trades"}),
+            )
         elif sub == "cancel":
             out.show(call("dex.cancel_order", {"order_id": args.order_id}, label="cancel"), kv)
         elif sub == "orders":
@@ -331,11 +433,21 @@ def run(args: argparse.Namespace, client: Client, out: Output) -> None:  # noqa:
                                                           "status": args.status}, "after", "orders"),
                      lambda r: table(r, ORDER_COLS))
         elif sub == "order-book":
-            out.show(call("dex.order_book", drop_none({"market": only_market(client, args.market), "depth": args.depth}), label="order-book"),
-                     order_book_ladder)
+            out.show(
+                call(
+                    "dex.order_book",
+                    drop_none({"market": only_market(client, args.market), "depth": args.depth}),
+                    label="order-book",
+                ),
+                order_book_ladder,
+            )
         elif sub == "trades":
-            out.show(listing(client, args, "dex.trades", {"market": args.market, "account": args.account}, "before", "trades"),
-                     lambda r: table(r, TRADE_COLS))
+            out.show(
+                listing(
+                    client, args, "dex.trades", {"market": args.market, "account": args.account}, "before", "trades"
+                ),
+                lambda r: table(r, TRADE_COLS),
+            )
         elif sub == "watch":
             watch_trades(client, args, out)
 
@@ -359,7 +471,11 @@ def watch_trades(client: Client, args: argparse.Namespace, out: Output) -> None:
         if out.as_json:
             print(json.dumps(t), flush=True)
         else:
-            when = time.strftime("%H:%M:%S", time.localtime(t["ts"])) if isinstance(t.get("ts"), (int, float)) else t.get("ts")
+            when = (
+                time.strftime("%H:%M:%S", time.localtime(t["ts"]))
+                if isinstance(t.get("ts"), (int, float))
+                else t.get("ts")
+            )
             print(f"{when}  {t['market']}  {t['taker_side']:<4} {t['qty']} @ {t['price']}  "
                   f"(trade {t['id']}, fees {t['maker_fee']} / {t['taker_fee']})", flush=True)
         seen += 1
@@ -396,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_subparsers = add_subparsers
         return parser
 
-    sp.add_parser = add_parser
+    sp.add_parser = add_parser  # type: ignore[method-assign]  # wraps argparse's add_parser on this one object
     sp.required = True
 
     c = sp.add_parser("call", help="call any RPC method: call METHOD ['{json params}']")
@@ -412,7 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sp.add_parser("completion", help="print a shell completion script: completion bash|zsh")
     cp.add_argument("shell", choices=["bash", "zsh"])
 
-    w = sp.add_parser("wallet", help="wallet create|unlock|lock|change-password|backup").add_subparsers(dest="sub", metavar="SUB")
+    w = sp.add_parser("wallet", help="wallet create|unlock|lock|change-password|backup").add_subparsers(
+        dest="sub", metavar="SUB"
+    )
     w.required = True
     for name in ("create", "unlock", "change-password"):
         p = w.add_parser(name)
@@ -433,7 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     bal = sp.add_parser("balance", help="balances (all user accounts, or --account)")
     bal.add_argument("--account")
 
-    lg = sp.add_parser("ledger", help="ledger history|verify|deposit|withdraw|transfer").add_subparsers(dest="sub", metavar="SUB")
+    lg = sp.add_parser("ledger", help="ledger history|verify|deposit|withdraw|transfer").add_subparsers(
+        dest="sub", metavar="SUB"
+    )
     lg.required = True
     hi = lg.add_parser("history")
     hi.add_argument("--account")
@@ -454,7 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--amount", required=True)
     t.add_argument("--reference")
 
-    o = sp.add_parser("onramp", help="onramp create-session|pending|claim|reconcile|reverse|quote|parked").add_subparsers(dest="sub", metavar="SUB")
+    o = sp.add_parser(
+        "onramp", help="onramp create-session|pending|claim|reconcile|reverse|quote|parked"
+    ).add_subparsers(dest="sub", metavar="SUB")
     o.required = True
     cs = o.add_parser("create-session")
     cs.add_argument("--destination", required=True, help="wallet address the provider delivers to")
@@ -488,7 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--session-id", required=True)
     rv.add_argument("--reason", required=True)
 
-    d = sp.add_parser("dex", help="dex markets|place-limit|place-market|cancel|orders|order-book|trades|watch|balance").add_subparsers(dest="sub", metavar="SUB")
+    d = sp.add_parser(
+        "dex", help="dex markets|place-limit|place-market|cancel|orders|order-book|trades|watch|balance"
+    ).add_subparsers(dest="sub", metavar="SUB")
     d.required = True
     d.add_parser("markets")
     for name in ("place-limit", "place-market"):

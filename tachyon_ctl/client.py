@@ -66,9 +66,13 @@ class Client:
         except OSError as exc:
             sock.close()
             if exc.errno in (errno.ECONNREFUSED, errno.ENOTSOCK):
-                raise DaemonNotRunning(f"tachyond is not running: {self.path} refuses connections (a stale socket?)") from None
+                raise DaemonNotRunning(
+                    f"tachyond is not running: {self.path} refuses connections (a stale socket?)"
+                ) from None
             if exc.errno == errno.EACCES:
-                raise DaemonNotRunning(f"permission denied on {self.path}: run as the daemon's user or a member of its socket_group") from None
+                raise DaemonNotRunning(
+                    f"permission denied on {self.path}: run as the daemon's user or a member of its socket_group"
+                ) from None
             raise DaemonNotRunning(f"cannot reach tachyond at {self.path}: {exc.strerror}") from None
         self._sock = sock
 
@@ -77,7 +81,7 @@ class Client:
             self._sock.close()
             self._sock = None
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         self.connect()
         return self
 
@@ -104,9 +108,13 @@ class Client:
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise DaemonNotRunning(f"tachyond closed the connection ({exc.strerror}); is it stopping?") from None
         except TimeoutError:
-            raise DaemonNotRunning(f"tachyond at {self.path} did not answer {method} within {self.timeout_s:g} s") from None
+            raise DaemonNotRunning(
+                f"tachyond at {self.path} did not answer {method} within {self.timeout_s:g} s"
+            ) from None
         except ValueError:
-            raise DaemonNotRunning(f"{self.path} answered something that is not JSON-RPC; is it tachyond's socket?") from None
+            raise DaemonNotRunning(
+                f"{self.path} answered something that is not JSON-RPC; is it tachyond's socket?"
+            ) from None
         if "error" in msg:
             err = msg["error"]
             if msg.get("id") is None and err.get("code") == -32000:
@@ -126,7 +134,7 @@ class Client:
         first = next(self._ids)
         ids = [f"{self.who}:{label}#{first}.{i}" for i in range(len(calls))]
         reqs = []
-        for req_id, (method, params) in zip(ids, calls):
+        for req_id, (method, params) in zip(ids, calls, strict=False):
             req: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": req_id}
             if params is not None:
                 req["params"] = params
@@ -147,9 +155,13 @@ class Client:
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise DaemonNotRunning(f"tachyond closed the connection ({exc.strerror}); is it stopping?") from None
         except TimeoutError:
-            raise DaemonNotRunning(f"tachyond at {self.path} did not answer a batch within {self.timeout_s:g} s") from None
+            raise DaemonNotRunning(
+                f"tachyond at {self.path} did not answer a batch within {self.timeout_s:g} s"
+            ) from None
         except ValueError:
-            raise DaemonNotRunning(f"{self.path} answered something that is not JSON-RPC; is it tachyond's socket?") from None
+            raise DaemonNotRunning(
+                f"{self.path} answered something that is not JSON-RPC; is it tachyond's socket?"
+            ) from None
         by_id = {a.get("id"): a for a in msg if isinstance(a, dict)}
         results = []
         for i, req_id in enumerate(ids):

@@ -10,11 +10,13 @@ from typing import Any
 
 from . import completion_data as data
 
+COMMANDS: dict[str, dict[str, Any]] = data.COMMANDS  # type: ignore[assignment]  # a generated literal
+
 GLOBAL_VALUES = {"--socket": "files"}
 GLOBAL_FLAGS = ["--json", "--socket"]
 FILES = ":files"  # first line of the answer: let the shell complete file names
 
-BASH = r'''# bash completion for tachyon-ctl; install: tachyon-ctl completion bash | sudo tee /etc/bash_completion.d/tachyon-ctl >/dev/null
+BASH = r"""# bash completion for tachyon-ctl; install: tachyon-ctl completion bash | sudo tee /etc/bash_completion.d/tachyon-ctl >/dev/null
 _tachyon_ctl() {
     local cur="${COMP_WORDS[COMP_CWORD]}" IFS=$'\n'
     local -a candidates
@@ -26,7 +28,7 @@ _tachyon_ctl() {
     fi
 }
 complete -F _tachyon_ctl tachyon-ctl
-'''
+"""
 
 ZSH = r'''#compdef tachyon-ctl
 # zsh completion for tachyon-ctl; install: tachyon-ctl completion zsh > "${fpath[1]}/_tachyon-ctl"
@@ -86,7 +88,7 @@ def candidates(cword: int, words: list[str]) -> list[str]:
     i = 0
     while i < cword:
         w = words[i]
-        node = data.COMMANDS.get(" ".join(path), {})
+        node = COMMANDS.get(" ".join(path), {})
         if w.startswith("-"):
             if "=" not in w and (w in node.get("values", {}) or w in GLOBAL_VALUES):
                 i += 1  # the flag's value
@@ -95,7 +97,7 @@ def candidates(cword: int, words: list[str]) -> list[str]:
         else:
             positional_used = True
         i += 1
-    node = data.COMMANDS.get(" ".join(path), {})
+    node = COMMANDS.get(" ".join(path), {})
     values = {**GLOBAL_VALUES, **node.get("values", {})}
     prev = words[cword - 1] if cword > 0 else ""
     if prev in values and prev.startswith("-"):

@@ -11,10 +11,11 @@ import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .amounts import Token, parse_decimal
 from .errors import AmountError
@@ -125,7 +126,9 @@ def load(path: Path) -> Config:
         with open(path, "rb") as fh:
             raw = tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError("config", f"file {path} does not exist (use --config PATH, $TACHYON_CONFIG or --dev)") from None
+        raise ConfigError(
+            "config", f"file {path} does not exist (use --config PATH, $TACHYON_CONFIG or --dev)"
+        ) from None
     except PermissionError:
         raise ConfigError("config", f"file {path} is not readable by this user") from None
     except tomllib.TOMLDecodeError as exc:
@@ -186,9 +189,13 @@ def _get(table: Mapping[str, Any], key: str, typ: type | tuple[type, ...], defau
     if key not in table:
         return default
     value = table[key]
-    ok = isinstance(value, typ) and not (isinstance(value, bool) and bool not in (typ if isinstance(typ, tuple) else (typ,)))
+    ok = isinstance(value, typ) and not (
+        isinstance(value, bool) and bool not in (typ if isinstance(typ, tuple) else (typ,))
+    )
     if not ok:
-        want = " or ".join(_tname(t()) if t is not type(None) else "none" for t in (typ if isinstance(typ, tuple) else (typ,)))
+        want = " or ".join(
+            _tname(t()) if t is not type(None) else "none" for t in (typ if isinstance(typ, tuple) else (typ,))
+        )
         raise ConfigError(f"{prefix}.{key}", f"must be {want}, not {_tname(value)}")
     return value
 
@@ -230,7 +237,9 @@ def _daemon(t: Mapping[str, Any]) -> DaemonConfig:
         raise ConfigError("daemon.socket_mode", f"must be an octal mode string such as \"0600\", not {mode_text!r}")
     mode = int(mode_text, 8)
     if mode & 0o007:
-        raise ConfigError("daemon.socket_mode", f"{mode_text} gives other users access; use \"0600\" or \"0660\" with socket_group")
+        raise ConfigError(
+            "daemon.socket_mode", f'{mode_text} gives other users access; use "0600" or "0660" with socket_group'
+        )
     group = _get(t, "socket_group", str, None, p)
     if group is not None:
         import grp
@@ -382,9 +391,13 @@ def _markets(raw: Any, tokens: Mapping[str, Token]) -> tuple[MarketConfig, ...]:
         tick, lot, min_notional = (_decimal(m, k, p) for k in ("tick", "lot", "min_notional"))
         bt, qt = tokens[base], tokens[quote]
         if tick <= 0 or tick.scaleb(qt.decimals) != tick.scaleb(qt.decimals).to_integral_value():
-            raise ConfigError(f"{p}.tick", f"{tick} must be > 0 and a whole number of {quote} minor units ({qt.decimals} decimals)")
+            raise ConfigError(
+                f"{p}.tick", f"{tick} must be > 0 and a whole number of {quote} minor units ({qt.decimals} decimals)"
+            )
         if lot <= 0 or lot.scaleb(bt.decimals) != lot.scaleb(bt.decimals).to_integral_value():
-            raise ConfigError(f"{p}.lot", f"{lot} must be > 0 and a whole number of {base} minor units ({bt.decimals} decimals)")
+            raise ConfigError(
+                f"{p}.lot", f"{lot} must be > 0 and a whole number of {base} minor units ({bt.decimals} decimals)"
+            )
         unit_notional = (tick * lot).scaleb(qt.decimals)
         if unit_notional != unit_notional.to_integral_value():
             raise ConfigError(f"{p}.lot", f"tick {tick} x lot {lot} = {tick * lot} {quote} is finer than {quote}'s "
@@ -407,26 +420,56 @@ def _markets(raw: Any, tokens: Mapping[str, Token]) -> tuple[MarketConfig, ...]:
 # --- writing ----------------------------------------------------------------------------------------
 
 DEFAULT_DOCUMENT: dict[str, Any] = {
-    "daemon": {"data_dir": "/var/lib/tachyond", "socket": str(DEFAULT_SOCKET), "socket_mode": "0600",
-               "log_level": "info", "log_format": "text"},
+    "daemon": {
+        "data_dir": "/var/lib/tachyond",
+        "socket": str(DEFAULT_SOCKET),
+        "socket_mode": "0600",
+        "log_level": "info",
+        "log_format": "text",
+    },
     "wallet": {"unlock_timeout_s": 0, "min_password_length": 8},
-    "http": {"listen": ["127.0.0.1:8787"], "max_body_bytes": 65536, "rate_limit_per_s": 50, "allow_ips": [],
-             "request_timeout_s": 10, "max_connections": 1024},
+    "http": {
+        "listen": ["127.0.0.1:8787"],
+        "max_body_bytes": 65536,
+        "rate_limit_per_s": 50,
+        "allow_ips": [],
+        "request_timeout_s": 10,
+        "max_connections": 1024,
+    },
     "tokens": [
-        {"symbol": "USDC", "decimals": 6, "networks": ["ethereum", "solana", "polygon", "avalanche", "base", "stellar"]},
+        {
+            "symbol": "USDC",
+            "decimals": 6,
+            "networks": ["ethereum", "solana", "polygon", "avalanche", "base", "stellar"],
+        },
         {"symbol": "ZEC", "decimals": 8},
     ],
     "markets": [
-        {"symbol": "ZEC/USDC", "engine": "sqlite", "tick": "0.01", "lot": "0.0001", "min_notional": "1",
-         "maker_fee_bps": 10, "taker_fee_bps": 20, "protection_bps": 500},
+        {
+            "symbol": "ZEC/USDC",
+            "engine": "sqlite",
+            "tick": "0.01",
+            "lot": "0.0001",
+            "min_notional": "1",
+            "maker_fee_bps": 10,
+            "taker_fee_bps": 20,
+            "protection_bps": 500,
+        },
     ],
     # The remote engine's table, as interface.md's example has it; used only by markets with engine = "http".
     "engines": {"http": {"url": "http://127.0.0.1:9010", "timeout_s": 5, "token_env": "TACHYON_ENGINE_TOKEN"}},
-    "onramp": {"stripe": {
-        "secret_key_env": "STRIPE_SECRET_KEY", "webhook_secret_env": "STRIPE_WEBHOOK_SECRET",
-        "api_base": "https://api.stripe.com", "tolerance_s": 300, "default_network": "ethereum",
-        "default_currency": "usdc", "reconcile_interval_s": 300, "reconcile_lookback_h": 72,
-    }},
+    "onramp": {
+        "stripe": {
+            "secret_key_env": "STRIPE_SECRET_KEY",
+            "webhook_secret_env": "STRIPE_WEBHOOK_SECRET",
+            "api_base": "https://api.stripe.com",
+            "tolerance_s": 300,
+            "default_network": "ethereum",
+            "default_currency": "usdc",
+            "reconcile_interval_s": 300,
+            "reconcile_lookback_h": 72,
+        }
+    },
     "plugins": {"disabled": []},
 }
 
@@ -635,7 +678,11 @@ def provenance(cfg: Config, raw: Mapping[str, Any] | None) -> dict[str, dict[str
                 value = f"{value:04o}"
             put(key, value, origin(key))
     for i, t in enumerate(cfg.tokens):
-        put(f"tokens[{i}]", {"symbol": t.symbol, "decimals": t.decimals, "networks": list(t.networks)}, origin(f"tokens[{i}]"))
+        put(
+            f"tokens[{i}]",
+            {"symbol": t.symbol, "decimals": t.decimals, "networks": list(t.networks)},
+            origin(f"tokens[{i}]"),
+        )
     for i, m in enumerate(cfg.markets):
         doc = {k: (str(v) if isinstance(v, Decimal) else v) for k, v in dataclasses.asdict(m).items()}
         put(f"markets[{i}]", doc, origin(f"markets[{i}]"))
@@ -654,3 +701,18 @@ def provenance(cfg: Config, raw: Mapping[str, Any] | None) -> dict[str, dict[str
     env_disabled = [n.strip() for n in os.environ.get("TACHYON_DISABLED_PLUGINS", "").split(",") if n.strip()]
     put("plugins.disabled", cfg.disabled_plugins, "env" if env_disabled else origin("plugins.disabled"))
     return out
+
+
+def reject_unknown_keys(table: Mapping[str, Any], known: set[str], prefix: str) -> None:
+    """Raise ConfigError naming the dotted path of the first key of ``table`` not in ``known``."""
+    _no_unknown(table, known, prefix)
+
+
+def parse_tokens(raw: Any) -> tuple[Token, ...]:
+    """The ``[[tokens]]`` array of tables, checked as the daemon checks it."""
+    return _tokens(raw)
+
+
+def parse_markets(raw: Any, tokens: Mapping[str, Token]) -> tuple[MarketConfig, ...]:
+    """The ``[[markets]]`` array of tables against the declared ``tokens``, checked as the daemon checks it."""
+    return _markets(raw, tokens)

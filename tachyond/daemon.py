@@ -8,20 +8,28 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import trio
 
-from . import __version__, logs
-from .errors import ShuttingDown, TachyonError
+from . import __version__
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_document_toml, load
-from .hardening import PRIVATE_UMASK, disable_core_dumps, make_private_dir
-from .metrics import Metrics
+from .dex import api as dex_api
+from .dex.service import DexService
+from .errors import ShuttingDown, TachyonError
+from .ledger import api as ledger_api
+from .onramp import api as onramp_api
+from .onramp.service import OnrampService
 from .plugins import PluginLoadError, Plugins
-from .rpc import Dispatcher, Registry, RpcServer, SocketInUse, raise_nofile_limit
-from .systemd import Notifier, serve_watchdog, watchdog_interval_s
-from .wallet_api import register_wallet_methods
+from .rpc.dispatch import Dispatcher, Registry
+from .rpc.server import RpcServer, SocketInUse, raise_nofile_limit
+from .runtime import logs
+from .runtime.hardening import PRIVATE_UMASK, disable_core_dumps, make_private_dir
+from .runtime.metrics import Metrics
+from .runtime.systemd import Notifier, serve_watchdog, watchdog_interval_s
+from .wallet import api as wallet_api
 
 log = logging.getLogger("tachyond")
 
@@ -56,13 +64,13 @@ class Daemon:
         self.socket_path: Path = config.daemon.socket
         self.http_binds: list[str] = []
         self.nursery: trio.Nursery | None = None
-        from .reload import Reloader
+        from .runtime.reload import Reloader
 
-        self.reloader = Reloader(self)  # SIGHUP and daemon.reload (tachyond/reload.py)
+        self.reloader = Reloader(self)  # SIGHUP and daemon.reload (tachyond/runtime/reload.py)
 
     # --- plugins --------------------------------------------------------------------------------
 
-    def load_plugins(self, extra: list[tuple[str, Any]] = ()) -> None:
+    def load_plugins(self, extra: Sequence[tuple[str, Any]] = ()) -> None:
         """Load entry points (and ``extra`` objects, for embedding), then gather what each registers."""
         try:
             self.plugins.load_entry_points()
@@ -71,18 +79,29 @@ class Daemon:
             for plugin, name, args, kw in self.plugins.collect("register_engines"):
                 self._claim(self.engine_factories, "engine", plugin, name, args[1] if len(args) > 1 else kw["factory"])
             for plugin, name, args, kw in self.plugins.collect("register_onramp_providers"):
-                self._claim(self.provider_factories, "onramp provider", plugin, name, args[1] if len(args) > 1 else kw["factory"])
+                self._claim(
+                    self.provider_factories,
+                    "onramp provider",
+                    plugin,
+                    name,
+                    args[1] if len(args) > 1 else kw["factory"],
+                )
             for plugin, name, args, kw in self.plugins.collect("register_address_validators"):
-                self._claim(self.address_validators, "address validator for network", plugin, name, args[1] if len(args) > 1 else kw["fn"])
+                self._claim(
+                    self.address_validators,
+                    "address validator for network",
+                    plugin,
+                    name,
+                    args[1] if len(args) > 1 else kw["fn"],
+                )
             for plugin, name, args, kw in self.plugins.collect("register_background_tasks"):
                 self.background_tasks.append((plugin, name, args[1] if len(args) > 1 else kw["fn"]))
             self._check_config_against_plugins()
             self.build_services()
-            register_core_methods(self)
-            register_wallet_methods(self)
+            self.register_methods()
             for plugin, _name, args, kw in self.plugins.collect("register_rpc_methods"):
                 try:
-                    self.registry.add(*args, **kw, plugin=plugin)
+                    self.registry.add(*args, **kw, plugin=plugin)  # type: ignore[misc]  # a plugin passing plugin= is a TypeError, caught below
                 except (TypeError, ValueError) as exc:
                     raise PluginLoadError(str(exc)) from None
         except PluginLoadError as exc:
@@ -94,29 +113,39 @@ class Daemon:
         engines = ", ".join(sorted(self.engine_factories)) or "none"
         for i, market in enumerate(cfg.markets):
             if market.engine not in self.engine_factories:
-                raise ConfigError(f"markets[{i}].engine", f"no loaded plugin provides engine {market.engine!r} (available: {engines})")
+                raise ConfigError(
+                    f"markets[{i}].engine", f"no loaded plugin provides engine {market.engine!r} (available: {engines})"
+                )
         for name, table in cfg.engines.items():
             if name not in self.engine_factories:
-                raise ConfigError(f"engines.{name}", f"no loaded plugin provides engine {name!r} (available: {engines})")
+                raise ConfigError(
+                    f"engines.{name}", f"no loaded plugin provides engine {name!r} (available: {engines})"
+                )
             validate = getattr(self.engine_factories[name][1], "validate_config", None)
             if validate is not None:  # optional: lets an engine refuse a bad table at start, not at first unlock
                 try:
                     validate(dict(table))
                 except Exception as exc:
                     message = getattr(exc, "message", None) or str(exc)
-                    key, sep, reason = message.partition(": ") if message.startswith(f"engines.{name}.") else ("", "", "")
+                    key, sep, reason = (
+                        message.partition(": ") if message.startswith(f"engines.{name}.") else ("", "", "")
+                    )
                     raise ConfigError(key, reason) if sep else ConfigError(f"engines.{name}", message) from None
         providers = ", ".join(sorted(self.provider_factories)) or "none"
         for name in cfg.onramp:
             if name not in self.provider_factories:
-                raise ConfigError(f"onramp.{name}", f"no loaded plugin provides onramp provider {name!r} (available: {providers})")
+                raise ConfigError(
+                    f"onramp.{name}", f"no loaded plugin provides onramp provider {name!r} (available: {providers})"
+                )
 
     @staticmethod
     def _claim(table: dict[str, Any], what: str, plugin: str, name: Any, value: Any) -> None:
         if not isinstance(name, str) or not name:
             raise PluginLoadError(f"plugin {plugin!r} registered a {what} without a name")
         if name in table:
-            raise PluginLoadError(f"plugin {plugin!r}: {what} {name!r} is already registered by plugin {table[name][0]!r}")
+            raise PluginLoadError(
+                f"plugin {plugin!r}: {what} {name!r} is already registered by plugin {table[name][0]!r}"
+            )
         table[name] = (plugin, value)
 
     def prepare_services_for_check(self) -> None:
@@ -169,10 +198,14 @@ class Daemon:
             make_private_dir(cfg.daemon.data_dir)  # 0700 before anything is written in it
         except OSError as exc:
             raise StartupError(f"daemon.data_dir: cannot create {cfg.daemon.data_dir}: {exc.strerror or exc}") from exc
-        raise_nofile_limit()   # soft RLIMIT_NOFILE up to the hard one: the connection caps bind before EMFILE does
-        rpc = RpcServer(self.dispatcher, drain_timeout_s=DRAIN_TIMEOUT_S, max_connections=cfg.daemon.max_rpc_connections,
-                        max_connections_per_uid=cfg.daemon.max_rpc_connections_per_uid,
-                        idle_timeout_s=cfg.daemon.rpc_idle_timeout_s)
+        raise_nofile_limit()  # soft RLIMIT_NOFILE up to the hard one: the connection caps bind before EMFILE does
+        rpc = RpcServer(
+            self.dispatcher,
+            drain_timeout_s=DRAIN_TIMEOUT_S,
+            max_connections=cfg.daemon.max_rpc_connections,
+            max_connections_per_uid=cfg.daemon.max_rpc_connections_per_uid,
+            idle_timeout_s=cfg.daemon.rpc_idle_timeout_s,
+        )
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self._signals)
@@ -181,7 +214,9 @@ class Daemon:
             # only the auxiliary tasks (signals, watchdog, plugin tasks) are cancelled afterwards.
             async with trio.open_nursery() as servers:
                 try:
-                    await servers.start(rpc.serve, cfg.daemon.socket, cfg.daemon.socket_mode, cfg.daemon.socket_group, self.shutdown)
+                    await servers.start(
+                        rpc.serve, cfg.daemon.socket, cfg.daemon.socket_mode, cfg.daemon.socket_group, self.shutdown
+                    )
                 except (SocketInUse, OSError) as exc:
                     raise StartupError(f"daemon.socket: {exc}") from None
                 if cfg.http is not None:
@@ -190,15 +225,17 @@ class Daemon:
                     try:
                         self.http_binds = await servers.start(serve_http, self, self.shutdown)
                     except* OSError as group:  # hypercorn binds inside its own nursery
-                        exc = _leaves(group)[0]
+                        first = _leaves(group)[0]
                         raise StartupError(f"http.listen: cannot listen on {', '.join(cfg.http.listen)}: "
-                                           f"{getattr(exc, 'strerror', None) or exc}") from None
+                                           f"{getattr(first, 'strerror', None) or first}") from None
                 for plugin, name, fn in self.background_tasks:
                     nursery.start_soon(self._plugin_task, plugin, name, fn)
                 interval = watchdog_interval_s()
                 if interval:
                     await nursery.start(serve_watchdog, self.notifier, interval, lambda: not self.shutdown.is_set())
-                status = f"serving on {cfg.daemon.socket}" + (f" and {', '.join(self.http_binds)}" if self.http_binds else "")
+                status = f"serving on {cfg.daemon.socket}" + (
+                    f" and {', '.join(self.http_binds)}" if self.http_binds else ""
+                )
                 self.notifier.ready(status)
                 log.info("tachyond %s %s (wallet %s)", self.version, status, self.wallet_state())
                 self.plugins.notify("daemon_started", daemon=self)
@@ -212,8 +249,8 @@ class Daemon:
 
     def build_services(self) -> None:
         """Construct the wallet and ledger (and register their schemas) before anything runs."""
-        from .ledger import Ledger
-        from .wallet.store import INSECURE_TEST_SCRYPT_ENV, Wallet, scrypt_n_from_env
+        from .ledger.service import Ledger
+        from .wallet.wallet import INSECURE_TEST_SCRYPT_ENV, Wallet, scrypt_n_from_env
 
         try:
             scrypt_n = scrypt_n_from_env(self.config.daemon.data_dir)  # refused outside the temp dir
@@ -226,16 +263,22 @@ class Daemon:
         self.wallet = Wallet(self.config.daemon.data_dir, scrypt_n=scrypt_n)
         self.wallet.add_lock_listener(self.on_locked)
         self.ledger = Ledger(self.wallet, self.config.token_map())
-        # Each service registers its wallet schema and its RPC methods in its constructor.
-        from .dex import DexService
-
+        # Each service registers its wallet schema in its constructor; register_methods adds their RPC methods.
         self.dex = DexService(self)  # always: with no [[markets]], dex.markets is [] and orders name an unknown market
         # Always present: with no [onramp.*] table, onramp.* answers "not configured" rather than "method not found".
-        from .onramp import OnrampService
-
         self.onramp = OnrampService(self)
         for name, service in (("dex", self.dex), ("onramp", self.onramp)):
             self.reloader.add(name, service.prepare_config)  # reload: each service applies its dynamic keys
+
+    def register_methods(self) -> None:
+        """The one registration path: the core's methods, then each domain's ``api.register`` with its service
+        (wallet, ledger, dex, onramp: the order of docs/rpc.md)."""
+        register_core_methods(self)
+        wallet_api.register(self.registry, self.wallet, settings=lambda: self.config.wallet,
+                            on_unlocked=self.on_unlocked)
+        ledger_api.register(self.registry, self.ledger, self.wallet)
+        dex_api.register(self.registry, self.dex)
+        onramp_api.register(self.registry, self.onramp)
 
     async def _start_services(self, nursery: trio.Nursery) -> None:
         """Open the wallet file (and unlock it from password_file); start the services that need it."""
@@ -322,7 +365,9 @@ def register_core_methods(d: Daemon) -> None:
         """An OpenRPC 1.x document of every method, plugins' included."""
         return r.discover(d.version)
 
-    @r.method("daemon.info", result="{version, uptime_s, wallet, unlocked_until, plugins, engines, markets, onramp_providers}")
+    @r.method(
+        "daemon.info", result="{version, uptime_s, wallet, unlocked_until, plugins, engines, markets, onramp_providers}"
+    )
     async def daemon_info(p: dict[str, Any]) -> Any:
         """The daemon's version, uptime, wallet state, plugins, engines, markets and onramp providers."""
         info = {
@@ -351,7 +396,7 @@ def register_core_methods(d: Daemon) -> None:
         """Every loaded plugin with its version, the hooks it implements and whether it ships with tachyond."""
         return d.plugins.listing()
 
-    from .reload import register_reload_methods
+    from .runtime.reload import register_reload_methods
 
     register_reload_methods(d)
 
@@ -360,8 +405,14 @@ def register_core_methods(d: Daemon) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tachyond", description="The tachyon wallet daemon (foreground; logs to stderr).")
-    ap.add_argument("--config", type=Path, help="TOML config (default: $TACHYON_CONFIG, else /etc/tachyon/tachyond.toml)")
-    ap.add_argument("--dev", action="store_true", help="run the embedded development default under ./.tachyon-dev/ (not for real money)")
+    ap.add_argument(
+        "--config", type=Path, help="TOML config (default: $TACHYON_CONFIG, else /etc/tachyon/tachyond.toml)"
+    )
+    ap.add_argument(
+        "--dev",
+        action="store_true",
+        help="run the embedded development default under ./.tachyon-dev/ (not for real money)",
+    )
     ap.add_argument("--print-default-config", action="store_true", help="write a default config to stdout and exit")
     ap.add_argument("--check-config", action="store_true", help="validate the config (and its plugins) and exit")
     ap.add_argument("--version", action="version", version=f"tachyond {__version__}")
@@ -370,7 +421,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace) -> Config:
     if args.dev:
-        from .devmode import dev_config
+        from .runtime.devmode import dev_config
 
         return dev_config(Path.cwd() / ".tachyon-dev")
     path = args.config or Path(os.environ.get("TACHYON_CONFIG") or DEFAULT_CONFIG_PATH)
@@ -380,7 +431,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["inspect"]:  # `tachyond inspect PATH`: a stopped wallet file, read-only
-        from .inspect_wallet import main as inspect_main
+        from .wallet.inspect import main as inspect_main
 
         return inspect_main(argv[1:])
     args = _parser().parse_args(argv)
@@ -445,7 +496,7 @@ async def _run(config: Config) -> None:
     daemon = Daemon(config)
     daemon.load_plugins()
     if config.dev:
-        from .devmode import run_dev
+        from .runtime.devmode import run_dev
 
         await run_dev(daemon)
     else:

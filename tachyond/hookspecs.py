@@ -6,7 +6,8 @@ pluggy has no async support: an ``async def`` hook implementation would return a
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import hookspec
 
@@ -23,7 +24,7 @@ def register_onramp_providers(register: Callable[[str, Callable[..., Any]], None
 
 @hookspec
 def register_rpc_methods(register: Callable[..., None]) -> None:
-    """Register JSON-RPC methods: ``register(name, handler, params=[Param...], doc="...")``; handler(params) is async."""
+    """Register JSON-RPC methods: ``register(name, handler, params=[Param...], doc="...")``; handler(params) is async."""  # noqa: E501 (shown verbatim)
 
 
 @hookspec

@@ -17,7 +17,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from .config import HttpConfig, parse_listen
-from .rpc import AcceptBackoff
+from .rpc.server import AcceptBackoff
 
 log = logging.getLogger("tachyond.http")
 
@@ -136,7 +136,9 @@ class ConnectionLimits:
         """None when a connection from ``address`` may open; else why not ("total" or "per_address")."""
         if self.open_total >= self.max_total:
             return "total"
-        if self.by_address.get(limit_key(address), 0) >= self.max_per_address and not _in_networks(address, self.trusted):
+        if self.by_address.get(limit_key(address), 0) >= self.max_per_address and not _in_networks(
+            address, self.trusted
+        ):
             return "per_address"
         return None
 
@@ -185,7 +187,7 @@ class GuardedStream:
     """
 
     def __init__(self, inner: Any, limits: ConnectionLimits, address: str, key: tuple,
-                 registry: dict[tuple, "GuardedStream"]):
+                 registry: dict[tuple, GuardedStream]):
         self.inner = inner
         self.registry = registry
         self.limits = limits
@@ -258,7 +260,9 @@ class GuardedListener(trio.abc.Listener[Any]):
     """Wraps a hypercorn listener: survives EMFILE/ENFILE (log, back off, go on), enforces the connection
     caps and hands out :class:`GuardedStream` connections."""
 
-    def __init__(self, inner: Any, limits: ConnectionLimits, backoff: AcceptBackoff, registry: dict[tuple, GuardedStream]):
+    def __init__(
+        self, inner: Any, limits: ConnectionLimits, backoff: AcceptBackoff, registry: dict[tuple, GuardedStream]
+    ):
         self.inner = inner
         self.limits = limits
         self.backoff = backoff
@@ -460,7 +464,7 @@ def make_app(daemon: Any) -> QuartTrio:
     last_problems: dict[str, Any] = {"names": None}
 
     def limited(route: str) -> Response | None:
-        if daemon.admin_limiter.allow(limit_key(client_address(request.scope, app.config["TACHYON_TRUSTED"]))):
+        if daemon.admin_limiter.allow(limit_key(client_address(request.scope, app.config["TACHYON_TRUSTED"]))):  # type: ignore[arg-type]  # an ASGI scope is a dict
             return None
         daemon.metrics.http_rate_limited.labels(route).inc()
         return _json({"error": "rate limit exceeded; retry later"}, 429)
@@ -494,9 +498,11 @@ def make_app(daemon: Any) -> QuartTrio:
         return _json({"status": "ok", "version": daemon.version, "uptime_s": daemon.uptime_s(),
                       "wallet": daemon.wallet_state()}, 200)
 
-    from .onramp_page import register_onramp_page
+    from .onramp.page import register_onramp_page
 
-    register_onramp_page(app, daemon, lambda scope: limit_key(client_address(scope, app.config["TACHYON_TRUSTED"])))  # GET /onramp/{session_id}: the embedded onramp page
+    register_onramp_page(
+        app, daemon, lambda scope: limit_key(client_address(scope, app.config["TACHYON_TRUSTED"]))
+    )  # GET /onramp/{session_id}: the embedded onramp page
 
     @app.route("/metrics", methods=["GET"])
     async def metrics() -> Response:
@@ -582,7 +588,7 @@ async def serve_guarded(app: Any, cfg: HttpConfig, roles: list[tuple[str, tuple[
                     inner: Any = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
                     scheme = "http"
                     if sock in sockets.secure_sockets:
-                        inner, scheme = trio.SSLListener(inner, ssl_context, https_compatible=True), "https"
+                        inner, scheme = trio.SSLListener(inner, ssl_context, https_compatible=True), "https"  # type: ignore[arg-type]  # secure_sockets exist only with a context
                     listeners.append(GuardedListener(inner, limits, backoff, registry))
                     url = f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}"
                     urls.append(url)
@@ -601,7 +607,7 @@ async def serve_guarded(app: Any, cfg: HttpConfig, roles: list[tuple[str, tuple[
             except BaseExceptionGroup as error:
                 _, other = error.split((ShutdownError, KeyboardInterrupt))
                 if other is not None:
-                    raise other
+                    raise other  # noqa: B904 (the group's other part, re-raised as it came)
             finally:
                 await context.terminated.set()
                 server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout

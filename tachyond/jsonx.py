@@ -17,7 +17,8 @@ standard library refuses, are encoded (the daemon passes none).
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["BACKEND", "FAST_DECODE", "FastDecodeError", "dumps", "loads", "stdlib_dumps"]
 
@@ -52,7 +53,7 @@ def stdlib_dumps(obj: object) -> bytes:
 try:
     import msgspec as _msgspec
 except ImportError:  # no wheel for this platform: the standard library serves
-    _msgspec = None
+    _msgspec = None  # type: ignore[assignment]  # no msgspec wheel: the stdlib path
 
 if _msgspec is not None:
     BACKEND = "msgspec"
@@ -75,7 +76,7 @@ if _msgspec is not None:
         try:
             return _decode(data)
         except _DecodeError:
-            return json.loads(data)
+            return json.loads(data)  # type: ignore[arg-type]  # memoryview only reaches msgspec; json gets bytes/str
 else:
     BACKEND = "json"
     dumps = stdlib_dumps

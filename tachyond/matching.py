@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import deque
-from typing import Any, Callable, Hashable, Iterable, NamedTuple
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, NamedTuple
 
-
-from .engine import (
-    DONE_CANCELED, DONE_EXPIRED, DONE_FILLED, DONE_POST_ONLY, DONE_SELF_TRADE, Depth, EngineOrder, Event,
-)
+from .engine import DONE_CANCELED, DONE_EXPIRED, DONE_FILLED, DONE_POST_ONLY, DONE_SELF_TRADE, Depth, EngineOrder, Event
 from .errors import EngineError, UnknownMarket
 
 _EVENT_FIELDS = ("seq", "market", "kind", "order_id", "qty_lots", "price_ticks", "maker_order_id",
@@ -131,7 +129,7 @@ class OrderBook:
             return [_tuple_new(Event, (next_seq, self.market, "done", order_id, qty, 0, None, None, DONE_POST_ONLY))]
         if tif == "fok" and self._fillable_lots(side, price, order.owner, qty) < qty:
             return [_tuple_new(Event, (next_seq, self.market, "done", order_id, qty, 0, None, None, DONE_EXPIRED))]
-        return self._take(order, next_seq, best)
+        return self._take(order, next_seq, best)  # type: ignore[arg-type]  # best is not None: an empty book returned above
 
     def _take(self, order: EngineOrder, seq: int, best: int) -> list[Event]:
         """Fill a crossing order level by level from ``best``, then rest or end its remainder."""
@@ -181,9 +179,9 @@ class OrderBook:
                 del opp[best]
                 keys.pop()   # the level just emptied was the best, and the best is last
                 if is_buy:
-                    best = self._best_ask = -keys[-1] if keys else None
+                    best = self._best_ask = -keys[-1] if keys else None  # type: ignore[assignment]  # None ends the loop (checked just below)
                 else:
-                    best = self._best_bid = keys[-1] if keys else None
+                    best = self._best_bid = keys[-1] if keys else None  # type: ignore[assignment]  # None ends the loop (checked just below)
             if self_trade or not remaining or best is None or (best > price if is_buy else best < price):
                 break
         if not remaining:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -51,7 +52,9 @@ class Plugins:
             try:
                 obj = ep.load()
             except Exception as exc:
-                raise PluginLoadError(f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}") from exc
+                raise PluginLoadError(
+                    f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
+                ) from exc
             self.register(obj, ep.name, ep.dist)
         try:
             self.pm.check_pending()

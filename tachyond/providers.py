@@ -6,8 +6,9 @@ reconciliation), so a second provider is a plugin, not a fork.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 class WebhookRejected(Exception):
@@ -95,7 +96,7 @@ class Quote:
 
 @dataclass(frozen=True)
 class Embed:
-    """What a page needs to mount a provider's payment widget for one session (see tachyond.onramp_page).
+    """What a page needs to mount a provider's payment widget for one session (see tachyond.onramp.page).
 
     ``scripts`` are loaded in order; ``bootstrap_js`` runs after them with ``config`` as the global
     ``ONRAMP_CONFIG``; the CSP names only ``script_hosts``/``frame_hosts``/``connect_hosts``/``img_hosts``.

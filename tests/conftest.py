@@ -11,8 +11,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import tomli_w
@@ -20,6 +21,11 @@ import tomli_w
 from tachyon_ctl.client import Client, DaemonNotRunning
 
 ROOT = Path(__file__).resolve().parent.parent
+# The test modules import helpers from each other across the folders that mirror the packages
+# (test_dex_helpers, test_http_engine, test_onramp, ...): each folder is on sys.path, as the flat tests/ was.
+for _folder in sorted(Path(__file__).resolve().parent.iterdir()):
+    if _folder.is_dir() and any(_folder.glob("test_*.py")) and str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 PLUGIN_SITE = Path(__file__).resolve().parent / "fixtures" / "plugin_site"
 IN_CI = os.environ.get("CI") == "true"
 
@@ -84,10 +90,12 @@ class DaemonProc:
         self.env.pop("WATCHDOG_USEC", None)
         self.env.pop("TACHYON_DISABLED_PLUGINS", None)
         # scrypt at the default N=2**17 costs ~0.4-1.3 s per create/unlock here; the suite's daemons use 2**10
-        # (tests/test_wallet_kdf.py shows the default on a daemon started without it).
+        # (tests/wallet/test_wallet_kdf.py shows the default on a daemon started without it).
         self.env.setdefault("TACHYOND_INSECURE_TEST_SCRYPT_N", "1024")
         if test_plugin:
-            self.env["PYTHONPATH"] = os.pathsep.join([str(PLUGIN_SITE), self.env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+            self.env["PYTHONPATH"] = os.pathsep.join([str(PLUGIN_SITE), self.env.get("PYTHONPATH", "")]).rstrip(
+                os.pathsep
+            )
         self.env.update(env or {})
         self.args = args if args is not None else ["--config", str(self.config_path)]
         self.cwd = cwd or dir_
@@ -95,7 +103,7 @@ class DaemonProc:
         self.stderr_path = dir_ / "tachyond.stderr"
         self.stdout_path = dir_ / "tachyond.stdout"
 
-    def start(self, *, wait: bool = True, timeout_s: float = 30) -> "DaemonProc":
+    def start(self, *, wait: bool = True, timeout_s: float = 30) -> DaemonProc:
         self._stderr = open(self.stderr_path, "ab")
         self._stdout = open(self.stdout_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "tachyond", *self.args], cwd=self.cwd, env=self.env,
@@ -151,7 +159,7 @@ class DaemonProc:
                     if not chunk:
                         break
                     buf += chunk
-            except socket.timeout:
+            except TimeoutError:
                 pass
             return buf
 

@@ -8,15 +8,15 @@ writes succeed, each once.
 from __future__ import annotations
 
 import errno
-import os
 import subprocess
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import trio
-
 from conftest import DaemonProc, base_document
+
 from torture.rpc import Down, Rpc, RpcError
 
 PASSWORD = "disk full horse"

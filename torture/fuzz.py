@@ -17,10 +17,12 @@ import json
 import socket
 import time
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
-from hypothesis import HealthCheck, given, seed, settings, strategies as st
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
 
 # Calls that would end the run rather than test input handling: stopping, locking, guessing passwords (each wrong
 # one waits longer), and writing backup files at paths hypothesis makes up.
@@ -88,7 +90,7 @@ class Socket:
                             self.close()
                             return lines, False
                         self.buf += chunk
-                except socket.timeout:
+                except TimeoutError:
                     return lines, True
                 finally:
                     if self.s is not None:
@@ -140,7 +142,9 @@ def snapshot(conn: Socket) -> tuple:
 
 def diff(before: tuple, after: tuple) -> str:
     names = ("journal head", "balances", "fees", "pending topups", "open orders", "accounts")
-    return "; ".join(f"{n} {str(b)[:80]} -> {str(a)[:80]}" for n, b, a in zip(names, before, after) if a != b)
+    return "; ".join(
+        f"{n} {str(b)[:80]} -> {str(a)[:80]}" for n, b, a in zip(names, before, after, strict=False) if a != b
+    )
 
 
 def well_formed(line: bytes) -> str | None:

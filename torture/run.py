@@ -19,16 +19,13 @@ Usage: ``python -m torture [--kills N] [--seed S]``; ``TORTURE_KILLS`` and ``TOR
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import random
 import re
 import resource
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,9 +40,10 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import DaemonProc, base_document  # noqa: E402  (the suite's own daemon helpers)
-from test_http_engine import TOKEN as ENGINE_TOKEN, ServerProc, server_document  # noqa: E402
-
 from tachyon_stripe.emulator import EmulatorConfig, serve_emulator  # noqa: E402
+from test_http_engine import TOKEN as ENGINE_TOKEN  # noqa: E402
+from test_http_engine import ServerProc, server_document  # noqa: E402  (tests/engines, on sys.path by conftest)
+
 from torture.rpc import Down, Rpc, RpcError  # noqa: E402
 
 PASSWORD = "torture horse battery staple"
@@ -113,8 +111,10 @@ class State:
     orders: dict[str, dict] = field(default_factory=dict)          # order id -> what place_order answered + params
     refused_orders: dict[tuple[str, str], str] = field(default_factory=dict)  # (account, coid) -> the refusal
     cancels: set[str] = field(default_factory=set)                 # order ids whose cancel was acknowledged
-    claims: dict[str, dict] = field(default_factory=dict)          # session id -> claim answer
-    uncertain_claims: dict[str, str] = field(default_factory=dict)  # session id -> account: answer lost, then "not found"
+    claims: dict[str, dict] = field(default_factory=dict)  # session id -> claim answer
+    uncertain_claims: dict[str, str] = field(
+        default_factory=dict
+    )  # session id -> account: answer lost, then "not found"
     reversals: dict[str, dict] = field(default_factory=dict)       # session id -> reversal
     backups: list[dict] = field(default_factory=list)
     acks: Counter = field(default_factory=Counter)                 # method -> acknowledged successes
@@ -223,7 +223,8 @@ class World:
 
     # ----- client side -----
     async def call(self, rpc: Rpc, method: str, params: Any = None, *, retry: bool = True) -> tuple[str, Any]:
-        """("ok", result) or ("refused", RpcError): the acknowledged answer, repeating the call while the daemon is away.
+        """("ok", result) or ("refused", RpcError): the acknowledged answer, repeating the call while the
+        daemon is away.
 
         ("down", None) when ``retry`` is False and the daemon went away before answering."""
         first = True
@@ -449,7 +450,7 @@ class World:
             postings = self.journal[entry_id][2]
             amount = sum(p["amount_minor"] for p in postings if p["account"] == account and p["bucket"] == "available")
             self.st.claims[sid] = {"entry_id": entry_id, "account": account, "token": "USDC", "amount_minor": amount}
-        for sid, rev in self.st.reversals.items():
+        for sid in self.st.reversals:
             if f"reverse:onramp:{sid}" not in self.keys:
                 self.fail(f"acknowledged reversal of {sid} missing")
         self.checks["acknowledged entries present, refusals absent"] += 1
@@ -749,43 +750,56 @@ async def run_all(args: argparse.Namespace, base: Path) -> dict:
         report["phases"]["diskfull"] = await diskfull.run(base / "diskfull", w.fail)
         report["phases"]["diskfull"]["seconds"] = round(time.monotonic() - t0, 1)
     st = w.st
-    report.update({
-        "kills_survived": w.kills, "engine_server_kills": w.engine_kills,
-        "restart_s": {"p50": round(sorted(w.restart_s)[len(w.restart_s) // 2], 2) if w.restart_s else None,
-                      "max": round(max(w.restart_s), 2) if w.restart_s else None},
-        "acknowledged": dict(sorted(st.acks.items())),
-        "acknowledged_total": sum(st.acks.values()),
-        "refusals": dict(sorted(st.refusals.items())),
-        "retried_after_kill": st.retried,
-        "journal_entries": len(w.journal), "orders_acknowledged": len(st.orders), "cancels_acknowledged": len(st.cancels),
-        "claims": len(st.claims), "reversals": len(st.reversals), "backups": len(st.backups),
-        "ledger_ops_acknowledged": Counter(op.kind for op in st.ops),
-        "invariant_checks_passed": dict(w.checks) if not w.failures else None,
-        "invariant_checks_run": dict(w.checks),
-        "counters": dict(w.counters),
-        "failures": w.failures, "ok": not w.failures, "known_defects": w.known,
-        "seconds": round(time.monotonic() - t_start, 1),
-    })
+    report.update(
+        {
+            "kills_survived": w.kills,
+            "engine_server_kills": w.engine_kills,
+            "restart_s": {
+                "p50": round(sorted(w.restart_s)[len(w.restart_s) // 2], 2) if w.restart_s else None,
+                "max": round(max(w.restart_s), 2) if w.restart_s else None,
+            },
+            "acknowledged": dict(sorted(st.acks.items())),
+            "acknowledged_total": sum(st.acks.values()),
+            "refusals": dict(sorted(st.refusals.items())),
+            "retried_after_kill": st.retried,
+            "journal_entries": len(w.journal),
+            "orders_acknowledged": len(st.orders),
+            "cancels_acknowledged": len(st.cancels),
+            "claims": len(st.claims),
+            "reversals": len(st.reversals),
+            "backups": len(st.backups),
+            "ledger_ops_acknowledged": Counter(op.kind for op in st.ops),
+            "invariant_checks_passed": dict(w.checks) if not w.failures else None,
+            "invariant_checks_run": dict(w.checks),
+            "counters": dict(w.counters),
+            "failures": w.failures,
+            "ok": not w.failures,
+            "known_defects": w.known,
+            "seconds": round(time.monotonic() - t_start, 1),
+        }
+    )
     return report
 
 
 def markdown(report: dict) -> str:
     known = ", ".join(f"{name} x{d['count']}" for name, d in report["known_defects"].items())
-    lines = [f"# make torture: {'PASSED' if report['ok'] else 'FAILED'}", "",
-             f"- seed {report['seed']}; {report['kills_survived']} daemon SIGKILLs survived "
-             f"(of {report['kills_requested']} asked), {report['engine_server_kills']} tachyon-engine-server SIGKILLs;"
-             f" {report['seconds']} s",
-             f"- acknowledged operations: {report['acknowledged_total']} "
-             f"({', '.join(f'{k} {v}' for k, v in report['acknowledged'].items())})",
-             f"- acknowledged refusals: {sum(report['refusals'].values())} "
-             f"({', '.join(f'{k}: {v}' for k, v in report['refusals'].items())})",
-             f"- calls repeated after a kill: {report['retried_after_kill']}; journal entries {report['journal_entries']}",
-             f"- invariant checks: {', '.join(f'{k} x{v}' for k, v in report['invariant_checks_run'].items())}",
-             f"- exceptions the daemon logged with a traceback (by kind): "
-             f"{json.dumps(report.get('daemon_log_tracebacks', {}))}",
-             f"- known defects (reported, not failing the run): "
-             f"{known or 'none'}",
-             f"- failures: {len(report['failures'])}"]
+    lines = [
+        f"# make torture: {'PASSED' if report['ok'] else 'FAILED'}",
+        "",
+        f"- seed {report['seed']}; {report['kills_survived']} daemon SIGKILLs survived "
+        f"(of {report['kills_requested']} asked), {report['engine_server_kills']} tachyon-engine-server SIGKILLs;"
+        f" {report['seconds']} s",
+        f"- acknowledged operations: {report['acknowledged_total']} "
+        f"({', '.join(f'{k} {v}' for k, v in report['acknowledged'].items())})",
+        f"- acknowledged refusals: {sum(report['refusals'].values())} "
+        f"({', '.join(f'{k}: {v}' for k, v in report['refusals'].items())})",
+        f"- calls repeated after a kill: {report['retried_after_kill']}; journal entries {report['journal_entries']}",
+        f"- invariant checks: {', '.join(f'{k} x{v}' for k, v in report['invariant_checks_run'].items())}",
+        f"- exceptions the daemon logged with a traceback (by kind): "
+        f"{json.dumps(report.get('daemon_log_tracebacks', {}))}",
+        f"- known defects (reported, not failing the run): {known or 'none'}",
+        f"- failures: {len(report['failures'])}",
+    ]
     for name, d in report["known_defects"].items():
         lines += [f"  - known {name}: {d['why']} Example: {d['example']}"]
     lines += [f"  - {f}" for f in report["failures"][:50]]

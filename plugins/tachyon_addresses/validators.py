@@ -28,7 +28,7 @@ def eip55_checksum(address: str) -> str:
     """The EIP-55 mixed-case form of a 0x-prefixed 40-hex-digit address (Keccak-256, not SHA3-256)."""
     body = address[2:].lower()
     digest = keccak.new(digest_bits=256, data=body.encode("ascii")).hexdigest()
-    return "0x" + "".join(c.upper() if int(h, 16) >= 8 else c for c, h in zip(body, digest))
+    return "0x" + "".join(c.upper() if int(h, 16) >= 8 else c for c, h in zip(body, digest, strict=False))
 
 
 def validate_evm(address: str) -> str:
@@ -81,7 +81,9 @@ def validate_stellar(address: str) -> str:
     text = address.strip()
     if text[:1] == "S":
         # Never echo this one: it may be a secret seed.
-        raise InvalidAddress("this looks like a Stellar secret seed (S…): never share it; give the public G… account id")
+        raise InvalidAddress(
+            "this looks like a Stellar secret seed (S…): never share it; give the public G… account id"
+        )
     if text[:1] == "M":
         raise InvalidAddress(f"{_short(text)} is a muxed (M…) account: give the plain G… account id")
     if text[:1] == "C":

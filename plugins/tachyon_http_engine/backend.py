@@ -19,8 +19,9 @@ import json
 import secrets
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import trio
 

@@ -7,8 +7,9 @@ import json as jsonlib
 import logging
 import os
 import ssl
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -97,7 +98,9 @@ class HttpEngine:
             try:
                 token = open(expand_path(config["token_file"]), encoding="utf-8").read().strip()
             except OSError as exc:
-                raise EngineError(f"engines.http.token_file: cannot read {config['token_file']}: {exc.strerror}") from None
+                raise EngineError(
+                    f"engines.http.token_file: cannot read {config['token_file']}: {exc.strerror}"
+                ) from None
             if not token:
                 raise EngineError(f"engines.http.token_file: {config['token_file']} is empty")
             return token

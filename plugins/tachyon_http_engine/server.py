@@ -13,17 +13,18 @@ import os
 import signal
 import sys
 import tomllib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from tachyond.config import ConfigError, MarketConfig, _markets, _no_unknown, _tokens, parse_listen
+from tachyond.config import ConfigError, MarketConfig, parse_listen, parse_markets, parse_tokens, reject_unknown_keys
 from tachyond.engine import EngineOrder, Event
 from tachyond.errors import EngineError, UnknownMarket
 
@@ -75,11 +76,11 @@ class ServerConfig:
 
 def parse_config(raw: dict[str, Any]) -> ServerConfig:
     """Validate a parsed server TOML document; ConfigError names the dotted key."""
-    _no_unknown(raw, {"server", "tokens", "markets"}, "")
+    reject_unknown_keys(raw, {"server", "tokens", "markets"}, "")
     server = raw.get("server")
     if not isinstance(server, dict):
         raise ConfigError("server", "the [server] table is required")
-    _no_unknown(server, {"listen", "token_env", "token_file", "engine", "data_dir", "certfile", "keyfile",
+    reject_unknown_keys(server, {"listen", "token_env", "token_file", "engine", "data_dir", "certfile", "keyfile",
                          "retention_s"}, "server")
     for key in ("listen", "token_env", "token_file", "engine", "data_dir", "certfile", "keyfile"):
         if key in server and not isinstance(server[key], str):
@@ -105,7 +106,7 @@ def parse_config(raw: dict[str, Any]) -> ServerConfig:
     data_dir = Path(server["data_dir"]) if server.get("data_dir") else None
     if engine == "sqlite" and data_dir is None:
         raise ConfigError("server.data_dir", "is required with engine = \"sqlite\"")
-    tokens = _tokens(raw.get("tokens", []))
+    tokens = parse_tokens(raw.get("tokens", []))
     markets_raw = raw.get("markets", [])
     if isinstance(markets_raw, list):
         for i, m in enumerate(markets_raw):
@@ -113,7 +114,7 @@ def parse_config(raw: dict[str, Any]) -> ServerConfig:
                 raise ConfigError(f"markets[{i}].engine", "unknown key (the server's engine is server.engine)")
         # tachyond's own market validation, with the engine key it requires filled in.
         markets_raw = [dict(m, engine="http") if isinstance(m, dict) else m for m in markets_raw]
-    markets = _markets(markets_raw, {t.symbol: t for t in tokens})
+    markets = parse_markets(markets_raw, {t.symbol: t for t in tokens})
     if not markets:
         raise ConfigError("markets", "at least one [[markets]] table is required")
     return ServerConfig(host, port, token_env, engine, data_dir if engine == "sqlite" else None, markets,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from tachyond.engine import Depth, EngineContext, EngineOrder, Event, MarketSpec
 from tachyond.errors import EngineError

@@ -7,7 +7,7 @@ others wait for it). A write failure stops the engine: a new instance rebuilds f
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import trio
 

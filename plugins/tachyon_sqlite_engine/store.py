@@ -13,9 +13,10 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from tachyond.engine import Cipher, Event
 from tachyond.errors import EngineError, IntegrityError, WalletLocked
@@ -226,7 +227,7 @@ class EventStore:
             raise EngineError("the sqlite engine's file is not open")
         return self._conn
 
-    def _transaction(self) -> "_Transaction":
+    def _transaction(self) -> _Transaction:
         return _Transaction(self._require())
 
 

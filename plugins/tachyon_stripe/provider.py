@@ -7,9 +7,10 @@ import math
 import os
 import re
 import time
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import stripe
@@ -17,8 +18,7 @@ import stripe
 from tachyond import jsonx
 from tachyond.config import ConfigError, expand_path
 from tachyond.errors import OnrampError, RegionNotAllowed
-from tachyond.providers import (Embed, Quote, QuoteRequest, SessionInfo, SessionRequest, WebhookEvent,
-                                WebhookRejected)
+from tachyond.providers import Embed, Quote, QuoteRequest, SessionInfo, SessionRequest, WebhookEvent, WebhookRejected
 
 SESSIONS_PATH = "/v1/crypto/onramp_sessions"
 QUOTES_PATH = "/v1/crypto/onramp/quotes"

@@ -9,8 +9,9 @@ import re
 import secrets
 import string
 import time
+from collections.abc import Callable, Mapping
 from decimal import ROUND_DOWN, ROUND_UP, Decimal, InvalidOperation
-from typing import Any, Callable, Mapping
+from typing import Any, NamedTuple
 
 # Pairs the emulator sells; an approximation of Stripe's US list (Stripe varies it by region).
 SUPPORTED_PAIRS: dict[str, frozenset[str]] = {
@@ -151,6 +152,64 @@ def _wallet_addresses(raw: Any) -> tuple[dict[str, str], str | None]:
     return found, tag
 
 
+class CreateFields(NamedTuple):
+    """What the cross-field rules of a create look at."""
+
+    p: dict[str, Any]
+    currency: str | None
+    network: str | None
+    currencies: list[str] | None
+    networks: list[str] | None
+
+
+# Stripe's cross-field rules for a create, checked in order; the first that holds answers 400 with its code.
+# (holds, code, message (formatted with the fields and the params), param)
+Rule = tuple[Callable[[CreateFields], bool], str, str, str | None]
+DESTINATION_RULES: tuple[Rule, ...] = (
+    (lambda c: "source_amount" in c.p and "destination_amount" in c.p,
+     "crypto_onramp_invalid_source_destination_pair",
+     "source_amount and destination_amount are mutually exclusive: set only one.", None),
+    (lambda c: (c.currency is None) != (c.network is None),
+     "crypto_onramp_incomplete_destination_currency_and_network_pair",
+     "Both destination_currency and destination_network must be specified together.", None),
+    (lambda c: c.currency is not None and c.currency not in SUPPORTED_PAIRS.get(c.network or "", ()),
+     "crypto_onramp_invalid_destination_currency_and_network_pair",
+     "The destination currency and network pair ({currency} on {network}) isn't supported.", None),
+    (lambda c: c.currencies is not None and c.networks is not None and not any(
+        cur in SUPPORTED_PAIRS.get(net, ()) for cur in c.currencies for net in c.networks),
+     "crypto_onramp_invalid_destination_currencies_and_networks",
+     "None of the destination_currencies is supported on any of the destination_networks.", None),
+    (lambda c: c.currency is not None and c.currencies is not None and c.currency not in c.currencies,
+     "crypto_onramp_conflicting_destination_currency",
+     "destination_currency isn't included in destination_currencies.", "destination_currency"),
+    (lambda c: c.network is not None and c.networks is not None and c.network not in c.networks,
+     "crypto_onramp_conflicting_destination_network",
+     "destination_network isn't included in destination_networks.", "destination_network"),
+    # Stripe's schema: "When set, both destination_currency and destination_network must also be set."
+    (lambda c: "destination_amount" in c.p and c.currency is None,
+     "crypto_onramp_missing_destination_currency",
+     "Set destination_currency if you're setting a destination amount.", "destination_currency"),
+    (lambda c: "destination_amount" in c.p and c.network is None,
+     "crypto_onramp_missing_destination_network",
+     "Set destination_network if you're setting a destination amount.", "destination_network"),
+)
+# Checked after the destination amount's own format, as Stripe answers them.
+SOURCE_RULES: tuple[Rule, ...] = (
+    (lambda c: c.p.get("source_currency") is not None and c.p["source_currency"] not in SOURCE_CURRENCIES,
+     "crypto_onramp_invalid_source_currency", "The source currency {source_currency!r} isn't supported.",
+     "source_currency"),
+    (lambda c: "source_amount" in c.p and c.p.get("source_currency") is None,
+     "crypto_onramp_missing_source_currency", "Set a source currency if you're setting a source amount.", None),
+)
+
+
+def _check(rules: tuple[Rule, ...], c: CreateFields) -> None:
+    for holds, code, message, param in rules:
+        if holds(c):
+            fields = {**c._asdict(), "source_currency": c.p.get("source_currency")}
+            raise onramp_error(code, message.format(**fields), param)
+
+
 def validate_create(params: Mapping[str, Any], unsupported_ips: tuple[str, ...] = (),
                     unsupportable_ips: tuple[str, ...] = ()) -> dict[str, Any]:
     """Check create params with Stripe's rules and codes; returns the session's transaction details and extras."""
@@ -158,39 +217,15 @@ def validate_create(params: Mapping[str, Any], unsupported_ips: tuple[str, ...] 
         "customer_ip_address", "destination_amount", "destination_currency", "destination_network",
         "lock_wallet_address", "settlement_speed", "source_amount", "source_currency"}))
     p = dict(params)
-    currency, network = p.get("destination_currency"), p.get("destination_network")
     currencies = _string_list(p["destination_currencies"], "destination_currencies") \
         if "destination_currencies" in p else None
     networks = _string_list(p["destination_networks"], "destination_networks") if "destination_networks" in p else None
-    if "source_amount" in p and "destination_amount" in p:
-        raise onramp_error("crypto_onramp_invalid_source_destination_pair",
-                           "source_amount and destination_amount are mutually exclusive: set only one.")
-    if (currency is None) != (network is None):
-        raise onramp_error("crypto_onramp_incomplete_destination_currency_and_network_pair",
-                           "Both destination_currency and destination_network must be specified together.")
-    if currency is not None and currency not in SUPPORTED_PAIRS.get(network, ()):
-        raise onramp_error("crypto_onramp_invalid_destination_currency_and_network_pair",
-                           f"The destination currency and network pair ({currency} on {network}) isn't supported.")
-    if currencies is not None and networks is not None and not any(
-            c in SUPPORTED_PAIRS.get(n, ()) for c in currencies for n in networks):
-        raise onramp_error("crypto_onramp_invalid_destination_currencies_and_networks",
-                           "None of the destination_currencies is supported on any of the destination_networks.")
-    if currency is not None and currencies is not None and currency not in currencies:
-        raise onramp_error("crypto_onramp_conflicting_destination_currency",
-                           "destination_currency isn't included in destination_currencies.", "destination_currency")
-    if network is not None and networks is not None and network not in networks:
-        raise onramp_error("crypto_onramp_conflicting_destination_network",
-                           "destination_network isn't included in destination_networks.", "destination_network")
+    c = CreateFields(p, p.get("destination_currency"), p.get("destination_network"), currencies, networks)
+    _check(DESTINATION_RULES, c)
+    currency, network = c.currency, c.network
     effective_currency = currency or (currencies[0] if currencies else None)
     destination_amount = None
     if "destination_amount" in p:
-        # Stripe's schema: "When set, both destination_currency and destination_network must also be set."
-        if currency is None:
-            raise onramp_error("crypto_onramp_missing_destination_currency",
-                               "Set destination_currency if you're setting a destination amount.", "destination_currency")
-        if network is None:
-            raise onramp_error("crypto_onramp_missing_destination_network",
-                               "Set destination_network if you're setting a destination amount.", "destination_network")
         amount = _decimal(p["destination_amount"], "crypto_onramp_invalid_destination_amount", "destination_amount")
         places = CURRENCY_DECIMALS.get(effective_currency, 18)
         if amount != amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_DOWN):
@@ -200,13 +235,8 @@ def validate_create(params: Mapping[str, Any], unsupported_ips: tuple[str, ...] 
         destination_amount = p["destination_amount"].strip()
     source_amount = None
     source_currency = p.get("source_currency")
-    if source_currency is not None and source_currency not in SOURCE_CURRENCIES:
-        raise onramp_error("crypto_onramp_invalid_source_currency",
-                           f"The source currency {source_currency!r} isn't supported.", "source_currency")
+    _check(SOURCE_RULES, c)
     if "source_amount" in p:
-        if source_currency is None:
-            raise onramp_error("crypto_onramp_missing_source_currency",
-                               "Set a source currency if you're setting a source amount.")
         amount = _decimal(p["source_amount"], "crypto_onramp_invalid_source_amount", "source_amount")
         if amount != amount.quantize(Decimal("0.01"), rounding=ROUND_DOWN):
             raise onramp_error("crypto_onramp_invalid_source_amount",
@@ -418,7 +448,7 @@ class SessionStore:
         return self.set_status(session_id, "rejected")
 
 
-def by_client_secret(store: "SessionStore", client_secret: str) -> dict[str, Any] | None:
+def by_client_secret(store: SessionStore, client_secret: str) -> dict[str, Any] | None:
     """The stored session a client secret belongs to (the embedded widget's only credential)."""
     given = client_secret.encode("utf-8", "surrogatepass")   # bytes: compare_digest refuses non-ASCII str
     return next((s for s in store.sessions.values()

@@ -16,7 +16,7 @@ from .forms import FormError, decode_form
 from .sessions import ApiError, by_client_secret
 
 if TYPE_CHECKING:
-    from .emulator import Response, StripeEmulator
+    from .emulator.app import Response, StripeEmulator
 
 _CORS = {"access-control-allow-origin": "*", "access-control-allow-methods": "GET, POST",
          "access-control-allow-headers": "content-type"}
@@ -92,11 +92,11 @@ def _summary(session: dict[str, Any]) -> dict[str, Any]:
                 (a for a in (d["wallet_addresses"] or {}).values() if isinstance(a, str)), None)}
 
 
-def _json(status: int, payload: Any) -> "Response":
+def _json(status: int, payload: Any) -> Response:
     return status, {"content-type": "application/json", **_CORS}, json.dumps(payload).encode()
 
 
-def handle_widget(emu: "StripeEmulator", method: str, path: str, query: str, body: bytes) -> "Response":
+def handle_widget(emu: StripeEmulator, method: str, path: str, query: str, body: bytes) -> Response:
     """Serve the stand-in scripts and the widget's two calls (``/embedded/session``, ``/embedded/pay``)."""
     if method == "OPTIONS":
         return 204, dict(_CORS), b""

@@ -36,7 +36,9 @@ class Cipher:
             return self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
         except (InvalidTag, ValueError) as exc:
             where = aad.decode("utf-8", "replace")
-            raise IntegrityError(f"stored value at {where} failed authentication: the wallet file was altered or damaged") from exc
+            raise IntegrityError(
+                f"stored value at {where} failed authentication: the wallet file was altered or damaged"
+            ) from exc
 
 
 # scrypt cost for new wallets and password changes: N=2**17, r=8, p=1 (128 MiB). bench/bench_unlock.py on the

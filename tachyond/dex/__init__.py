@@ -1,0 +1,1 @@
+"""The DEX: service (locks, settlement), market, store, watch, recovery, api."""

@@ -1,0 +1,1 @@
+"""The double-entry token ledger: journal (LedgerTx), service (Ledger), verify, api."""

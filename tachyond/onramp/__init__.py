@@ -1,0 +1,1 @@
+"""Stripe Crypto Onramp: service, inbox (webhooks, worker), reconcile, store, api."""

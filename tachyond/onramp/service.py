@@ -1,0 +1,716 @@
+"""The onramp service: webhook inbox (durable, deduped, sealed while locked), confirmation worker, claims, reconciler.
+
+create session -> user pays -> webhook (verified, deduped, sealed into the inbox, 200) -> the worker retrieves the
+session from the provider (the truth) -> a pending topup -> ``onramp.claim`` credits it in one ledger entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import sqlite3
+import time
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import trio
+
+from .. import jsonx
+from ..amounts import Token, fmt_minor, to_minor
+from ..config import ConfigError
+from ..errors import (
+    AmountError,
+    InvalidParams,
+    OnrampError,
+    PluginError,
+    ProviderNotConfigured,
+    RegionNotAllowed,
+    ShuttingDown,
+    TachyonError,
+    WalletAbsent,
+    WalletLocked,
+)
+from ..ledger.journal import check_user_account
+from ..providers import QuoteRequest, SessionInfo, SessionRequest, WebhookRejected
+from . import store
+
+log = logging.getLogger("tachyond.onramp")
+
+NON_FINAL = frozenset({"initialized", "requires_payment", "fulfillment_processing"})
+COMPLETE = "fulfillment_complete"
+RETRY_BASE_S = 1.0
+RETRY_MAX_S = 60.0
+INBOX_BATCH = 200
+PRUNE_EVERY_S = 3600.0
+MAX_REASON_CHARS = 500
+DEFAULT_LOOKBACK_H = 72   # a buyer may resume a session days after creating it
+
+
+def _takes_status(list_sessions: Any) -> bool:
+    """Whether a provider's ``list_sessions`` accepts the ``status`` filter (added later to the protocol)."""
+    import inspect
+
+    try:
+        params = inspect.signature(list_sessions).parameters
+    except (TypeError, ValueError):
+        return False
+    return "status" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+_HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
+
+
+def _same_address(a: str, b: str) -> bool:
+    """EVM-style hex addresses compare without case (a checksum is only a spelling); every other form
+    (base58, StrKey, bech32, ...) exactly: a change of case there is another address, or none."""
+    if _HEX_ADDRESS.fullmatch(a) and _HEX_ADDRESS.fullmatch(b):
+        return a.lower() == b.lower()
+    return a == b
+
+
+def livemode_problem(provider: Any, info: SessionInfo) -> str | None:
+    """Why a session of the other mode than the provider's key may not be credited (None: same mode)."""
+    key_live = getattr(provider, "livemode", None)
+    if key_live is None:
+        return None
+    if info.livemode is None:
+        return "livemode mismatch: the provider did not say whether the session is live or test"
+    if info.livemode != key_live:
+        mode = {True: "live", False: "test (sandbox)"}
+        return (f"livemode mismatch: a {mode[info.livemode]} session under a {mode[key_live]} key"
+                + (": sandbox sessions deliver nothing" if not info.livemode else ""))
+    return None
+
+
+def destination_problem(info: SessionInfo, asked: dict | None) -> str | None:
+    """Why a session delivered elsewhere than this wallet asked may not be credited (None: where we asked)."""
+    if asked is None:
+        return "this wallet has no record of creating the session"
+    if "address" not in asked:
+        return "the session predates destination records: check where it delivered before crediting by hand"
+    want_addr, want_net, want_cur = asked["address"], asked["network"], asked["currency"]
+    if (info.network or "") != want_net:
+        return f"delivered elsewhere: network {info.network!r}, asked {want_net!r}"
+    if (info.currency or "").lower() != want_cur.lower():
+        return f"delivered elsewhere: currency {info.currency!r}, asked {want_cur!r}"
+    used = [info.delivered_to] if info.delivered_to else []
+    if info.address_locked is True and info.addresses.get(want_net):
+        # Locked to the address we asked for: the buyer could not pick another one.
+        used.append(info.addresses[want_net])
+    if not used:
+        return ("delivered elsewhere: the provider does not say which address it delivered to (and the "
+                "session was not locked to ours)")
+    for address in used:
+        if not _same_address(address, want_addr):
+            return f"delivered elsewhere: address {address}, asked {want_addr}"
+    return None
+
+
+def retry_delay_s(failures: int) -> float:
+    """Backoff after the n-th consecutive failure to confirm an event: 1 s doubling, capped at 60 s."""
+    return min(RETRY_MAX_S, RETRY_BASE_S * 2 ** max(0, failures - 1))
+
+
+class OnrampService:
+    """Owns the providers, the webhook inbox, the confirmation worker, the reconciler and the onramp.* methods."""
+
+    def __init__(self, daemon: Any):
+        self.daemon = daemon
+        self.wallet = daemon.wallet
+        self.metrics = daemon.metrics
+        self.tokens: dict[str, Token] = {t.symbol.lower(): t for t in daemon.config.tokens}
+        self.providers: dict[str, Any] = {}
+        for name, table in daemon.config.onramp.items():
+            plugin, factory = daemon.provider_factories[name]
+            try:
+                self.providers[name] = factory(dict(table))
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise ConfigError(f"onramp.{name}", f"plugin {plugin!r} failed to build the provider: "
+                                  f"{type(exc).__name__}: {exc}") from None
+        self.wallet.add_schema("onramp", store.SCHEMA)
+        for table in ("onramp_sessions", "onramp_pending", "onramp_outcomes"):
+            self.wallet.add_rekey(table, sealed=("value",), lookups=("session_hash",))
+        self.wallet.add_rekey("onramp_inbox", to_wallet=("sealed",))
+        self._wake = trio.Event()
+        self._failures: dict[int, tuple[int, float]] = {}  # inbox id -> (consecutive failures, retry at, monotonic)
+        self._pending_count = 0
+        self._next_prune = -math.inf   # trio clock: when _prune_inbox may run again
+        self._cancel: trio.CancelScope | None = None
+        self._running = False
+        self.last_reconcile: dict[str, dict] = {}
+        self._retired: list[Any] = []           # providers replaced by a reload, closed at aclose
+        self._reconfigured = trio.Event()       # set (and replaced) by a reload: reconciler timers re-read
+
+    # ----- the daemon's hooks ----------------------------------------------------------------
+
+    def prepare_config(self, new_cfg: Any, changed: list[str]) -> Any:
+        """Reload: build a new provider for each [onramp.<name>] whose keys or secrets changed (a bad secret
+        refuses the reload here, before anything is applied); the returned apply swaps them in. Webhooks
+        in flight finish on the provider they started with; the old one is closed when the service stops."""
+        names = sorted({k.split(".")[1] for k in changed if k.startswith("onramp.")})
+        built: dict[str, Any] = {}
+        for name in names:
+            plugin, factory = self.daemon.provider_factories[name]
+            try:
+                built[name] = factory(dict(new_cfg.onramp[name]))
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise ConfigError(f"onramp.{name}", f"plugin {plugin!r} failed to build the provider: "
+                                  f"{type(exc).__name__}: {exc}") from None
+        if not built:
+            return None
+
+        def apply() -> None:
+            for name, provider in built.items():
+                old = self.providers.get(name)
+                self.providers[name] = provider
+                if old is not None:
+                    self._retired.append(old)
+            woken, self._reconfigured = self._reconfigured, trio.Event()
+            woken.set()
+        return apply
+
+    def has_provider(self, name: str) -> bool:
+        return name in self.providers
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the inbox worker and one reconciler timer per provider until cancelled."""
+        with trio.CancelScope() as self._cancel:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._worker)
+                for name in self.providers:
+                    nursery.start_soon(self._reconcile_timer, name)
+                self._running = True
+                task_status.started()
+        self._running = False
+
+    async def on_unlocked(self) -> None:
+        """The wallet was unlocked: wake the worker to open and process what the inbox holds."""
+        self._wake.set()
+
+    async def aclose(self) -> None:
+        """Stop the worker and timers, then close the providers (their HTTP pools)."""
+        if self._cancel is not None:
+            self._cancel.cancel()
+        for name, provider in [*self.providers.items(), *(("retired", p) for p in self._retired)]:
+            try:
+                await provider.aclose()
+            except Exception:
+                log.exception("onramp provider %s failed to close", name)
+
+    def refresh_gauges(self) -> None:
+        self.metrics.topups_pending.set(self._pending_count)
+
+    async def health(self) -> dict[str, str]:
+        if self.providers and not self._running:
+            return {"onramp": "the onramp inbox worker is not running"}
+        return {}
+
+    # ----- webhooks ---------------------------------------------------------------------------
+
+    async def receive_webhook(self, provider_name: str, body: bytes, headers: Mapping[str, str],
+                              client_ip: str) -> tuple[int, dict]:
+        """Verify, dedupe and durably record one webhook; answer without calling the provider's API."""
+        metrics = self.metrics
+        metrics.webhook_received.labels(provider_name).inc()
+        provider = self.providers.get(provider_name)
+        if provider is None:
+            return 404, {"error": f"no onramp provider named {provider_name!r} is configured"}
+        try:
+            event = provider.verify_webhook(body, headers)
+        except WebhookRejected as exc:
+            metrics.webhook_rejected.labels(provider_name, exc.reason).inc()
+            log.info("webhook from %s rejected (%s): %s", client_ip, exc.reason, exc.message)
+            return exc.status or 400, {"error": exc.message}
+        metrics.webhook_verified.labels(provider_name).inc()
+        # The provider decides which event types carry a session (Stripe: crypto.onramp_session_updated and
+        # the dotted spelling); anything else is acknowledged so the provider stops retrying it.
+        if event.session_id is None:
+            metrics.webhook_ignored.labels(provider_name, "event_type").inc()
+            return 200, {"ignored": f"event type {event.type} carries no onramp session"}
+        # With no wallet yet, no session can carry this wallet's tag: it is foreign like any other.
+        wallet_id = self.wallet.public_id if self.wallet is not None and self.wallet.state != "absent" else None
+        if wallet_id is None or event.wallet_tag != wallet_id:
+            metrics.webhook_ignored.labels(provider_name, "foreign").inc()
+            return 200, {"ignored": "session belongs to another wallet or app"}
+        try:
+            # The event body is only a hint: deduped on its id here, its status counts as seen only once the
+            # provider's API has confirmed it (an early body must not swallow the event that brings the truth).
+            fresh = await self.enqueue(provider_name, event.event_id, event.session_id, event.session_status,
+                                       {"source": "webhook", "type": event.type, "event": dict(event.raw)})
+        except (ShuttingDown, WalletAbsent, sqlite3.Error) as exc:
+            metrics.webhook_rejected.labels(provider_name, "unavailable").inc()
+            log.warning("webhook %s could not be recorded: %s", event.event_id, exc)
+            return 503, {"error": "the event could not be recorded; retry later"}
+        if not fresh:
+            metrics.webhook_duplicates.labels(provider_name).inc()
+            return 200, {"duplicate": True}
+        return 200, {"received": True}
+
+    async def enqueue(self, provider_name: str, event_id: str, session_id: str, status: str | None,
+                      extra: dict) -> bool:
+        """Seal an event to the wallet and queue it; works while locked.
+
+        Deduped on the event id, and on (session, status) only when that status was confirmed by the provider's
+        API earlier (the worker records it): the body's own status is never recorded as seen here.
+        """
+        wallet_id = self.wallet.public_id
+        keys = [store.dedupe_key(wallet_id, provider_name, "event", event_id)]
+        confirmed = [store.dedupe_key(wallet_id, provider_name, "session", f"{session_id}\x00{status or ''}")]
+        received_at = time.time()
+        payload = {"provider": provider_name, "event_id": event_id, "session_id": session_id, "status": status,
+                   "received_at": received_at, **extra}
+        sealed = self.wallet.seal_to_wallet(jsonx.dumps(payload))
+        fresh = await self.wallet.write(store.enqueue_op, keys, sealed, received_at, confirmed)
+        if fresh:
+            self.metrics.webhook_enqueued.labels(provider_name).inc()
+            self._wake.set()
+        return fresh
+
+    # ----- the worker -------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        try:
+            self._pending_count = await self.wallet.read(store.count_pending_sync)
+        except TachyonError:
+            pass
+        while True:
+            self._wake = trio.Event()
+            try:
+                wait_s = await self.process_inbox()
+            except ShuttingDown:
+                # The daemon is stopping and the wallet closes: its reads fail before our cancellation (asked
+                # for by aclose) reaches a checkpoint. Nothing is lost: unprocessed events stay in the inbox.
+                return
+            with trio.move_on_after(wait_s):
+                await self._wake.wait()
+
+    async def process_inbox(self) -> float:
+        """Confirm every due inbox event (the wallet must be unlocked); seconds until the next retry is due."""
+        if self.wallet.state != "unlocked":
+            return math.inf
+        next_due = math.inf
+        after_id = 0
+        while True:
+            rows = await self.wallet.read(store.due_inbox_sync, after_id, INBOX_BATCH)
+            if not rows:
+                await self._prune_inbox()
+                return next_due
+            for inbox_id, sealed, _received_at in rows:
+                after_id = inbox_id
+                failures, retry_at = self._failures.get(inbox_id, (0, 0.0))
+                now = trio.current_time()
+                if retry_at > now:
+                    next_due = min(next_due, retry_at - now)
+                    continue
+                try:
+                    await self._confirm(inbox_id, sealed)
+                except WalletLocked:
+                    return math.inf
+                except ShuttingDown:
+                    return math.inf
+                except OnrampError as exc:
+                    failures += 1
+                    delay = retry_delay_s(failures)
+                    self._failures[inbox_id] = (failures, trio.current_time() + delay)
+                    next_due = min(next_due, delay)
+                    log.warning("onramp inbox event %d: provider error (attempt %d, retry in %.0f s): %s",
+                                inbox_id, failures, delay, exc.message)
+                except Exception:
+                    # A bug or bad data must not stop the queue: the event stays, retried with backoff.
+                    failures += 1
+                    delay = retry_delay_s(failures)
+                    self._failures[inbox_id] = (failures, trio.current_time() + delay)
+                    next_due = min(next_due, delay)
+                    log.exception("onramp inbox event %d failed (attempt %d, retry in %.0f s)",
+                                  inbox_id, failures, delay)
+                else:
+                    self._failures.pop(inbox_id, None)
+
+    async def _prune_inbox(self) -> None:
+        """At most once an hour, delete inbox events processed more than 30 days ago (bounded growth)."""
+        now = trio.current_time()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY_S
+        try:
+            pruned = await self.wallet.write(store.prune_inbox_op)
+        except (WalletLocked, ShuttingDown):
+            return
+        except Exception:   # housekeeping: a failure (a full disk, say) must never stop the worker
+            log.exception("onramp inbox: pruning failed; nothing was deleted, it is tried again in an hour")
+            return
+        if pruned:
+            log.info("onramp inbox: deleted %d events processed more than %d days ago", pruned,
+                     store.INBOX_RETENTION_S // 86400)
+
+    async def _confirm(self, inbox_id: int, sealed: bytes) -> None:
+        """Open one inbox event, fetch its session from the provider, decide and record the outcome."""
+        event = jsonx.loads(self.wallet.open_sealed(sealed))
+        name, session_id = event["provider"], event["session_id"]
+        provider = self.providers.get(name)
+        if provider is None:
+            # The provider's table was removed from the config: keep the event for when it comes back.
+            raise OnrampError(f"onramp provider {name!r} is no longer configured")
+        try:
+            info = await provider.retrieve_session(session_id)
+        except OnrampError as exc:
+            self.metrics.provider_api_errors.labels(name).inc()
+            if isinstance(exc.data, dict) and exc.data.get("http_status") == 404:
+                info = None  # the provider does not know this session: park it rather than retry for ever
+            else:
+                raise
+        except TachyonError:
+            raise
+        except Exception as exc:
+            self.metrics.provider_api_errors.labels(name).inc()
+            raise OnrampError(f"onramp provider {name!r} failed: {type(exc).__name__}: {exc}") from exc
+        asked = await self.wallet.read(store.session_sync, session_id) if info is not None else None
+        decision = self.decide(name, provider, info, session_id, event["received_at"], asked)
+        wallet_id = self.wallet.public_id
+        seen, forget = [], []
+        if decision["kind"] == "parked":
+            # Parked is kept for review, not settled: forget this session's status keys and the reconciler's,
+            # so that a later event or a reconcile (after the cause is fixed) looks at the session again.
+            statuses = {event.get("status") or "", info.status if info is not None else "", COMPLETE}
+            forget = [store.dedupe_key(wallet_id, name, "session", f"{session_id}\x00{s}") for s in statuses]
+            forget.append(store.dedupe_key(wallet_id, name, "event", f"reconcile:{session_id}:{COMPLETE}"))
+        elif info is not None and info.status:
+            # The truth's status counts as seen: a later event with that status is answered as a duplicate.
+            seen.append(store.dedupe_key(wallet_id, name, "session", f"{session_id}\x00{info.status}"))
+        result = await self.wallet.write(store.confirm_op, inbox_id, session_id, decision, seen, forget)
+        if result == "pending":
+            self._pending_count += 1
+            log.info("onramp session %s confirmed: pending topup", session_id)
+        elif result in ("parked", "rejected"):
+            log.warning("onramp session %s %s: %s", session_id, result, decision["reason"])
+        elif result == "none" and info is not None:
+            log.debug("onramp session %s (event %s): %s says %s, nothing to credit yet", session_id,
+                      event.get("event_id"), name, info.status)
+        elif result in ("parked_again", "rejected_again"):
+            log.info("onramp session %s still %s: %s", session_id, result.split("_")[0], decision["reason"])
+
+    def decide(self, name: str, provider: Any, info: SessionInfo | None, session_id: str,
+               received_at: float, asked: dict | None = None) -> dict:
+        """What the provider's session means for this wallet: pending, parked, rejected or nothing yet.
+
+        ``asked`` is what this wallet created the session for (address, network, currency), from its records.
+        """
+        base = {"provider": name, "status": info.status if info is not None else None}
+        if info is None:
+            return {**base, "kind": "parked", "reason": f"{name} does not know session {session_id}"}
+        if info.wallet_tag != self.wallet.public_id:
+            return {**base, "kind": "parked", "reason": "the provider's session does not carry this wallet's tag"}
+        if info.status in NON_FINAL:
+            return {**base, "kind": "none"}
+        if info.status == "rejected":
+            return {**base, "kind": "rejected", "reason": "the provider rejected the session"}
+        if info.status != COMPLETE:
+            return {**base, "kind": "parked", "reason": f"unknown status {info.status!r}: kept for review"}
+        problem = livemode_problem(provider, info) or destination_problem(info, asked)
+        if problem:
+            return {**base, "kind": "parked", "reason": problem}
+        token = self.tokens.get((info.currency or "").lower())
+        if token is None:
+            return {**base, "kind": "parked", "reason": f"currency {info.currency!r} is not a configured token"}
+        allowed = getattr(provider, "allowed", None)
+        if allowed is not None and (info.currency or "").lower() not in [
+            c.lower() for c in allowed.get(info.network or "", ())
+        ]:
+            return {**base, "kind": "parked", "reason": f"{info.currency} on {info.network} is not allowed by "
+                                                       f"onramp.{name}.allowed"}
+        if token.networks and info.network not in token.networks:
+            return {**base, "kind": "parked", "reason": f"{token.symbol} is not configured on network {info.network!r}"}
+        try:
+            amount_minor = to_minor(info.amount, token.decimals, token.symbol)
+        except AmountError as exc:
+            return {**base, "kind": "parked", "reason": f"amount {info.amount!r}: {exc.message}"}
+        return {**base, "kind": "pending", "token": token.symbol, "amount_minor": amount_minor,
+                "network": info.network, "received_at": received_at, "transaction_id": info.transaction_id}
+
+    # ----- the reconciler ---------------------------------------------------------------------
+
+    async def _reconcile_timer(self, name: str) -> None:
+        while True:
+            provider = self.providers[name]  # re-read each round: a reload may have replaced it
+            interval_s = float(getattr(provider, "reconcile_interval_s", 300))
+            lookback_h = float(getattr(provider, "reconcile_lookback_h", DEFAULT_LOOKBACK_H))
+            reconfigured = self._reconfigured
+            with trio.move_on_after(interval_s):
+                await reconfigured.wait()
+            if reconfigured.is_set():
+                continue  # new settings: start the interval again with them
+            try:
+                result = await self.reconcile_provider(name, lookback_h)
+                if result["enqueued"]:
+                    log.info("reconciler %s: %d session(s) backfilled", name, result["enqueued"])
+            except TachyonError as exc:
+                log.warning("reconciler %s: %s", name, exc.message)
+            except Exception:
+                log.exception("reconciler %s failed; it runs again in %.0f s", name, interval_s)
+
+    async def reconcile(self, lookback_h: float | None = None) -> dict:
+        """List recent sessions of every provider; queue tagged, complete ones no event brought in."""
+        self.require_providers()
+        if self.wallet.state == "absent":
+            raise WalletAbsent()
+        total = {"checked": 0, "enqueued": 0}
+        for name, provider in self.providers.items():
+            hours = lookback_h if lookback_h is not None else float(getattr(provider, "reconcile_lookback_h",
+                                                                            DEFAULT_LOOKBACK_H))
+            result = await self.reconcile_provider(name, hours)
+            total["checked"] += result["checked"]
+            total["enqueued"] += result["enqueued"]
+        return total
+
+    async def reconcile_provider(self, name: str, lookback_h: float) -> dict:
+        """List the provider's complete sessions of the last ``lookback_h`` hours (every page); queue this
+        wallet's that no event brought in. ``checked`` counts this wallet's sessions listed."""
+        provider = self.providers[name]
+        wallet_id = self.wallet.public_id
+        if wallet_id is None:
+            return {"checked": 0, "enqueued": 0}
+        try:
+            since = int(time.time() - lookback_h * 3600)
+            if _takes_status(provider.list_sessions):
+                sessions = await provider.list_sessions(since, status=COMPLETE)
+            else:   # a provider written before the status filter: it lists all, the loop below filters
+                sessions = await provider.list_sessions(since)
+        except OnrampError:
+            self.metrics.provider_api_errors.labels(name).inc()
+            raise
+        checked = enqueued = 0
+        for info in sessions:
+            if info.wallet_tag != wallet_id:
+                continue
+            checked += 1
+            if info.status != COMPLETE:
+                continue
+            if await self.enqueue(name, f"reconcile:{info.id}:{info.status}", info.id, info.status,
+                                  {"source": "reconcile"}):
+                enqueued += 1
+        self.last_reconcile[name] = {"at": time.time(), "checked": checked, "enqueued": enqueued}
+        return {"checked": checked, "enqueued": enqueued}
+
+    # ----- RPC operations ---------------------------------------------------------------------
+
+    def require_providers(self) -> None:
+        if not self.providers:
+            raise ProviderNotConfigured("no onramp provider is configured: add an [onramp.<name>] table")
+
+    def provider(self, name: str | None) -> tuple[str, Any]:
+        self.require_providers()
+        if name is None:
+            if len(self.providers) == 1:
+                return next(iter(self.providers.items()))
+            raise InvalidParams(f"several onramp providers are configured ({', '.join(sorted(self.providers))}): "
+                                "name one with 'provider'", data={"param": "provider"})
+        if name not in self.providers:
+            raise ProviderNotConfigured(f"onramp provider {name!r} is not configured "
+                                        f"(configured: {', '.join(sorted(self.providers))})")
+        return name, self.providers[name]
+
+    def validate_address(self, network: str, address: str) -> str:
+        entry = self.daemon.address_validators.get(network)
+        if entry is None:
+            known = ", ".join(sorted(self.daemon.address_validators)) or "none"
+            raise InvalidParams(f"unknown network {network!r} (networks with an address validator: {known})",
+                                data={"param": "network"})
+        plugin, validate = entry
+        try:
+            return validate(address)
+        except TachyonError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin {plugin!r}: address validator for {network} failed: "
+                              f"{type(exc).__name__}") from None
+
+    async def create_session(self, provider_name: str | None, account: str, address: str, network: str | None,
+                             currency: str | None, amount: str, customer_ip: str | None = None) -> dict:
+        """Check everything locally, then create a session tagged with this wallet and remember its account."""
+        _ = self.wallet.keys  # WalletAbsent / WalletLocked before anything else
+        name, provider = self.provider(provider_name)
+        network = network or getattr(provider, "default_network", None)
+        currency = (currency or getattr(provider, "default_currency", None) or "").lower()
+        if not network:
+            raise InvalidParams("network is required (the provider has no default_network)", data={"param": "network"})
+        token = self.tokens.get(currency)
+        if token is None:
+            raise InvalidParams(f"currency {currency!r} is not a configured token "
+                                f"(tokens: {', '.join(sorted(t.symbol for t in self.tokens.values()))})",
+                                data={"param": "currency"})
+        address = self.validate_address(network, address)
+        if token.networks and network not in token.networks:
+            raise InvalidParams(f"{token.symbol} is not configured on network {network!r} "
+                                f"(networks: {', '.join(token.networks)})", data={"param": "network"})
+        allowed = getattr(provider, "allowed", None)
+        if allowed is not None and currency not in [c.lower() for c in allowed.get(network, ())]:
+            raise RegionNotAllowed(f"{currency} on {network} is not allowed by onramp.{name}.allowed")
+        amount_minor = token.to_minor(amount)
+        check_user_account(account)
+        await self.daemon.ledger.balances(account)  # UnknownAccount before a session exists for it
+        if customer_ip is not None:
+            customer_ip = parse_customer_ip(customer_ip)
+        try:
+            info = await provider.create_session(SessionRequest(
+                destination_address=address, network=network, currency=currency,
+                amount=fmt_minor(amount_minor, token.decimals), wallet_tag=self.wallet.public_id,
+                customer_ip=customer_ip))
+        except TachyonError as exc:
+            self.metrics.provider_api_errors.labels(name).inc()
+            log.warning("onramp %s refused a session: %s", name, exc.message)
+            raise
+        await self.wallet.write(store.remember_session_op, name, info.id, account,
+                                {"address": address, "network": network, "currency": currency})
+        url, kind = info.url, "hosted"
+        if not url:
+            url, kind = self.embedded_url(name, provider, info.id), "embedded"
+            if url is None:
+                kind = "none"
+                log.warning("onramp %s gave session %s no hosted page and the embedded page needs "
+                            "onramp.%s.publishable_key_* and an [http] listener", name, info.id, name)
+        return {"id": info.id, "url": url, "url_kind": kind, "client_secret": info.client_secret,
+                "status": info.status, "provider": name}
+
+    def embedded_url(self, name: str, provider: Any, session_id: str) -> str | None:
+        """The daemon's own page for a session (GET /onramp/{id}), when the provider can be embedded."""
+        if not getattr(provider, "publishable_key", None) or not hasattr(provider, "embed"):
+            return None
+        binds = getattr(self.daemon, "http_binds", None)
+        if not binds:
+            return None
+        return f"{binds[0].rstrip('/')}/onramp/{session_id}"
+
+    async def session_for_page(self, session_id: str) -> tuple[str, Any, SessionInfo] | None:
+        """A session this wallet created, fresh from its provider, for the embedded page; None for any other id."""
+        if not isinstance(session_id, str) or not session_id or len(session_id) > 255:
+            return None
+        asked = await self.wallet.read(store.session_sync, session_id)
+        if asked is None or asked.get("provider") not in self.providers:
+            return None
+        provider = self.providers[asked["provider"]]
+        info = await provider.retrieve_session(session_id)
+        return asked["provider"], provider, info
+
+    async def parked(self, provider_name: str | None = None) -> list[dict]:
+        """Sessions the provider confirmed that were not credited, each with its reason (newest last)."""
+        self.require_providers()
+        if provider_name is not None:
+            self.provider(provider_name)
+        rows = await self.wallet.read(store.parked_sync)
+        return [{"session_id": r["session_id"], "provider": r["provider"], "status": r.get("status"),
+                 "reason": r["reason"], "account": r.get("account"), "at": r["at"]}
+                for r in rows if provider_name is None or r["provider"] == provider_name]
+
+    async def quote(self, provider_name: str | None, currency: str | None, network: str | None, amount: str,
+                    amount_is: str | None) -> dict:
+        """The provider's price for buying ``amount`` of ``currency`` on ``network`` (or for ``amount`` fiat)."""
+        name, provider = self.provider(provider_name)
+        if not hasattr(provider, "quote"):
+            raise OnrampError(f"onramp provider {name!r} does not give quotes")
+        network = network or getattr(provider, "default_network", None)
+        currency = (currency or getattr(provider, "default_currency", None) or "").lower()
+        if not network or not currency:
+            raise InvalidParams("network and currency are required (the provider has no default)",
+                                data={"param": "network" if not network else "currency"})
+        amount_is = amount_is or "destination"
+        if amount_is not in ("destination", "source"):
+            raise InvalidParams("amount_is must be destination or source", data={"param": "amount_is"})
+        try:
+            value = Decimal(amount) if isinstance(amount, str) else None
+        except InvalidOperation:
+            value = None
+        if value is None or not value.is_finite() or value <= 0:
+            raise AmountError(f"amount must be a positive decimal string, got {amount!r}")
+        token = self.tokens.get(currency)
+        if amount_is == "destination" and token is not None:
+            amount = fmt_minor(token.to_minor(amount), token.decimals)
+        elif amount_is == "source" and value != value.quantize(Decimal("0.01")):
+            raise AmountError(f"a fiat amount has at most 2 decimal places, got {amount!r}")
+        try:
+            q = await provider.quote(QuoteRequest(network=network, currency=currency, amount=amount,
+                                                  amount_is=amount_is))
+        except TachyonError:
+            self.metrics.provider_api_errors.labels(name).inc()
+            raise
+        return {"provider": name, "network": q.network, "currency": q.currency,
+                "destination_amount": q.destination_amount, "source_amount": q.source_amount,
+                "source_currency": q.source_currency, "source_total_amount": q.source_total_amount,
+                "fees": {"network": q.network_fee, "transaction": q.transaction_fee}, "fetched_at": q.fetched_at}
+
+    async def pending(self, provider_name: str | None = None) -> list[dict]:
+        self.require_providers()
+        if provider_name is not None:
+            self.provider(provider_name)
+        rows = await self.wallet.read(store.pending_sync)
+        self._pending_count = len(rows)
+        out = []
+        for row in rows:
+            if provider_name is not None and row["provider"] != provider_name:
+                continue
+            token = self.tokens[row["token"].lower()]
+            out.append({"session_id": row["session_id"], "provider": row["provider"], "account": row["account"],
+                        "token": row["token"], "amount": fmt_minor(row["amount_minor"], token.decimals),
+                        "amount_minor": row["amount_minor"], "network": row["network"],
+                        "received_at": row["received_at"]})
+        return out
+
+    async def claim(self, session_id: str, account: str | None = None) -> dict:
+        self.require_providers()
+        _ = self.wallet.keys
+        if account is not None:
+            check_user_account(account)
+        result = await self.wallet.write(store.claim_op, session_id, account)
+        self._pending_count = max(0, self._pending_count - 1)
+        provider = result.pop("provider")
+        self.metrics.topups_claimed.labels(provider).inc()
+        # Ids only at info (journald keeps what it is given); who got how much is for debug, when asked.
+        log.info("onramp topup %s claimed: entry %s", session_id, result["entry_id"])
+        log.debug("onramp topup %s claimed: %s %s to %s", session_id, result["amount"], result["token"],
+                  result["account"])
+        self.daemon.plugins.notify("topup_credited", topup=dict(result))
+        return result
+
+    async def reverse(self, session_id: str, reason: str) -> dict:
+        self.require_providers()
+        _ = self.wallet.keys
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_CHARS:
+            raise InvalidParams(f"reason must be a non-empty string of at most {MAX_REASON_CHARS} characters",
+                                data={"param": "reason"})
+        result = await self.wallet.write(store.reverse_op, session_id, reason.strip())
+        log.warning("onramp topup %s reversed: entry %s (claim entry %s)", session_id, result["id"],
+                    result["reversal"]["claim_entry_id"])
+        log.debug("onramp topup %s reversed (%s): %s %s from %s, shortfall %s", session_id, reason,
+                  result["reversal"]["amount"], result["reversal"]["token"], result["reversal"]["account"],
+                  result["reversal"]["shortfall"])
+        return result
+
+
+def parse_customer_ip(value: Any) -> str:
+    """An IPv4 or IPv6 address as text, or InvalidParams naming customer_ip_address."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(value.strip() if isinstance(value, str) else ""))
+    except ValueError:
+        raise InvalidParams(f"customer_ip_address must be an IPv4 or IPv6 address, got {value!r}",
+                            data={"param": "customer_ip_address"}) from None
+
+
+def parse_lookback_h(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        hours = float(Decimal(str(value)))
+    except (InvalidOperation, ValueError):
+        hours = -1.0
+    if not 0 < hours <= 24 * 90:
+        raise InvalidParams(
+            "lookback_h must be a number of hours above 0 and at most 2160", data={"param": "lookback_h"}
+        )
+    return hours

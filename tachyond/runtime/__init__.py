@@ -1,0 +1,1 @@
+"""Runtime plumbing the daemon wires together: logs, metrics, systemd, devmode, reload, hardening."""

@@ -1,0 +1,295 @@
+"""DEX paths no other test reached, through real tachyond (and tachyon-engine-server) processes:
+
+a market whose maker fee is above its taker fee, fees that do not divide, a market order with nothing to
+meet, the after_match crash on the remote engine, a lost or older SQLite engine store, an order recorded but
+never submitted, and a settlement failure that /healthz names.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import pytest
+import trio
+from conftest import DaemonProc, base_document
+from test_dex_helpers import MARKET_DEFAULTS, PASSWORD, USDC, ZEC, balances, fund, order, rpc, rpc_error, state_snapshot
+from test_http_engine import TOKEN, ServerProc, server_document
+
+from tachyon_ctl.client import DaemonNotRunning
+
+
+def _document(dir_, markets: list[dict], **extra) -> dict:
+    (dir_ / "pw").write_text(PASSWORD)
+    return base_document(dir_, tokens=[USDC, ZEC], markets=markets, wallet={"password_file": str(dir_ / "pw")},
+                         **extra)
+
+
+async def _start(d: DaemonProc, create: bool = True) -> DaemonProc:
+    await trio.to_thread.run_sync(d.start)
+    if create:
+        await rpc(d, "wallet.create", {"password": PASSWORD})
+        await rpc(d, "wallet.unlock", {"password": PASSWORD})
+    return d
+
+
+async def _fee_total(d) -> int:
+    """What the fees account holds, from the journal (it is a system account: ledger.balances lists users)."""
+    return sum(p["amount_minor"] for e in await rpc(d, "ledger.history", {"limit": 1000}) for p in e["postings"]
+               if p["account"] == "fees")
+
+
+async def test_maker_fee_above_taker_fee_resting_bid_with_no_spare_funds_fills_as_maker(sockdir):
+    """maker 20 > taker 10 bps: the bid holds docs/dex.md's 101.22 (the higher rate) and its maker fee fits in it."""
+    market = {**MARKET_DEFAULTS, "symbol": "ZEC/USDC", "engine": "memory", "maker_fee_bps": 20, "taker_fee_bps": 10}
+    with trio.fail_after(60):
+        d = await _start(DaemonProc(sockdir, _document(sockdir, [market])))
+        try:
+            await fund(d, "buyer", USDC="101.22")     # exactly the hold: nothing spare
+            await fund(d, "seller", ZEC="2")
+            bid = await order(d, "buyer", "buy", "2", "50.50")
+            assert (bid["status"], bid["filled"]) == ("open", "0.00")
+            assert (await balances(d, "buyer"))["USDC"] == (0, 101_220_000)
+            ask = await order(d, "seller", "sell", "2", "50.50")   # the resting bid is the maker
+            [trade] = ask["trades"]
+            assert (trade["maker_order_id"], trade["taker_side"], trade["notional"]) == (bid["id"], "sell", "101.00")
+            assert (trade["maker_fee"], trade["taker_fee"]) == ("0.202", "0.101")
+            assert (await balances(d, "buyer")) == {"USDC": (18_000, 0), "ZEC": (200_000_000, 0)}
+            assert (await balances(d, "seller")) == {"USDC": (100_899_000, 0), "ZEC": (0, 0)}
+            [filled] = await rpc(d, "dex.orders", {"account": "buyer"})
+            assert (filled["status"], filled["cost"], filled["fee"]) == ("closed", "101.00", "0.202")
+            assert await _fee_total(d) == 303_000
+            assert (await rpc(d, "ledger.verify"))["ok"]
+        finally:
+            d.kill()
+
+
+async def test_fees_that_do_not_divide_are_rounded_up_per_fill(sockdir):
+    """One lot at 50.50 is 0.00505 USDC: the taker's 20 bps is 0.0000101 -> 0.000011, the maker's 10 bps 0.000006."""
+    market = {**MARKET_DEFAULTS, "symbol": "ZEC/USDC", "engine": "memory", "min_notional": "0.000001"}
+    with trio.fail_after(60):
+        d = await _start(DaemonProc(sockdir, _document(sockdir, [market])))
+        try:
+            await fund(d, "maker", ZEC="1")
+            await fund(d, "taker", USDC="1")
+            await order(d, "maker", "sell", "0.0003", "50.50")
+            taker = await order(d, "taker", "buy", "0.0001", "50.50")
+            [trade] = taker["trades"]
+            assert (trade["notional_minor"], trade["taker_fee_minor"], trade["maker_fee_minor"]) == (5050, 11, 6)
+            assert (trade["taker_fee"], trade["maker_fee"]) == ("0.000011", "0.000006")
+            taker = await order(d, "taker", "buy", "0.0002", "50.50")
+            [trade] = taker["trades"]   # 10100 x 20 bps = 20.2 -> 21; x 10 bps = 10.1 -> 11
+            assert (trade["notional_minor"], trade["taker_fee_minor"], trade["maker_fee_minor"]) == (10_100, 21, 11)
+            assert (await balances(d, "taker"))["USDC"] == (1_000_000 - 15_150 - 32, 0)
+            assert (await balances(d, "maker"))["USDC"] == (15_150 - 17, 0)
+            assert await _fee_total(d) == 49
+            assert (await rpc(d, "ledger.verify"))["ok"]
+        finally:
+            d.kill()
+
+
+async def test_market_order_with_nothing_to_meet_is_accepted_and_expires(sockdir):
+    """docs/decisions.md: not one of the contract's refusals; it ends expired, nothing filled, nothing locked."""
+    market = {**MARKET_DEFAULTS, "symbol": "ZEC/USDC", "engine": "memory"}
+    with trio.fail_after(60):
+        d = await _start(DaemonProc(sockdir, _document(sockdir, [market])))
+        try:
+            await fund(d, "t", USDC="10", ZEC="1")
+            for side in ("buy", "sell"):
+                o = await order(d, "t", side, "1")
+                assert (o["status"], o["filled"], o["remaining"], o["trades"], o["price"]) == \
+                    ("expired", "0.00", "1.00", [], None)
+            assert await balances(d, "t") == {"USDC": (10_000_000, 0), "ZEC": (100_000_000, 0)}
+            assert [o["status"] for o in await rpc(d, "dex.orders", {"account": "t"})] == ["expired", "expired"]
+            book = await rpc(d, "dex.order_book", {"market": "ZEC/USDC"})
+            assert (book["bids"], book["asks"]) == ([], [])
+            assert (await rpc(d, "ledger.verify"))["ok"]
+        finally:
+            d.kill()
+
+
+def _http_document(dir_, url: str) -> dict:
+    market = {**MARKET_DEFAULTS, "symbol": "ZEC/USDC", "engine": "http"}
+    return _document(dir_, [market], engines={"http": {"url": url, "token_env": "TACHYON_ENGINE_TOKEN",
+                                                       "timeout_s": 5}})
+
+
+async def test_fault_after_match_on_the_remote_engine_settles_every_fill_exactly_once(sockdir, tmp_path):
+    with trio.fail_after(90):
+        server = await trio.to_thread.run_sync(ServerProc(tmp_path, server_document(tmp_path / "engine")).start)
+        d = DaemonProc(sockdir, _http_document(sockdir, server.url), env={"TACHYON_ENGINE_TOKEN": TOKEN})
+        try:
+            await _start(d)
+            await fund(d, "maker", ZEC="10")
+            await fund(d, "taker", USDC="1000")
+            await order(d, "maker", "sell", "1", "50.00")
+            await order(d, "maker", "sell", "1", "51.00")
+            assert await trio.to_thread.run_sync(d.stop) == 0
+            d.env["TACHYON_TEST_FAULT"] = "after_match"
+            await trio.to_thread.run_sync(d.start)
+            with pytest.raises(DaemonNotRunning):
+                await order(d, "taker", "buy", "1.5", "51.00", client_order_id="crash-1")
+            assert await trio.to_thread.run_sync(d.wait) == 1
+            del d.env["TACHYON_TEST_FAULT"]
+            await trio.to_thread.run_sync(d.start)   # the server kept the fills; the core replays them once
+            [taker] = await rpc(d, "dex.orders", {"account": "taker"})
+            assert (taker["client_order_id"], taker["status"], taker["filled"]) == ("crash-1", "closed", "1.50")
+            assert [(t["price"], t["qty"]) for t in taker["trades"]] == [("50.00", "1.00"), ("51.00", "0.50")]
+            notional = 50_000_000 + 25_500_000
+            assert (await balances(d, "taker")) == {"USDC": (1_000_000_000 - notional - 151_000, 0),
+                                                    "ZEC": (150_000_000, 0)}
+            assert (await balances(d, "maker")) == {"USDC": (notional - 75_500, 0), "ZEC": (800_000_000, 50_000_000)}
+            fills = [e["key"] for e in await rpc(d, "ledger.history", {"limit": 100}) if e["kind"] == "fill"]
+            assert len(fills) == 2 and len(set(fills)) == 2
+            assert (await rpc(d, "ledger.verify"))["ok"]
+            # Another restart applies nothing twice.
+            assert await trio.to_thread.run_sync(d.stop) == 0
+            await trio.to_thread.run_sync(d.start)
+            assert len(await rpc(d, "dex.trades", {})) == 2
+            assert (await balances(d, "taker"))["ZEC"] == (150_000_000, 0)
+            book = await rpc(d, "dex.order_book", {"market": "ZEC/USDC"})
+            assert (book["bids"], book["asks"]) == ([], [["51.00", "0.50"]])
+        finally:
+            d.kill()
+            server.kill()
+
+
+async def test_an_order_recorded_but_never_submitted_is_submitted_at_the_next_start(sockdir, tmp_path):
+    """The remote engine is down when the order arrives: recorded and locked, not on any book, /healthz names the
+    engine; once both are back, recovery submits it (the engine never saw it) and it trades."""
+    with trio.fail_after(90):
+        doc = server_document(tmp_path / "engine")
+        server = await trio.to_thread.run_sync(ServerProc(tmp_path, doc).start)
+        d = DaemonProc(sockdir, _http_document(sockdir, server.url), env={"TACHYON_ENGINE_TOKEN": TOKEN})
+        try:
+            await _start(d)
+            await fund(d, "maker", ZEC="1")
+            await fund(d, "taker", USDC="100")
+            await trio.to_thread.run_sync(server.kill)
+            placed = await order(d, "maker", "sell", "1", "50.00")
+            assert placed["status"] == "open"
+            assert (await balances(d, "maker"))["ZEC"] == (0, 100_000_000)
+            base = (await rpc(d, "daemon.info"))["http"][0]
+            r = await trio.to_thread.run_sync(lambda: httpx.get(base + "/healthz", timeout=10))
+            assert r.status_code == 503 and "engine:http" in r.json()["failing"], r.text
+            assert (await rpc_error(d, "dex.place_order", {"account": "taker", "market": "ZEC/USDC", "side": "buy",
+                                                           "type": "limit", "price": "50.00", "qty": "1"})).code < 0
+            assert (await balances(d, "taker"))["USDC"] == (100_000_000, 0)   # the refused order moved nothing
+            await trio.to_thread.run_sync(d.kill)
+            # The server comes back on a new port, with its store: it never saw the order.
+            server = await trio.to_thread.run_sync(ServerProc(tmp_path, doc).start)
+            d.doc["engines"]["http"]["url"] = server.url
+            d = DaemonProc(sockdir, d.doc, env={"TACHYON_ENGINE_TOKEN": TOKEN})
+            await trio.to_thread.run_sync(d.start)
+            base = (await rpc(d, "daemon.info"))["http"][0]
+            r = await trio.to_thread.run_sync(lambda: httpx.get(base + "/healthz", timeout=10))
+            assert r.status_code == 200, r.text
+            book = await rpc(d, "dex.order_book", {"market": "ZEC/USDC"})
+            assert book["asks"] == [["50.00", "1.00"]]
+            taker = await order(d, "taker", "buy", "1", "50.00")
+            assert (taker["status"], [t["maker_order_id"] for t in taker["trades"]]) == ("closed", [placed["id"]])
+            assert (await balances(d, "maker")) == {"USDC": (49_950_000, 0), "ZEC": (0, 0)}
+            assert (await rpc(d, "ledger.verify"))["ok"]
+        finally:
+            d.kill()
+            server.kill()
+
+
+@pytest.mark.parametrize("store", ["lost", "older"])
+async def test_a_lost_sqlite_engine_store_is_reseeded_and_an_older_one_refused_until_moved_aside(sockdir, store):
+    """A lost store is re-seeded from the ledger's open orders. An older one (a restored copy) still rests orders
+    since filled or cancelled: the engine is refused, /healthz names it, nothing trades on the stale book; once
+    the operator moves the store aside, the restart re-seeds it."""
+    market = {**MARKET_DEFAULTS, "symbol": "ZEC/USDC", "engine": "sqlite"}
+    with trio.fail_after(90):
+        d = await _start(DaemonProc(sockdir, _document(sockdir, [market])))
+        data = sockdir / "data"
+        try:
+            await fund(d, "maker", ZEC="10", USDC="1000")
+            await fund(d, "taker", USDC="1000")
+            await order(d, "maker", "sell", "1", "50.00")
+            await order(d, "maker", "buy", "1", "40.00")
+            if store == "older":   # a copy of the engine's store from before the later trades
+                assert await trio.to_thread.run_sync(d.stop) == 0
+                old = sockdir / "old-engine"
+                old.mkdir()
+                for f in data.glob("engine-sqlite.db*"):
+                    shutil.copy2(f, old / f.name)
+                await trio.to_thread.run_sync(d.start)
+            await order(d, "taker", "buy", "0.4", "50.00")            # a partial fill of the 50.00 ask
+            await order(d, "maker", "sell", "2", "52.00")
+            gone = await order(d, "maker", "sell", "1", "40.50")
+            await rpc(d, "dex.cancel_order", {"order_id": gone["id"]})
+            before = await state_snapshot(d)
+            seqs_before = {t["seq"] for t in await rpc(d, "dex.trades", {})}
+            assert await trio.to_thread.run_sync(d.stop) == 0
+            for f in data.glob("engine-sqlite.db*"):
+                f.unlink()
+            if store == "older":
+                for f in old.iterdir():
+                    shutil.copy2(f, data / f.name)
+                await trio.to_thread.run_sync(d.start)
+                base = (await rpc(d, "daemon.info"))["http"][0]
+                r = await trio.to_thread.run_sync(lambda: httpx.get(base + "/healthz", timeout=10))
+                assert r.status_code == 503, r.text
+                assert r.json()["failing"] == ["engine:sqlite"], r.text  # names only; the reason is in the log
+                why = d.stderr()
+                assert "store is older than the ledger" in why and "move the engine's store aside" in why, why
+                err = await rpc_error(d, "dex.place_order", {"account": "taker", "market": "ZEC/USDC", "side": "buy",
+                                                             "type": "limit", "price": "50.00", "qty": "1"})
+                assert "engine sqlite is not serving" in err.message
+                assert sorted((b["account"], b["token"], b["available_minor"], b["locked_minor"])
+                              for b in await rpc(d, "ledger.balances")) == before["balances"]
+                assert await trio.to_thread.run_sync(d.stop) == 0
+                for f in data.glob("engine-sqlite.db*"):   # the operator moves it aside
+                    f.rename(sockdir / f.name)
+            await trio.to_thread.run_sync(d.start)
+            after = await state_snapshot(d)
+            assert after == before
+            assert after["books"]["ZEC/USDC"]["asks"] == [["50.00", "0.60"], ["52.00", "2.00"]]
+            assert (await rpc(d, "ledger.verify"))["ok"]
+            # The re-seeded book trades on, and the new fills' seqs do not collide with applied ones.
+            o = await order(d, "taker", "buy", "1", "52.00")
+            assert [(t["price"], t["qty"]) for t in o["trades"]] == [("50.00", "0.60"), ("52.00", "0.40")]
+            assert not {t["seq"] for t in o["trades"]} & seqs_before
+            assert (await rpc(d, "ledger.verify"))["ok"]
+        finally:
+            d.kill()
+
+
+async def test_a_lying_engine_halts_its_market_and_healthz_names_it(sockdir):
+    """A lying engine (a test plugin) reports a fill one lot larger than the seller locked: the core's checks
+    refuse it before anything is settled (issue 9: every engine's events are checked), nothing moves, the
+    market halts until a restart, and /healthz answers 503 naming it."""
+    markets = [{**MARKET_DEFAULTS, "symbol": "ZEC/USDC", "engine": "liar"}]
+    with trio.fail_after(60):
+        d = DaemonProc(sockdir, _document(sockdir, markets), test_plugin=True, env={"TACHYON_TESTPLUGIN_LIAR": "1"})
+        await _start(d)
+        try:
+            base = (await rpc(d, "daemon.info"))["http"][0]
+            await fund(d, "maker", ZEC="1")
+            await fund(d, "taker", USDC="100")
+            await order(d, "maker", "sell", "1", "50.00")
+            before = await rpc(d, "ledger.balances")
+            err = await rpc_error(d, "dex.place_order", {"account": "taker", "market": "ZEC/USDC", "side": "buy",
+                                                         "type": "limit", "price": "50.00", "qty": "1"})
+            assert "halted" in err.message and "fills 10001 lots" in err.message, err.message
+            r = await trio.to_thread.run_sync(lambda: httpx.get(base + "/healthz", timeout=10))
+            assert r.status_code == 503
+            assert "market:ZEC/USDC" in r.json()["failing"], r.text  # names only; the reason is in the log
+            assert "invalid event refused" in d.stderr()
+            [market] = await rpc(d, "dex.markets")
+            assert market["halted"] is True and "fills 10001 lots" in market["halt_reason"]
+            # Nothing of the lie was booked; the taker's order stays recorded with its hold until a restart.
+            after = {(b["account"], b["token"]): b for b in await rpc(d, "ledger.balances")}
+            assert after[("maker", "ZEC")]["locked_minor"] == 100_000_000
+            assert after[("maker", "USDC")]["available_minor"] == 0
+            assert await rpc(d, "dex.trades", {}) == []
+            assert [e for e in await rpc(d, "ledger.history", {"limit": 100}) if e["kind"] == "fill"] == []
+            assert len(before) <= len(after)
+            err = await rpc_error(d, "dex.place_order", {"account": "maker", "market": "ZEC/USDC", "side": "sell",
+                                                         "type": "limit", "price": "60.00", "qty": "0.1"})
+            assert "halted" in err.message, err.message
+            assert (await rpc(d, "ledger.verify"))["ok"]
+        finally:
+            d.kill()
