@@ -1,12 +1,13 @@
 """DEX paths no other test reached, through real tachyond (and tachyon-engine-server) processes:
 
 a market whose maker fee is above its taker fee, fees that do not divide, a market order with nothing to
-meet, the after_match crash on the remote engine, a lost or older SQLite engine store, an order recorded but
+meet, the after_match crash on the remote engine, a lost or older SQLite engine store, orders recorded but
 never submitted, and a settlement failure that /healthz names.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import httpx
@@ -14,7 +15,7 @@ import pytest
 import trio
 
 from conftest import DaemonProc, base_document
-from tachyon_ctl.client import DaemonNotRunning
+from tachyon_ctl.client import DaemonNotRunning, RpcError
 from test_dex_helpers import (MARKET_DEFAULTS, PASSWORD, USDC, ZEC, balances, fund, order, rpc, rpc_error,
                               state_snapshot)
 from test_http_engine import TOKEN, ServerProc, server_document
@@ -155,45 +156,180 @@ async def test_fault_after_match_on_the_remote_engine_settles_every_fill_exactly
             server.kill()
 
 
-async def test_an_order_recorded_but_never_submitted_is_submitted_at_the_next_start(sockdir, tmp_path):
-    """The remote engine is down when the order arrives: recorded and locked, not on any book, /healthz names the
-    engine; once both are back, recovery submits it (the engine never saw it) and it trades."""
-    with trio.fail_after(90):
-        doc = server_document(tmp_path / "engine")
-        server = await trio.to_thread.run_sync(ServerProc(tmp_path, doc).start)
-        d = DaemonProc(sockdir, _http_document(sockdir, server.url), env={"TACHYON_ENGINE_TOKEN": TOKEN})
+class EngineProxy:
+    """A fake peer between the daemon and a real tachyon-engine-server: it forwards each HTTP request (one per
+    connection, so it sees every one), and on demand drops the next POST /v1/orders without forwarding it (the
+    server never sees it; the daemon gets no answer) or refuses every connection ("down")."""
+
+    def __init__(self, upstream_url: str):
+        host, port = upstream_url.split("//", 1)[1].rstrip("/").rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.mode = "forward"           # "forward", "drop_next_order" (then "down"), or "down"
+        self.submits: list[str] = []    # order ids of the POST /v1/orders forwarded to the server
+        self.dropped: list[str] = []    # ... and of those dropped
+        self.dropped_event = trio.Event()
+        self.url = ""
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.url = "http://127.0.0.1:%d" % listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
         try:
-            await _start(d)
-            await fund(d, "maker", ZEC="1")
-            await fund(d, "taker", USDC="100")
-            await trio.to_thread.run_sync(server.kill)
-            placed = await order(d, "maker", "sell", "1", "50.00")
-            assert placed["status"] == "open"
-            assert (await balances(d, "maker"))["ZEC"] == (0, 100_000_000)
-            base = (await rpc(d, "daemon.info"))["http"][0]
-            r = await trio.to_thread.run_sync(lambda: httpx.get(base + "/healthz", timeout=10))
-            assert r.status_code == 503 and "engine:http" in r.json()["failing"], r.text
-            assert (await rpc_error(d, "dex.place_order", {"account": "taker", "market": "ZEC/USDC", "side": "buy",
-                                                           "type": "limit", "price": "50.00", "qty": "1"})).code < 0
-            assert (await balances(d, "taker"))["USDC"] == (100_000_000, 0)   # the refused order moved nothing
-            await trio.to_thread.run_sync(d.kill)
-            # The server comes back on a new port, with its store: it never saw the order.
-            server = await trio.to_thread.run_sync(ServerProc(tmp_path, doc).start)
-            d.doc["engines"]["http"]["url"] = server.url
-            d = DaemonProc(sockdir, d.doc, env={"TACHYON_ENGINE_TOKEN": TOKEN})
-            await trio.to_thread.run_sync(d.start)
-            base = (await rpc(d, "daemon.info"))["http"][0]
-            r = await trio.to_thread.run_sync(lambda: httpx.get(base + "/healthz", timeout=10))
-            assert r.status_code == 200, r.text
-            book = await rpc(d, "dex.order_book", {"market": "ZEC/USDC"})
-            assert book["asks"] == [["50.00", "1.00"]]
-            taker = await order(d, "taker", "buy", "1", "50.00")
-            assert (taker["status"], [t["maker_order_id"] for t in taker["trades"]]) == ("closed", [placed["id"]])
-            assert (await balances(d, "maker")) == {"USDC": (49_950_000, 0), "ZEC": (0, 0)}
-            assert (await rpc(d, "ledger.verify"))["ok"]
-        finally:
-            d.kill()
-            server.kill()
+            await self._relay(stream)
+        except (trio.BrokenResourceError, OSError):
+            pass                         # either side went away (a killed daemon, a closed server): its loss
+
+    async def _relay(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            head, body = buf.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            length = next((int(v) for k, _, v in (ln.partition(":") for ln in lines[1:])
+                           if k.strip().lower() == "content-length"), 0)
+            while len(body) < length:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                body += chunk
+            method, path = lines[0].split(" ")[:2]
+            submit = method == "POST" and path == "/v1/orders"
+            if self.mode == "down":
+                return
+            if submit and self.mode == "drop_next_order":
+                self.dropped.append(json.loads(body)["order_id"])
+                self.mode = "down"
+                self.dropped_event.set()
+                return                   # closed without an answer: the server never saw it
+            if submit:
+                self.submits.append(json.loads(body)["order_id"])
+            kept = [ln for ln in lines[1:] if ln.split(":", 1)[0].strip().lower() != "connection"]
+            request = "\r\n".join([lines[0], *kept, "Connection: close", "", ""]).encode("latin-1") + body
+            async with await trio.open_tcp_stream(*self.upstream) as up:
+                await up.send_all(request)
+                while chunk := await up.receive_some(65536):
+                    await stream.send_all(chunk)
+
+
+async def _wait_resting(d: DaemonProc, asks: list) -> None:
+    """Until the daemon (reconnected by itself) has submitted the order and the book shows it."""
+    while True:
+        try:
+            if (await rpc(d, "dex.order_book", {"market": "ZEC/USDC"}))["asks"] == asks:
+                return
+        except RpcError:
+            pass                         # the engine is still away: the book cannot be read
+        await trio.sleep(0.05)
+
+
+async def _healthz(d: DaemonProc) -> httpx.Response:
+    base = (await rpc(d, "daemon.info"))["http"][0]
+    return await trio.to_thread.run_sync(lambda: httpx.get(base + "/healthz", timeout=10))
+
+
+async def _recorded_not_submitted_then_trades(d: DaemonProc, proxy: EngineProxy, placed: dict) -> None:
+    """The order is recorded and locked, the server never got it; once the proxy forwards again the daemon
+    submits it by itself (no restart), exactly once, and it trades and settles."""
+    assert (placed["account"], placed["status"], placed["filled"]) == ("maker", "open", "0.00")
+    assert (await balances(d, "maker"))["ZEC"] == (0, 100_000_000)      # its hold
+    assert proxy.submits == []                                            # the server never saw it
+    r = await _healthz(d)
+    assert r.status_code == 503 and r.json()["failing"] == ["engine:http"], r.text
+    # The client repeats the order (same client_order_id) while the engine is away: it hears of the order that
+    # exists, never "refused, nothing was recorded".
+    again = await order(d, "maker", "sell", "1", "50.00", client_order_id=placed["client_order_id"])
+    assert (again["id"], again["status"], again["filled"]) == (placed["id"], "open", "0.00")
+    assert len(await rpc(d, "dex.orders", {"account": "maker"})) == 1
+    proxy.mode = "forward"
+    await _wait_resting(d, [["50.00", "1.00"]])
+    assert proxy.submits == [placed["id"]]
+    taker = await order(d, "taker", "buy", "1", "50.00")
+    assert (taker["status"], [t["maker_order_id"] for t in taker["trades"]]) == ("closed", [placed["id"]])
+    [maker] = await rpc(d, "dex.orders", {"account": "maker"})
+    assert (maker["id"], maker["status"], maker["filled"]) == (placed["id"], "closed", "1.00")
+    assert (await balances(d, "maker")) == {"USDC": (49_950_000, 0), "ZEC": (0, 0)}
+    assert (await balances(d, "taker")) == {"USDC": (100_000_000 - 50_000_000 - 100_000, 0), "ZEC": (100_000_000, 0)}
+    assert (await rpc(d, "ledger.verify"))["ok"]
+    assert (await _healthz(d)).status_code == 200
+    # A restart submits nothing again: the order is closed.
+    assert await trio.to_thread.run_sync(d.stop) == 0
+    await trio.to_thread.run_sync(d.start)
+    assert (await rpc(d, "dex.order_book", {"market": "ZEC/USDC"}))["asks"] == []
+    assert proxy.submits == [placed["id"], taker["id"]]
+    assert len(await rpc(d, "dex.trades", {})) == 1
+    assert (await rpc(d, "ledger.verify"))["ok"]
+
+
+async def test_an_order_recorded_when_the_daemon_dies_before_submitting_it_is_submitted_once_later(sockdir,
+                                                                                                   tmp_path):
+    """The daemon dies between recording an order (and its hold) and submitting it (the after_record fault):
+    restarted while the server is away, the order is open and locked and on no book; once the server is
+    reachable, the daemon submits it by itself, once, and it trades."""
+    with trio.fail_after(90):
+        server = await trio.to_thread.run_sync(ServerProc(tmp_path, server_document(tmp_path / "engine")).start)
+        proxy = EngineProxy(server.url)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proxy.serve)
+            d = DaemonProc(sockdir, _http_document(sockdir, proxy.url), env={"TACHYON_ENGINE_TOKEN": TOKEN})
+            try:
+                await _start(d)
+                await fund(d, "maker", ZEC="1")
+                await fund(d, "taker", USDC="100")
+                assert await trio.to_thread.run_sync(d.stop) == 0
+                d.env["TACHYON_TEST_FAULT"] = "after_record"
+                await trio.to_thread.run_sync(d.start)
+                with pytest.raises(DaemonNotRunning):
+                    await order(d, "maker", "sell", "1", "50.00", client_order_id="rec-1")
+                assert await trio.to_thread.run_sync(d.wait) == 1
+                del d.env["TACHYON_TEST_FAULT"]
+                proxy.mode = "down"
+                await trio.to_thread.run_sync(d.start)
+                [placed] = await rpc(d, "dex.orders", {"account": "maker"})
+                assert placed["client_order_id"] == "rec-1"
+                await _recorded_not_submitted_then_trades(d, proxy, placed)
+            finally:
+                d.kill()
+                server.kill()
+                nursery.cancel_scope.cancel()
+
+
+async def test_an_order_whose_submit_got_no_answer_stays_open_and_is_submitted_once_when_the_server_is_back(
+        sockdir, tmp_path):
+    """The submit never reached the server (the proxy drops it, no answer): the daemon answers that the order
+    stays open with its hold (not a refusal: it may have reached the engine); when the server is reachable
+    again, the daemon submits it by itself, once (the server never saw it), and it trades."""
+    with trio.fail_after(90):
+        server = await trio.to_thread.run_sync(ServerProc(tmp_path, server_document(tmp_path / "engine")).start)
+        proxy = EngineProxy(server.url)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proxy.serve)
+            d = DaemonProc(sockdir, _http_document(sockdir, proxy.url), env={"TACHYON_ENGINE_TOKEN": TOKEN})
+            try:
+                await _start(d)
+                await fund(d, "maker", ZEC="1")
+                await fund(d, "taker", USDC="100")
+                proxy.mode = "drop_next_order"
+                err = await rpc_error(d, "dex.place_order", {"account": "maker", "market": "ZEC/USDC", "side": "sell",
+                                                             "type": "limit", "price": "50.00", "qty": "1",
+                                                             "client_order_id": "rec-2"})
+                [placed] = await rpc(d, "dex.orders", {"account": "maker"})
+                assert proxy.dropped == [placed["id"]]
+                assert err.code == -32023
+                assert ("did not answer" in err.message
+                        and f"order {placed['id']} stays open with its hold" in err.message), err.message
+                assert placed["client_order_id"] == "rec-2"
+                await _recorded_not_submitted_then_trades(d, proxy, placed)
+            finally:
+                d.kill()
+                server.kill()
+                nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("store", ["lost", "older"])

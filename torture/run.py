@@ -58,19 +58,14 @@ LOCKED, NOT_FOUND, NOT_OPEN, ENGINE_ERROR = -32001, -32005, -32022, -32023
 N_CLIENTS = 16
 # Defects this run found that are not fixed yet, each reported to the issue that owns it: the report lists them
 # (with a count and an example) and they do not fail the run. Delete an entry when its fix lands.
-KNOWN_DEFECTS = {
-    "ambiguous-remote-submit": (
-        r"was refused \(-32023 engine http is not serving: submit failed .*(disconnected|ReadError|reset)",
-        "the engine server died after recording an order, before answering: the daemon answers -32023 (a "
-        "refusal) but the order exists at the server and, after the restart, rests and fills. Reported to the "
-        "lead (remote engine, issue 9): an unknown outcome must not be answered as a refusal."),
-    "refused-order-placed-later": (
-        r"was refused \(-32023 ",
-        "the engine was not serving (its server down, e.g. 'could not start or recover'): the daemon recorded the "
-        "order, answered -32023 (a refusal), and after a later restart submitted it: it rests and may fill. "
-        "Reported to the lead (issue 15's 'an order recorded but never submitted'; remote engine, issue 9): a "
-        "refused order must be recorded as refused (or not at all) and never submitted later."),
-}
+KNOWN_DEFECTS: dict[str, tuple[str, str]] = {}
+# Fixed since (issue 9 and after): "ambiguous-remote-submit" (a submit the engine server died under was answered
+# as a -32023 refusal, then rested and filled; now answered "did not answer ... stays open", which the checker
+# holds to its word) and "refused-order-placed-later" (an order recorded while the engine was not serving,
+# answered -32023 and submitted after a later restart; now refused before anything is recorded, or answered
+# "recorded, then canceled" when the engine went away between recording and sending).
+STAYS_OPEN = re.compile(r"did not answer .*: order (\S+) stays open with its hold")
+NOTHING_RECORDED = "nothing was recorded or locked"
 ROLES = (["trader:ZEC/USDC"] * 4 + ["trader:BASE/USDC"] * 4 + ["ledger"] * 3 + ["onramp"] * 3 + ["backup", "reader"])
 
 
@@ -112,6 +107,7 @@ class State:
     refused_keys: set[str] = field(default_factory=set)
     orders: dict[str, dict] = field(default_factory=dict)          # order id -> what place_order answered + params
     refused_orders: dict[tuple[str, str], str] = field(default_factory=dict)  # (account, coid) -> the refusal
+    never_orders: dict[tuple[str, str], str] = field(default_factory=dict)  # refused "nothing was recorded": absent
     cancels: set[str] = field(default_factory=set)                 # order ids whose cancel was acknowledged
     claims: dict[str, dict] = field(default_factory=dict)          # session id -> claim answer
     uncertain_claims: dict[str, str] = field(default_factory=dict)  # session id -> account: answer lost, then "not found"
@@ -311,8 +307,18 @@ class World:
                   "time_in_force": "ioc" if rng.random() < 0.2 else "gtc",
                   "client_order_id": f"{account}-{state['n']}"}
         kind, res = await self.call(rpc, "dex.place_order", params)
-        if kind == "refused":
-            self.st.refused_orders[(account, params["client_order_id"])] = f"{res.code} {res.message}"
+        key = (account, params["client_order_id"])
+        if kind == "refused" and res.code == ENGINE_ERROR and (m := STAYS_OPEN.search(res.message)):
+            # The engine did not answer the submit: the daemon says the order stays open with its hold. That is
+            # an acknowledgement: the order must exist, as placed; it may rest, fill or be canceled later.
+            self.counters["submits answered 'stays open'"] += 1
+            self.st.orders[m.group(1)] = {"params": params, "answer": None}
+            state["open"].append(m.group(1))
+            return
+        if kind == "refused" and NOTHING_RECORDED in res.message:
+            self.st.never_orders[key] = f"{res.code} {res.message}"
+        elif kind == "refused":
+            self.st.refused_orders[key] = f"{res.code} {res.message}"
         if kind == "ok":
             if res["client_order_id"] != params["client_order_id"]:
                 self.fail(f"order {params['client_order_id']} answered as {res['client_order_id']}")
@@ -473,6 +479,12 @@ class World:
             if o is not None and (o["status"] == "open" or o["filled_minor"] > 0) and key not in self.bad_orders:
                 self.bad_orders.add(key)  # one finding per order, not one per later status
                 self.fail(f"order {key[1]} of {key[0]} was refused ({why}) but is {o['status']}, filled {o['filled']}")
+        for key, why in self.st.never_orders.items():
+            o = by_coid.get(key)
+            if o is not None and key not in self.bad_orders:
+                self.bad_orders.add(key)
+                self.fail(f"order {key[1]} of {key[0]} was refused ({why}) but exists: {o['status']}, "
+                          f"filled {o['filled']}")
         for oid in self.st.cancels:
             if oid in orders and orders[oid]["status"] != "canceled":
                 self.fail(f"acknowledged cancel of {oid}: status is {orders[oid]['status']}")
