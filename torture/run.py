@@ -745,6 +745,10 @@ async def run_all(args: argparse.Namespace, base: Path) -> dict:
                 report["phases"]["fuzz"] = await trio.to_thread.run_sync(
                     fuzz.run, w.daemon, WHSEC, args.fuzz_examples, args.seed, w.fail)
                 report["phases"]["fuzz"]["seconds"] = round(time.monotonic() - t0, 1)
+                t0 = time.monotonic()
+                report["phases"]["fuzz"]["engine_feed"] = await trio.to_thread.run_sync(
+                    fuzz.run_feed, base / "feedfuzz", max(30, args.fuzz_examples // 10), args.seed, w.fail)
+                report["phases"]["fuzz"]["engine_feed"]["seconds"] = round(time.monotonic() - t0, 1)
                 # Fuzzed calls that were accepted (a valid deposit, say) move money no client asked for, so after
                 # fuzzing only the ledger's own replay is checked, not the clients' acknowledgements.
                 rpc = Rpc(w.sock)
