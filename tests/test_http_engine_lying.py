@@ -208,11 +208,29 @@ async def test_each_kind_of_invalid_fill_moves_nothing_and_halts_the_market(sock
                 nursery.cancel_scope.cancel()
 
 
+class RawOnce(FakeEngine):
+    """The fake engine, whose next feed answer is ``raw`` (any bytes) when set."""
+
+    raw: bytes | None = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/events" and self.raw is not None:
+            data, self.raw = self.raw, None
+            while (await receive()).get("more_body"):
+                pass
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", str(len(data)).encode())]})
+            await send({"type": "http.response.body", "body": data})
+            return
+        await super().__call__(scope, receive, send)
+
+
 async def test_a_malformed_event_halts_without_echoing_the_servers_text(sockdir: Any) -> None:
     """An event with a field the protocol does not have (its name is the server's text), or without a required
     one, halts settlement with a reason that names the problem, never the server's text; nothing moves. (Found by
-    the engine-feed fuzz target of `make torture`: the field's name reached dex.markets verbatim.)"""
-    fake = FakeEngine()
+    the engine-feed fuzz target of `make torture`: the field's name reached dex.markets verbatim.) A feed answer
+    that is not a JSON object says so (it said "its reason is in the daemon's log", where nothing was)."""
+    fake = RawOnce()
     hc = HypercornConfig()
     hc.bind = ["127.0.0.1:0"]
     hc.accesslog = None
@@ -243,6 +261,17 @@ async def test_a_malformed_event_halts_without_echoing_the_servers_text(sockdir:
                     assert (await call(d, "ledger.verify"))["ok"] is True
                     assert "evil" not in json.dumps(await call(d, "dex.markets"))
                     fake.replace(seq, kind="rested", order_id=f"theirs-{seq}", qty_lots=1)
+                    d.kill()
+                    await trio.to_thread.run_sync(d.start)
+                    await call(d, "dex.order_book", {"market": "ZEC/USDC"})
+                    assert (await call(d, "dex.markets"))[0]["halted"] is False
+                for raw, reason in ((b"<html>not json", "answered 200 with a body that is not JSON"),
+                                    (b'["events"]', "answered 200 with JSON that is not an object")):
+                    fake.raw = raw
+                    fake.add(kind="rested", order_id=f"theirs-{len(fake.events) + 1}", qty_lots=1)  # wakes the poll
+                    why = await wait_halted(d)
+                    assert reason in why and "in the daemon's log" not in why, why
+                    assert await call(d, "ledger.balances", {"account": "bob"}) == before
                     d.kill()
                     await trio.to_thread.run_sync(d.start)
                     await call(d, "dex.order_book", {"market": "ZEC/USDC"})

@@ -203,12 +203,15 @@ class HttpEngine:
         except httpx.HTTPError as exc:
             raise EngineUnavailable(f"engine server {self.url}: {type(exc).__name__}") from None
         try:
-            body = jsonlib.loads(bytes(data))
+            body, is_json = jsonlib.loads(bytes(data)), True
         except ValueError:
-            body = None
+            body, is_json = None, False
         message = body.get("error") if isinstance(body, dict) else None
         if resp.status_code == 200 and isinstance(body, dict):
             return body
+        if resp.status_code == 200:
+            raise EngineError(f"engine server {self.url}: {method} {path} answered 200 with "
+                              f"{'JSON that is not an object' if is_json else 'a body that is not JSON'}")
         if message is not None:
             log.warning("engine server %s: %s %s answered %d: %.200r", self.url, method, path, resp.status_code,
                         message)
