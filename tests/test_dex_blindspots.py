@@ -2,7 +2,7 @@
 
 a market whose maker fee is above its taker fee, fees that do not divide, a market order with nothing to
 meet, the after_match crash on the remote engine, a lost or older SQLite engine store, orders recorded but
-never submitted, and a settlement failure that /healthz names.
+never submitted, and a lying engine's fill that /healthz names.
 """
 
 from __future__ import annotations
@@ -394,9 +394,10 @@ async def test_a_lost_sqlite_engine_store_is_reseeded_and_an_older_one_refused_u
             d.kill()
 
 
-async def test_a_settlement_failure_stops_the_engine_and_healthz_names_it(sockdir):
-    """A lying engine (a test plugin) reports a fill one lot larger than the seller locked: the core refuses to
-    settle it, moves nothing, stops using that engine until a restart, and /healthz answers 503 naming it."""
+async def test_a_lying_engines_fill_is_refused_before_settlement_and_healthz_names_the_market(sockdir):
+    """A lying engine (a test plugin) reports a fill one lot larger than the seller locked: the core's checks
+    (tachyond/dex_checks.py, for every engine) refuse it before settlement, nothing moves, the engine's markets are
+    halted with the reason (the RPC error, the log, dex.markets), and /healthz answers 503 naming the market."""
     markets = [{**MARKET_DEFAULTS, "symbol": "ZEC/USDC", "engine": "liar"}]
     with trio.fail_after(60):
         d = DaemonProc(sockdir, _document(sockdir, markets), test_plugin=True, env={"TACHYON_TESTPLUGIN_LIAR": "1"})
@@ -409,22 +410,29 @@ async def test_a_settlement_failure_stops_the_engine_and_healthz_names_it(sockdi
             before = await rpc(d, "ledger.balances")
             err = await rpc_error(d, "dex.place_order", {"account": "taker", "market": "ZEC/USDC", "side": "buy",
                                                          "type": "limit", "price": "50.00", "qty": "1"})
-            assert "settlement failed" in err.message
+            assert err.code == -32023
+            assert err.message.startswith("settlement of engine liar is halted: invalid event refused: ")
+            assert "fills 10001 lots of taker order" in err.message and "which has 10000 left" in err.message
             r = await trio.to_thread.run_sync(lambda: httpx.get(base + "/healthz", timeout=10))
             assert r.status_code == 503
-            assert r.json()["failing"] == ["engine:liar"], r.text  # names only; the reason is in the log
-            assert "settlement of liar events failed" in d.stderr() and "restart" in err.message
-            # Nothing of the lie was booked; the taker's order stays recorded with its hold until a restart.
+            assert r.json()["failing"] == ["market:ZEC/USDC"], r.text  # names only; the reason is in the log
+            assert "settlement of engine liar halted (markets: ZEC/USDC): invalid event refused" in d.stderr()
+            [m] = await rpc(d, "dex.markets")
+            assert m["halted"] is True and "which has 10000 left" in m["halt_reason"]
+            # Nothing of the lie was booked; the taker's order stays recorded with its hold.
             after = {(b["account"], b["token"]): b for b in await rpc(d, "ledger.balances")}
             assert after[("maker", "ZEC")]["locked_minor"] == 100_000_000
             assert after[("maker", "USDC")]["available_minor"] == 0
+            assert (after[("taker", "USDC")]["available_minor"], after[("taker", "USDC")]["locked_minor"]) == (
+                49_900_000, 50_100_000)                              # 50.00 + the 20 bps fee it may pay
+            [taker] = await rpc(d, "dex.orders", {"account": "taker"})
+            assert (taker["status"], taker["filled"]) == ("open", "0.00")
             assert await rpc(d, "dex.trades", {}) == []
             assert [e for e in await rpc(d, "ledger.history", {"limit": 100}) if e["kind"] == "fill"] == []
             assert len(before) <= len(after)
             err = await rpc_error(d, "dex.place_order", {"account": "maker", "market": "ZEC/USDC", "side": "sell",
                                                          "type": "limit", "price": "60.00", "qty": "0.1"})
-            assert "engine liar is not serving" in err.message
+            assert "market ZEC/USDC is halted" in err.message
             assert (await rpc(d, "ledger.verify"))["ok"]
-            assert "settlement of liar events failed" in d.stderr()
         finally:
             d.kill()
