@@ -164,7 +164,8 @@ class EngineProxy:
     def __init__(self, upstream_url: str):
         host, port = upstream_url.split("//", 1)[1].rstrip("/").rsplit(":", 1)
         self.upstream = (host, int(port))
-        self.mode = "forward"           # "forward", "drop_next_order" (then "down"), or "down"
+        self.mode = "forward"           # "forward", "drop_next_order" / "hold_next_order" (then "down"), "down"
+        self.release = trio.Event()     # a held order's connection is closed (unanswered) when this is set
         self.submits: list[str] = []    # order ids of the POST /v1/orders forwarded to the server
         self.dropped: list[str] = []    # ... and of those dropped
         self.dropped_event = trio.Event()
@@ -203,10 +204,13 @@ class EngineProxy:
             submit = method == "POST" and path == "/v1/orders"
             if self.mode == "down":
                 return
-            if submit and self.mode == "drop_next_order":
+            if submit and self.mode in ("drop_next_order", "hold_next_order"):
+                hold = self.mode == "hold_next_order"
                 self.dropped.append(json.loads(body)["order_id"])
                 self.mode = "down"
                 self.dropped_event.set()
+                if hold:
+                    await self.release.wait()
                 return                   # closed without an answer: the server never saw it
             if submit:
                 self.submits.append(json.loads(body)["order_id"])
@@ -326,6 +330,66 @@ async def test_an_order_whose_submit_got_no_answer_stays_open_and_is_submitted_o
                         and f"order {placed['id']} stays open with its hold" in err.message), err.message
                 assert placed["client_order_id"] == "rec-2"
                 await _recorded_not_submitted_then_trades(d, proxy, placed)
+            finally:
+                d.kill()
+                server.kill()
+                nursery.cancel_scope.cancel()
+
+
+async def test_an_order_recorded_as_the_engine_goes_away_is_answered_as_canceled_not_as_never_recorded(
+        sockdir, tmp_path):
+    """Two markets on one remote engine: market A's submit hangs (the proxy holds it); market B's order is checked
+    and recorded meanwhile and waits for the engine; A's submit then gets no answer and the engine is marked
+    unreachable. B's order was never sent: it is canceled at once with its hold released, and its answer says
+    so. (It said "... refused until it is back (nothing was recorded or locked)", yet the order exists.)"""
+    markets = [{**MARKET_DEFAULTS, "symbol": s, "engine": "http"} for s in ("ZEC/USDC", "BASE/USDC")]
+    markets[1]["lot"] = "0.001"
+    with trio.fail_after(90):
+        server = await trio.to_thread.run_sync(ServerProc(tmp_path, server_document(tmp_path / "engine")).start)
+        proxy = EngineProxy(server.url)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proxy.serve)
+            (sockdir / "pw").write_text(PASSWORD)
+            doc = base_document(sockdir, tokens=[USDC, ZEC, {"symbol": "BASE", "decimals": 8}], markets=markets,
+                                wallet={"password_file": str(sockdir / "pw")},
+                                engines={"http": {"url": proxy.url, "token_env": "TACHYON_ENGINE_TOKEN",
+                                                  "timeout_s": 5}})
+            d = DaemonProc(sockdir, doc, env={"TACHYON_ENGINE_TOKEN": TOKEN})
+            answers: dict[str, object] = {}
+
+            async def place(key: str, market: str) -> None:
+                try:
+                    answers[key] = await order(d, "maker", "sell", "1", "50.00", market=market, client_order_id=key)
+                except RpcError as exc:
+                    answers[key] = exc
+
+            try:
+                await _start(d)
+                await fund(d, "maker", ZEC="1", BASE="1")
+                proxy.mode = "hold_next_order"
+                nursery.start_soon(place, "a", "ZEC/USDC")
+                await proxy.dropped_event.wait()
+                nursery.start_soon(place, "b", "BASE/USDC")
+                while len(await rpc(d, "dex.orders", {"account": "maker"})) < 2:   # b is recorded, waiting
+                    await trio.sleep(0.02)
+                proxy.release.set()
+                while len(answers) < 2:
+                    await trio.sleep(0.02)
+                orders = {o["client_order_id"]: o for o in await rpc(d, "dex.orders", {"account": "maker"})}
+                a, b = answers["a"], answers["b"]
+                assert isinstance(a, RpcError) and f"order {orders['a']['id']} stays open with its hold" in a.message
+                assert isinstance(b, RpcError) and b.code == -32023, b
+                assert b.message.startswith(f"order {orders['b']['id']} was recorded, then canceled before it was "
+                                            "sent (nothing filled, its hold released): engine http is unreachable")
+                assert "nothing was recorded" not in b.message, b.message
+                assert (orders["b"]["status"], orders["b"]["filled"]) == ("canceled", "0.00")
+                assert (orders["a"]["status"], orders["a"]["filled"]) == ("open", "0.00")
+                assert (await balances(d, "maker")) == {"BASE": (100_000_000, 0), "USDC": (0, 0), "ZEC": (0, 100_000_000)}
+                assert proxy.dropped == [orders["a"]["id"]] and proxy.submits == []
+                proxy.mode = "forward"      # a is submitted once the engine is back; b never is
+                await _wait_resting(d, [["50.00", "1.00"]])
+                assert proxy.submits == [orders["a"]["id"]]
+                assert (await rpc(d, "ledger.verify"))["ok"]
             finally:
                 d.kill()
                 server.kill()
