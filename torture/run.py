@@ -428,13 +428,24 @@ class World:
 
     async def check(self, rpc: Rpc, *, full: bool) -> None:
         """Everything a client was told still holds; nothing counted twice; every token conserved."""
+        # The remote engine settles by itself once its server is reachable again (the orders recorded or sent
+        # meanwhile are submitted and settled in the reconnect, before it counts as online): the checks read a
+        # still ledger only after that, with the clients paused. The daemon must get there by itself.
+        deadline = time.monotonic() + 60
+        while not all(m["engine_online"] for m in await rpc.call("dex.markets")):
+            if time.monotonic() > deadline:
+                self.fail("the remote engine was not online again 60 s after its server was back")
+                break
+            await trio.sleep(0.05)
         v = await rpc.call("ledger.verify")
         self.checks["ledger.verify ok"] += 1
         if not v["ok"]:
             self.fail(f"ledger.verify: {v['problems'][:5]}")
         await self.read_journal(rpc, full=full)
         if v["entries"] != len(self.journal) or (self.journal and max(self.journal) != len(self.journal)):
-            self.fail(f"ledger.verify counts {v['entries']} entries; the journal pages list {len(self.journal)}")
+            extra = [self.journal[i][0] for i in sorted(self.journal) if i > v["entries"]][:5]
+            self.fail(f"ledger.verify counts {v['entries']} entries; the journal pages list {len(self.journal)}"
+                      + (f" (after it: {extra})" if extra else ""))
         self.checks["journal read, keys unique"] += 1
         # Every acknowledged entry is there, under its key, with the id its answer named; no refusal left a trace.
         for op in self.st.ops:
