@@ -22,6 +22,8 @@ log = logging.getLogger("tachyon_http_engine.client")
 DEFAULT_TIMEOUT_S = 5
 DEFAULT_TOKEN_ENV = "TACHYON_ENGINE_TOKEN"
 MAX_ANSWER_BYTES = 16 * 1024 * 1024   # a larger answer is refused, never read whole
+_EVENT_FIELDS = frozenset(Event._fields)
+_EVENT_REQUIRED = _EVENT_FIELDS - Event._field_defaults.keys()
 _KEYS = ("url", "timeout_s", "token_env", "token_file", "cafile")
 
 
@@ -217,12 +219,15 @@ class HttpEngine:
         except httpx.HTTPError as exc:
             raise EngineUnavailable(f"engine server {self.url}: {type(exc).__name__}: {_reason(exc)}") from None
         try:
-            body = jsonlib.loads(bytes(data))
+            body, is_json = jsonlib.loads(bytes(data)), True
         except ValueError:
-            body = None
+            body, is_json = None, False
         message = body.get("error") if isinstance(body, dict) else None
         if resp.status_code == 200 and isinstance(body, dict):
             return body
+        if resp.status_code == 200:
+            raise EngineError(f"engine server {self.url}: {method} {path} answered 200 with "
+                              f"{'JSON that is not an object' if is_json else 'a body that is not JSON'}")
         if message is not None:
             log.warning("engine server %s: %s %s answered %d: %.200r", self.url, method, path, resp.status_code,
                         message)
@@ -244,10 +249,23 @@ class HttpEngine:
 
     @staticmethod
     def _events(body: dict[str, Any]) -> list[Event]:
-        try:
-            return [Event.from_dict(d) for d in body["events"]]
-        except (KeyError, TypeError) as exc:
-            raise EngineError(f"engine server answered malformed events: {exc}") from None
+        events = body.get("events") if isinstance(body, dict) else None
+        if not isinstance(events, list):
+            raise EngineError("engine server answered malformed events: no list of events")
+        for i, d in enumerate(events, 1):
+            if not isinstance(d, dict):
+                raise EngineError(f"engine server answered malformed events: event {i} of the answer is not an object")
+            unknown = d.keys() - _EVENT_FIELDS
+            missing = _EVENT_REQUIRED - d.keys()
+            if unknown or missing:
+                # The server's own text (a field's name) is logged bounded and escaped, never put in the error
+                # that reaches dex.markets, /healthz reasons or RPC answers.
+                log.warning("engine server answered an event with fields %.200r not in the protocol", sorted(unknown))
+                what = ", ".join(filter(None, [f"{len(unknown)} field(s) not in the protocol (named in the daemon's "
+                                               "log)" if unknown else "",
+                                               f"no {', '.join(sorted(missing))}" if missing else ""]))
+                raise EngineError(f"engine server answered malformed events: event {i} of the answer has {what}")
+        return [Event.from_dict(d) for d in events]
 
     async def submit(self, order: EngineOrder) -> list[Event]:
         self._served(order.market)

@@ -57,7 +57,9 @@ from .watch import WATCH_BUFFER, Watcher
 
 log = logging.getLogger("tachyond.dex")
 
-FAULT_ENV = "TACHYON_TEST_FAULT"  # test-only: "after_match" exits right after a submit, before settlement
+# test-only: "after_match" exits right after a submit, before settlement; "after_record" right after the orders
+# are recorded and locked, before any is submitted
+FAULT_ENV = "TACHYON_TEST_FAULT"
 DEFAULT_DEPTH = 20
 MAX_TRADES_LIMIT = 1000
 EVENTS_PAGE = 1000
@@ -666,12 +668,24 @@ class DexService:
         if type_ == "limit":
             price_ticks = m.price_ticks(price)
             m.check_min_notional(price_ticks, qty_lots)
-        engine = await self._ensure_open(m)
-        req = _Request({"id": "o" + secrets.token_hex(8), "client_order_id": client_order_id, "account": account,
-                        "market": m.symbol, "side": side, "type": type_, "time_in_force": tif,
-                        "post_only": bool(post_only), "price_ticks": price_ticks, "qty_lots": qty_lots,
-                        "filled_lots": 0, "cost_minor": 0, "fee_minor": 0, "status": "open",
-                        "created_at": time.time(), "trades": []})
+        new_order: dict[str, Any] = {
+            "id": "o" + secrets.token_hex(8), "client_order_id": client_order_id, "account": account,
+            "market": m.symbol, "side": side, "type": type_, "time_in_force": tif, "post_only": bool(post_only),
+            "price_ticks": price_ticks, "qty_lots": qty_lots, "filled_lots": 0, "cost_minor": 0, "fee_minor": 0,
+            "status": "open", "created_at": time.time(), "trades": []}
+        try:
+            engine = await self._ensure_open(m)
+        except EngineError:
+            # A repeat of an order recorded before (its answer lost to a crash) is answered with that order, not
+            # with "nothing was recorded": it exists, and is submitted when the engine is back. The same
+            # client_order_id for another order is a Conflict, as when the engine is up.
+            repeat = None
+            if client_order_id is not None:
+                repeat = await self._find_by_coid(account, client_order_id, new_order)
+            if repeat is None:
+                raise
+            return repeat
+        req = _Request(new_order)
         queue = self._queues[m.symbol]
         queue.append(req)
         self._wake[m.symbol].set()
@@ -751,10 +765,23 @@ class DexService:
                 batch = batch[1:]
         if not batch:
             return
-        self._ready(m)
+        try:
+            self._ready(m)
+        except EngineError as exc:
+            for req in batch:   # refused before anything is recorded, except the repeats of recorded orders
+                coid = req.order["client_order_id"]
+                try:
+                    repeat = await self._find_by_coid(req.order["account"], coid, req.order) if coid else None
+                except Conflict as conflict:  # the id names another order: that is the error to report
+                    req.finish(error=conflict)
+                    continue
+                req.finish(result=repeat) if repeat is not None else req.finish(error=exc)
+            return
         items = [(r.order, *m.hold(r.order["side"], r.order["price_ticks"], r.order["qty_lots"],
                                    r.order["post_only"])) for r in batch]
         outcomes = await self.wallet.write(record_orders_op, items)
+        if os.environ.get(FAULT_ENV) == "after_record":
+            os._exit(1)  # test-only fault hook: recorded and locked, not submitted
         accepted: list[_Request] = []
         for req, (kind, value) in zip(batch, outcomes, strict=False):
             if kind == "refused":
@@ -773,12 +800,16 @@ class DexService:
                 engine = self._ready(m)
             except EngineError as exc:
                 # The engine went offline or halted while these were recorded: none was sent, so each is
-                # canceled here at once and its hold released; the callers get the reason.
+                # canceled here at once and its hold released. The callers hear just that: their order exists
+                # (canceled, nothing filled), so the refusal of an order never recorded would not be true.
                 dones = [Event(0, m.symbol, "done", r.order["id"], r.order["qty_lots"], reason=DONE_CANCELED)
                          for r in accepted]
                 await self._settle_next(m.engine, dones, store_seq=False)
+                why = exc.message.split(" (nothing was recorded or locked)")[0]
                 for req in accepted:
-                    req.finish(error=exc)
+                    req.finish(error=EngineError(
+                        f"order {req.order['id']} was recorded, then canceled before it was sent (nothing filled, "
+                        f"its hold released): {why}"))
                 return
             events, failed = await self._submit_all(m, engine, [r.order for r in accepted])
             if os.environ.get(FAULT_ENV) == "after_match":

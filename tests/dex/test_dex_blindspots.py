@@ -1,12 +1,13 @@
 """DEX paths no other test reached, through real tachyond (and tachyon-engine-server) processes:
 
 a market whose maker fee is above its taker fee, fees that do not divide, a market order with nothing to
-meet, the after_match crash on the remote engine, a lost or older SQLite engine store, an order recorded but
-never submitted, and a settlement failure that /healthz names.
+meet, the after_match crash on the remote engine, a lost or older SQLite engine store, orders recorded but
+never submitted, and a lying engine's fill that /healthz names.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import httpx
@@ -16,7 +17,7 @@ from conftest import DaemonProc, base_document
 from test_dex_helpers import MARKET_DEFAULTS, PASSWORD, USDC, ZEC, balances, fund, order, rpc, rpc_error, state_snapshot
 from test_http_engine import TOKEN, ServerProc, server_document
 
-from tachyon_ctl.client import DaemonNotRunning
+from tachyon_ctl.client import DaemonNotRunning, RpcError
 
 
 def _document(dir_, markets: list[dict], **extra) -> dict:
@@ -154,45 +155,248 @@ async def test_fault_after_match_on_the_remote_engine_settles_every_fill_exactly
             server.kill()
 
 
-async def test_an_order_recorded_but_never_submitted_is_submitted_at_the_next_start(sockdir, tmp_path):
-    """The remote engine is down when the order arrives: recorded and locked, not on any book, /healthz names the
-    engine; once both are back, recovery submits it (the engine never saw it) and it trades."""
-    with trio.fail_after(90):
-        doc = server_document(tmp_path / "engine")
-        server = await trio.to_thread.run_sync(ServerProc(tmp_path, doc).start)
-        d = DaemonProc(sockdir, _http_document(sockdir, server.url), env={"TACHYON_ENGINE_TOKEN": TOKEN})
+class EngineProxy:
+    """A fake peer between the daemon and a real tachyon-engine-server: it forwards each HTTP request (one per
+    connection, so it sees every one), and on demand drops the next POST /v1/orders without forwarding it (the
+    server never sees it; the daemon gets no answer) or refuses every connection ("down")."""
+
+    def __init__(self, upstream_url: str):
+        host, port = upstream_url.split("//", 1)[1].rstrip("/").rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.mode = "forward"           # "forward", "drop_next_order" / "hold_next_order" (then "down"), "down"
+        self.release = trio.Event()     # a held order's connection is closed (unanswered) when this is set
+        self.submits: list[str] = []    # order ids of the POST /v1/orders forwarded to the server
+        self.dropped: list[str] = []    # ... and of those dropped
+        self.dropped_event = trio.Event()
+        self.url = ""
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
         try:
-            await _start(d)
-            await fund(d, "maker", ZEC="1")
-            await fund(d, "taker", USDC="100")
-            await trio.to_thread.run_sync(server.kill)
-            placed = await order(d, "maker", "sell", "1", "50.00")
-            assert placed["status"] == "open"
-            assert (await balances(d, "maker"))["ZEC"] == (0, 100_000_000)
-            base = (await rpc(d, "daemon.info"))["http"][0]
-            r = await trio.to_thread.run_sync(lambda: httpx.get(base + "/healthz", timeout=10))
-            assert r.status_code == 503 and "engine:http" in r.json()["failing"], r.text
-            assert (await rpc_error(d, "dex.place_order", {"account": "taker", "market": "ZEC/USDC", "side": "buy",
-                                                           "type": "limit", "price": "50.00", "qty": "1"})).code < 0
-            assert (await balances(d, "taker"))["USDC"] == (100_000_000, 0)   # the refused order moved nothing
-            await trio.to_thread.run_sync(d.kill)
-            # The server comes back on a new port, with its store: it never saw the order.
-            server = await trio.to_thread.run_sync(ServerProc(tmp_path, doc).start)
-            d.doc["engines"]["http"]["url"] = server.url
-            d = DaemonProc(sockdir, d.doc, env={"TACHYON_ENGINE_TOKEN": TOKEN})
-            await trio.to_thread.run_sync(d.start)
-            base = (await rpc(d, "daemon.info"))["http"][0]
-            r = await trio.to_thread.run_sync(lambda: httpx.get(base + "/healthz", timeout=10))
-            assert r.status_code == 200, r.text
-            book = await rpc(d, "dex.order_book", {"market": "ZEC/USDC"})
-            assert book["asks"] == [["50.00", "1.00"]]
-            taker = await order(d, "taker", "buy", "1", "50.00")
-            assert (taker["status"], [t["maker_order_id"] for t in taker["trades"]]) == ("closed", [placed["id"]])
-            assert (await balances(d, "maker")) == {"USDC": (49_950_000, 0), "ZEC": (0, 0)}
-            assert (await rpc(d, "ledger.verify"))["ok"]
-        finally:
-            d.kill()
-            server.kill()
+            await self._relay(stream)
+        except (trio.BrokenResourceError, OSError):
+            pass                         # either side went away (a killed daemon, a closed server): its loss
+
+    async def _relay(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            head, body = buf.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            length = next((int(v) for k, _, v in (ln.partition(":") for ln in lines[1:])
+                           if k.strip().lower() == "content-length"), 0)
+            while len(body) < length:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                body += chunk
+            method, path = lines[0].split(" ")[:2]
+            submit = method == "POST" and path == "/v1/orders"
+            if self.mode == "down":
+                return
+            if submit and self.mode in ("drop_next_order", "hold_next_order"):
+                hold = self.mode == "hold_next_order"
+                self.dropped.append(json.loads(body)["order_id"])
+                self.mode = "down"
+                self.dropped_event.set()
+                if hold:
+                    await self.release.wait()
+                return                   # closed without an answer: the server never saw it
+            if submit:
+                self.submits.append(json.loads(body)["order_id"])
+            kept = [ln for ln in lines[1:] if ln.split(":", 1)[0].strip().lower() != "connection"]
+            request = "\r\n".join([lines[0], *kept, "Connection: close", "", ""]).encode("latin-1") + body
+            async with await trio.open_tcp_stream(*self.upstream) as up:
+                await up.send_all(request)
+                while chunk := await up.receive_some(65536):
+                    await stream.send_all(chunk)
+
+
+async def _wait_resting(d: DaemonProc, asks: list) -> None:
+    """Until the daemon (reconnected by itself) has submitted the order and the book shows it."""
+    while True:
+        try:
+            if (await rpc(d, "dex.order_book", {"market": "ZEC/USDC"}))["asks"] == asks:
+                return
+        except RpcError:
+            pass                         # the engine is still away: the book cannot be read
+        await trio.sleep(0.05)
+
+
+async def _healthz(d: DaemonProc) -> httpx.Response:
+    base = (await rpc(d, "daemon.info"))["http"][0]
+    return await trio.to_thread.run_sync(lambda: httpx.get(base + "/healthz", timeout=10))
+
+
+async def _recorded_not_submitted_then_trades(d: DaemonProc, proxy: EngineProxy, placed: dict) -> None:
+    """The order is recorded and locked, the server never got it; once the proxy forwards again the daemon
+    submits it by itself (no restart), exactly once, and it trades and settles."""
+    assert (placed["account"], placed["status"], placed["filled"]) == ("maker", "open", "0.00")
+    assert (await balances(d, "maker"))["ZEC"] == (0, 100_000_000)      # its hold
+    assert proxy.submits == []                                            # the server never saw it
+    r = await _healthz(d)
+    assert r.status_code == 503 and r.json()["failing"] == ["engine:http"], r.text
+    # The client repeats the order (same client_order_id) while the engine is away: it hears of the order that
+    # exists, never "refused, nothing was recorded".
+    again = await order(d, "maker", "sell", "1", "50.00", client_order_id=placed["client_order_id"])
+    assert (again["id"], again["status"], again["filled"]) == (placed["id"], "open", "0.00")
+    assert len(await rpc(d, "dex.orders", {"account": "maker"})) == 1
+    proxy.mode = "forward"
+    await _wait_resting(d, [["50.00", "1.00"]])
+    assert proxy.submits == [placed["id"]]
+    taker = await order(d, "taker", "buy", "1", "50.00")
+    assert (taker["status"], [t["maker_order_id"] for t in taker["trades"]]) == ("closed", [placed["id"]])
+    [maker] = await rpc(d, "dex.orders", {"account": "maker"})
+    assert (maker["id"], maker["status"], maker["filled"]) == (placed["id"], "closed", "1.00")
+    assert (await balances(d, "maker")) == {"USDC": (49_950_000, 0), "ZEC": (0, 0)}
+    assert (await balances(d, "taker")) == {"USDC": (100_000_000 - 50_000_000 - 100_000, 0), "ZEC": (100_000_000, 0)}
+    assert (await rpc(d, "ledger.verify"))["ok"]
+    assert (await _healthz(d)).status_code == 200
+    # A restart submits nothing again: the order is closed.
+    assert await trio.to_thread.run_sync(d.stop) == 0
+    await trio.to_thread.run_sync(d.start)
+    assert (await rpc(d, "dex.order_book", {"market": "ZEC/USDC"}))["asks"] == []
+    assert proxy.submits == [placed["id"], taker["id"]]
+    assert len(await rpc(d, "dex.trades", {})) == 1
+    assert (await rpc(d, "ledger.verify"))["ok"]
+
+
+async def test_an_order_recorded_when_the_daemon_dies_before_submitting_it_is_submitted_once_later(sockdir,
+                                                                                                   tmp_path):
+    """The daemon dies between recording an order (and its hold) and submitting it (the after_record fault):
+    restarted while the server is away, the order is open and locked and on no book; once the server is
+    reachable, the daemon submits it by itself, once, and it trades."""
+    with trio.fail_after(90):
+        server = await trio.to_thread.run_sync(ServerProc(tmp_path, server_document(tmp_path / "engine")).start)
+        proxy = EngineProxy(server.url)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proxy.serve)
+            d = DaemonProc(sockdir, _http_document(sockdir, proxy.url), env={"TACHYON_ENGINE_TOKEN": TOKEN})
+            try:
+                await _start(d)
+                await fund(d, "maker", ZEC="1")
+                await fund(d, "taker", USDC="100")
+                assert await trio.to_thread.run_sync(d.stop) == 0
+                d.env["TACHYON_TEST_FAULT"] = "after_record"
+                await trio.to_thread.run_sync(d.start)
+                with pytest.raises(DaemonNotRunning):
+                    await order(d, "maker", "sell", "1", "50.00", client_order_id="rec-1")
+                assert await trio.to_thread.run_sync(d.wait) == 1
+                del d.env["TACHYON_TEST_FAULT"]
+                proxy.mode = "down"
+                await trio.to_thread.run_sync(d.start)
+                [placed] = await rpc(d, "dex.orders", {"account": "maker"})
+                assert placed["client_order_id"] == "rec-1"
+                await _recorded_not_submitted_then_trades(d, proxy, placed)
+            finally:
+                d.kill()
+                server.kill()
+                nursery.cancel_scope.cancel()
+
+
+async def test_an_order_whose_submit_got_no_answer_stays_open_and_is_submitted_once_when_the_server_is_back(
+        sockdir, tmp_path):
+    """The submit never reached the server (the proxy drops it, no answer): the daemon answers that the order
+    stays open with its hold (not a refusal: it may have reached the engine); when the server is reachable
+    again, the daemon submits it by itself, once (the server never saw it), and it trades."""
+    with trio.fail_after(90):
+        server = await trio.to_thread.run_sync(ServerProc(tmp_path, server_document(tmp_path / "engine")).start)
+        proxy = EngineProxy(server.url)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proxy.serve)
+            d = DaemonProc(sockdir, _http_document(sockdir, proxy.url), env={"TACHYON_ENGINE_TOKEN": TOKEN})
+            try:
+                await _start(d)
+                await fund(d, "maker", ZEC="1")
+                await fund(d, "taker", USDC="100")
+                proxy.mode = "drop_next_order"
+                err = await rpc_error(d, "dex.place_order", {"account": "maker", "market": "ZEC/USDC", "side": "sell",
+                                                             "type": "limit", "price": "50.00", "qty": "1",
+                                                             "client_order_id": "rec-2"})
+                [placed] = await rpc(d, "dex.orders", {"account": "maker"})
+                assert proxy.dropped == [placed["id"]]
+                assert err.code == -32023
+                assert ("did not answer" in err.message
+                        and f"order {placed['id']} stays open with its hold" in err.message), err.message
+                assert placed["client_order_id"] == "rec-2"
+                await _recorded_not_submitted_then_trades(d, proxy, placed)
+            finally:
+                d.kill()
+                server.kill()
+                nursery.cancel_scope.cancel()
+
+
+async def test_an_order_recorded_as_the_engine_goes_away_is_answered_as_canceled_not_as_never_recorded(
+        sockdir, tmp_path):
+    """Two markets on one remote engine: market A's submit hangs (the proxy holds it); market B's order is checked
+    and recorded meanwhile and waits for the engine; A's submit then gets no answer and the engine is marked
+    unreachable. B's order was never sent: it is canceled at once with its hold released, and its answer says
+    so. (It said "... refused until it is back (nothing was recorded or locked)", yet the order exists.)"""
+    markets = [{**MARKET_DEFAULTS, "symbol": s, "engine": "http"} for s in ("ZEC/USDC", "BASE/USDC")]
+    markets[1]["lot"] = "0.001"
+    with trio.fail_after(90):
+        server = await trio.to_thread.run_sync(ServerProc(tmp_path, server_document(tmp_path / "engine")).start)
+        proxy = EngineProxy(server.url)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proxy.serve)
+            (sockdir / "pw").write_text(PASSWORD)
+            doc = base_document(sockdir, tokens=[USDC, ZEC, {"symbol": "BASE", "decimals": 8}], markets=markets,
+                                wallet={"password_file": str(sockdir / "pw")},
+                                engines={"http": {"url": proxy.url, "token_env": "TACHYON_ENGINE_TOKEN",
+                                                  "timeout_s": 5}})
+            d = DaemonProc(sockdir, doc, env={"TACHYON_ENGINE_TOKEN": TOKEN})
+            answers: dict[str, object] = {}
+
+            async def place(key: str, market: str) -> None:
+                try:
+                    answers[key] = await order(d, "maker", "sell", "1", "50.00", market=market, client_order_id=key)
+                except RpcError as exc:
+                    answers[key] = exc
+
+            try:
+                await _start(d)
+                await fund(d, "maker", ZEC="1", BASE="1")
+                proxy.mode = "hold_next_order"
+                nursery.start_soon(place, "a", "ZEC/USDC")
+                await proxy.dropped_event.wait()
+                nursery.start_soon(place, "b", "BASE/USDC")
+                while len(await rpc(d, "dex.orders", {"account": "maker"})) < 2:   # b is recorded, waiting
+                    await trio.sleep(0.02)
+                proxy.release.set()
+                while len(answers) < 2:
+                    await trio.sleep(0.02)
+                orders = {o["client_order_id"]: o for o in await rpc(d, "dex.orders", {"account": "maker"})}
+                a, b = answers["a"], answers["b"]
+                assert isinstance(a, RpcError) and f"order {orders['a']['id']} stays open with its hold" in a.message
+                assert isinstance(b, RpcError) and b.code == -32023, b
+                assert b.message.startswith(f"order {orders['b']['id']} was recorded, then canceled before it was "
+                                            "sent (nothing filled, its hold released): engine http is unreachable")
+                assert "nothing was recorded" not in b.message, b.message
+                assert (orders["b"]["status"], orders["b"]["filled"]) == ("canceled", "0.00")
+                assert (orders["a"]["status"], orders["a"]["filled"]) == ("open", "0.00")
+                assert (await balances(d, "maker")) == {
+                    "BASE": (100_000_000, 0),
+                    "USDC": (0, 0),
+                    "ZEC": (0, 100_000_000),
+                }
+                assert proxy.dropped == [orders["a"]["id"]] and proxy.submits == []
+                proxy.mode = "forward"      # a is submitted once the engine is back; b never is
+                await _wait_resting(d, [["50.00", "1.00"]])
+                assert proxy.submits == [orders["a"]["id"]]
+                assert (await rpc(d, "ledger.verify"))["ok"]
+            finally:
+                d.kill()
+                server.kill()
+                nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("store", ["lost", "older"])
@@ -257,10 +461,10 @@ async def test_a_lost_sqlite_engine_store_is_reseeded_and_an_older_one_refused_u
             d.kill()
 
 
-async def test_a_lying_engine_halts_its_market_and_healthz_names_it(sockdir):
+async def test_a_lying_engines_fill_is_refused_before_settlement_and_healthz_names_the_market(sockdir):
     """A lying engine (a test plugin) reports a fill one lot larger than the seller locked: the core's checks
-    refuse it before anything is settled (issue 9: every engine's events are checked), nothing moves, the
-    market halts until a restart, and /healthz answers 503 naming it."""
+    (tachyond/dex/checks.py, for every engine) refuse it before settlement, nothing moves, the engine's markets are
+    halted with the reason (the RPC error, the log, dex.markets), and /healthz answers 503 naming the market."""
     markets = [{**MARKET_DEFAULTS, "symbol": "ZEC/USDC", "engine": "liar"}]
     with trio.fail_after(60):
         d = DaemonProc(sockdir, _document(sockdir, markets), test_plugin=True, env={"TACHYON_TESTPLUGIN_LIAR": "1"})
@@ -273,23 +477,29 @@ async def test_a_lying_engine_halts_its_market_and_healthz_names_it(sockdir):
             before = await rpc(d, "ledger.balances")
             err = await rpc_error(d, "dex.place_order", {"account": "taker", "market": "ZEC/USDC", "side": "buy",
                                                          "type": "limit", "price": "50.00", "qty": "1"})
-            assert "halted" in err.message and "fills 10001 lots" in err.message, err.message
+            assert err.code == -32023
+            assert err.message.startswith("settlement of engine liar is halted: invalid event refused: ")
+            assert "fills 10001 lots of taker order" in err.message and "which has 10000 left" in err.message
             r = await trio.to_thread.run_sync(lambda: httpx.get(base + "/healthz", timeout=10))
             assert r.status_code == 503
-            assert "market:ZEC/USDC" in r.json()["failing"], r.text  # names only; the reason is in the log
-            assert "invalid event refused" in d.stderr()
-            [market] = await rpc(d, "dex.markets")
-            assert market["halted"] is True and "fills 10001 lots" in market["halt_reason"]
-            # Nothing of the lie was booked; the taker's order stays recorded with its hold until a restart.
+            assert r.json()["failing"] == ["market:ZEC/USDC"], r.text  # names only; the reason is in the log
+            assert "settlement of engine liar halted (markets: ZEC/USDC): invalid event refused" in d.stderr()
+            [m] = await rpc(d, "dex.markets")
+            assert m["halted"] is True and "which has 10000 left" in m["halt_reason"]
+            # Nothing of the lie was booked; the taker's order stays recorded with its hold.
             after = {(b["account"], b["token"]): b for b in await rpc(d, "ledger.balances")}
             assert after[("maker", "ZEC")]["locked_minor"] == 100_000_000
             assert after[("maker", "USDC")]["available_minor"] == 0
+            assert (after[("taker", "USDC")]["available_minor"], after[("taker", "USDC")]["locked_minor"]) == (
+                49_900_000, 50_100_000)                              # 50.00 + the 20 bps fee it may pay
+            [taker] = await rpc(d, "dex.orders", {"account": "taker"})
+            assert (taker["status"], taker["filled"]) == ("open", "0.00")
             assert await rpc(d, "dex.trades", {}) == []
             assert [e for e in await rpc(d, "ledger.history", {"limit": 100}) if e["kind"] == "fill"] == []
             assert len(before) <= len(after)
             err = await rpc_error(d, "dex.place_order", {"account": "maker", "market": "ZEC/USDC", "side": "sell",
                                                          "type": "limit", "price": "60.00", "qty": "0.1"})
-            assert "halted" in err.message, err.message
+            assert "market ZEC/USDC is halted" in err.message
             assert (await rpc(d, "ledger.verify"))["ok"]
         finally:
             d.kill()

@@ -207,3 +207,77 @@ async def test_each_kind_of_invalid_fill_moves_nothing_and_halts_the_market(sock
                 for p in daemons:
                     p.kill()
                 nursery.cancel_scope.cancel()
+
+
+class RawOnce(FakeEngine):
+    """The fake engine, whose next feed answer is ``raw`` (any bytes) when set."""
+
+    raw: bytes | None = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/events" and self.raw is not None:
+            data, self.raw = self.raw, None
+            while (await receive()).get("more_body"):
+                pass
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", str(len(data)).encode())]})
+            await send({"type": "http.response.body", "body": data})
+            return
+        await super().__call__(scope, receive, send)
+
+
+async def test_a_malformed_event_halts_without_echoing_the_servers_text(sockdir: Any) -> None:
+    """An event with a field the protocol does not have (its name is the server's text), or without a required
+    one, halts settlement with a reason that names the problem, never the server's text; nothing moves. (Found by
+    the engine-feed fuzz target of `make torture`: the field's name reached dex.markets verbatim.) A feed answer
+    that is not a JSON object says so (it said "its reason is in the daemon's log", where nothing was)."""
+    fake = RawOnce()
+    hc = HypercornConfig()
+    hc.bind = ["127.0.0.1:0"]
+    hc.accesslog = None
+    odd = "<b>\u202eevil" + "x" * 300
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            [url] = await nursery.start(lambda task_status: serve(fake, hc, mode="asgi", task_status=task_status))
+            doc = daemon_document(sockdir, url)
+            d = DaemonProc(sockdir, doc, env={"TACHYON_ENGINE_TOKEN": TOKEN})
+            try:
+                await trio.to_thread.run_sync(d.start)
+                await call(d, "wallet.create", {"password": PASSWORD})
+                await call(d, "accounts.create", {"name": "bob"})
+                await call(d, "ledger.deposit", {"account": "bob", "token": "ZEC", "amount": "2", "reference": "z"})
+                ask = await call(d, "dex.place_order", {"account": "bob", "market": "ZEC/USDC", "type": "limit",
+                                                        "qty": "1", "side": "sell", "price": "40.00"})
+                fill = {"kind": "fill", "order_id": "someone-elses", "maker_order_id": ask["id"],
+                        "taker_side": "buy", "qty_lots": 5_000, "price_ticks": 4000}
+                before = await call(d, "ledger.balances", {"account": "bob"})
+                cases = [({**fill, odd: 1}, "event 1 of the answer has 1 field(s) not in the protocol"),
+                         ({k: v for k, v in fill.items() if k != "kind"}, "event 1 of the answer has no kind")]
+                for event, reason in cases:
+                    seq = fake.add(**event)
+                    why = await wait_halted(d)
+                    assert reason in why and "malformed events" in why, why
+                    assert "evil" not in why and "<b>" not in why, why
+                    assert await call(d, "ledger.balances", {"account": "bob"}) == before
+                    assert (await call(d, "ledger.verify"))["ok"] is True
+                    assert "evil" not in json.dumps(await call(d, "dex.markets"))
+                    fake.replace(seq, kind="rested", order_id=f"theirs-{seq}", qty_lots=1)
+                    d.kill()
+                    await trio.to_thread.run_sync(d.start)
+                    await call(d, "dex.order_book", {"market": "ZEC/USDC"})
+                    assert (await call(d, "dex.markets"))[0]["halted"] is False
+                for raw, reason in ((b"<html>not json", "answered 200 with a body that is not JSON"),
+                                    (b'["events"]', "answered 200 with JSON that is not an object")):
+                    fake.raw = raw
+                    fake.add(kind="rested", order_id=f"theirs-{len(fake.events) + 1}", qty_lots=1)  # wakes the poll
+                    why = await wait_halted(d)
+                    assert reason in why and "in the daemon's log" not in why, why
+                    assert await call(d, "ledger.balances", {"account": "bob"}) == before
+                    d.kill()
+                    await trio.to_thread.run_sync(d.start)
+                    await call(d, "dex.order_book", {"market": "ZEC/USDC"})
+                    assert (await call(d, "dex.markets"))[0]["halted"] is False
+                assert "not in the protocol" in d.stderr()
+            finally:
+                d.kill()
+                nursery.cancel_scope.cancel()
