@@ -67,7 +67,7 @@ def main() -> None:
                           "mode": "sequential" if clients == 1 else "concurrent", **native,
                           "orders_per_s": native["calls_per_s"],
                           "ledger_verify_ok": verify["ok"], "ledger_entries": verify["entries"]})
-            native = load_native(d.socket, CLIENTS, (40 if args.quick else 200) * PIPELINE_DEPTH,
+            native = load_native(d.socket, CLIENTS, (10 if args.quick else 50) * PIPELINE_DEPTH,
                                  lambda cid, n: make_order(cid, n + 2_000_000), PIPELINE_DEPTH)
             if native is not None:
                 verify = d.call("ledger.verify")

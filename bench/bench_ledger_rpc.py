@@ -44,7 +44,7 @@ def main() -> None:
             native = load_native(d.socket, clients, (100 if args.quick else 600) * (4 if clients == 1 else 1), transfer)
             if native is not None:
                 emit({"bench": "ledger_transfer_rpc", "synchronous": "FULL", **native})
-        native = load_native(d.socket, 32, (100 if args.quick else 600) * PIPELINE_DEPTH, transfer, PIPELINE_DEPTH)
+        native = load_native(d.socket, 32, (25 if args.quick else 100) * PIPELINE_DEPTH, transfer, PIPELINE_DEPTH)
         if native is not None:
             emit({"bench": "ledger_transfer_rpc", "synchronous": "FULL", **native})
         verify = d.call("ledger.verify")

@@ -54,7 +54,7 @@ def main() -> None:
             if native is not None:
                 emit({"bench": "rpc_daemon_info", **native})
         # Pipelined: each of 32 connections keeps PIPELINE_DEPTH calls in flight.
-        native = load_native(d.socket, 32, (200 if args.quick else 1500) * PIPELINE_DEPTH,
+        native = load_native(d.socket, 32, (100 if args.quick else 500) * PIPELINE_DEPTH,
                              lambda c, n: {"method": "daemon.info"}, PIPELINE_DEPTH)
         if native is not None:
             emit({"bench": "rpc_daemon_info", **native})

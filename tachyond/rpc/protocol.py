@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +78,11 @@ class Method:
     plugin: str | None = None          # None for the core
     requires: tuple[Param, ...] = field(default=())
 
+    @functools.cached_property
+    def _names(self) -> frozenset[str]:
+        """The declared param names, computed once per method rather than on every call."""
+        return frozenset(p.name for p in self.params)
+
     def bind(self, params: Any) -> dict[str, Any]:
         """Map positional or named params onto the declaration; -32602 names the offending param."""
         if params is None:
@@ -89,7 +95,7 @@ class Method:
             named = {p.name: v for p, v in zip(self.params, params, strict=False)}
         else:
             named = dict(params)
-            known = {p.name for p in self.params}
+            known = self._names
             for key in named:
                 if key not in known:
                     hint = f" (known: {', '.join(sorted(known))})" if known else " (it takes no params)"

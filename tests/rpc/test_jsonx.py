@@ -61,3 +61,33 @@ def test_without_orjson_the_standard_library_serves():
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def _stdlib_line(line: bytes):
+    """What the RPC parser accepted before msgspec: the standard library, strict, no NaN/Infinity."""
+    def no_constant(name):
+        raise ValueError(name)
+    try:
+        text = line.decode(json.detect_encoding(line), "surrogatepass")
+        if text.startswith("\ufeff"):
+            raise ValueError("BOM")
+        return json.JSONDecoder(parse_constant=no_constant).decode(text)
+    except (ValueError, RecursionError):
+        return "parse error"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    json_values.map(lambda v: json.dumps({"jsonrpc": "2.0", "id": 1, "params": v}).encode()),
+    st.text(alphabet='{}[]":,0123456789.eE+-tfnaulrsNIy \t\\u\x01é\ud800', max_size=40).map(
+        lambda t: ("{" + t).encode("utf-8", "surrogatepass")),
+    st.binary(max_size=40).map(lambda b: b"{" + b)))
+def test_rpc_lines_are_accepted_and_refused_exactly_as_the_standard_library_does(line):
+    from tachyond.rpc import LineError, parse_line
+
+    got = parse_line(line)
+    expected = _stdlib_line(line)
+    if expected == "parse error":
+        assert isinstance(got, LineError) and got.code == -32700, (line, got)
+    else:
+        assert not isinstance(got, LineError) and got == expected, (line, got, expected)
