@@ -83,7 +83,7 @@ def _stdlib_line(line: bytes):
         lambda t: ("{" + t).encode("utf-8", "surrogatepass")),
     st.binary(max_size=40).map(lambda b: b"{" + b)))
 def test_rpc_lines_are_accepted_and_refused_exactly_as_the_standard_library_does(line):
-    from tachyond.rpc import LineError, parse_line
+    from tachyond.rpc.dispatch import LineError, parse_line
 
     got = parse_line(line)
     expected = _stdlib_line(line)
