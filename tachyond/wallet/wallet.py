@@ -124,6 +124,7 @@ class Wallet:
         self._cache: dict = {}
         self._cache_keys: WalletKeys | None = None
         self._closing = False
+        self._closed = False  # stopped after a start: a late caller (a service task at a stop) is ShuttingDown
         self._submit_lock = threading.Lock()
         self.migration_backup: Path | None = None  # the copy taken before the last migration, if one ran
 
@@ -210,7 +211,9 @@ class Wallet:
 
     def _require_started(self) -> None:
         if self._thread is None or self._closing:
-            raise ShuttingDown() if self._closing else RuntimeError("wallet store is not started")
+            # Closing or closed after a start: the daemon is stopping, and a service task that meets it ends
+            # quietly; never started: a programming error.
+            raise ShuttingDown() if self._closing or self._closed else RuntimeError("wallet store is not started")
 
     def _current_keys(self) -> WalletKeys | None:
         """The keys, dropping them first if the unlock timeout passed (even when no timer task runs)."""
@@ -253,7 +256,7 @@ class Wallet:
         if self._thread is not None:
             raise RuntimeError("wallet store already started")
         conn = await trio.to_thread.run_sync(self._open_sync)
-        self._closing = False
+        self._closing = self._closed = False
         self._thread = threading.Thread(target=self._writer_main, args=(conn,), name="tachyond-wallet-writer",
                                         daemon=True)
         self._thread.start()
@@ -270,7 +273,7 @@ class Wallet:
             self._readers.pop().close()
         self._drop_keys()
         self._thread = None
-        self._closing = False
+        self._closing, self._closed = False, True
 
     async def __aenter__(self) -> Wallet:
         await self.start()

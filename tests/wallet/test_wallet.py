@@ -366,3 +366,19 @@ async def test_writes_after_close_are_refused(tmp_path):
         raw = sqlite3.connect(tmp_path / "wallet.db")
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         raw.close()
+
+
+async def test_a_read_or_write_after_the_wallet_closed_is_shutting_down(tmp_path):
+    """A service task that reaches the wallet after a stop closed it (the onramp worker at a SIGTERM) gets
+    ShuttingDown, which services end on quietly, never a RuntimeError that turns a clean stop into exit 1."""
+    with trio.fail_after(20):
+        wallet, ledger = open_wallet(tmp_path)
+        with pytest.raises(RuntimeError, match="not started"):
+            await ledger.balances()
+        async with wallet:
+            await wallet.create(PW)
+            await ledger.deposit("default", "USDC", 1, "before-close")
+        with pytest.raises(errors.ShuttingDown):
+            await ledger.balances()
+        with pytest.raises(errors.ShuttingDown):
+            await ledger.deposit("default", "USDC", 1, "after-close")
