@@ -516,9 +516,11 @@ def run_feed(dir_: Any, examples: int, run_seed: int, fail: Callable[[str], None
                     raise SystemExit
                 if why is None and fake.max_after < seq:
                     problem(f"feed event {json.dumps(event)[:300]}: neither halted nor passed within {FEED_WAIT_S}s")
+                    why = "(stopped following)"   # the fix and a restart below, so later examples are tested
                 elif why is None and names_ours:
                     problem(f"invalid fill naming this wallet's orders was passed over: {json.dumps(event)[:300]}")
-                stats["feed_halted" if why is not None else "feed_passed_over"] += 1
+                stats["feed_passed_over" if why is None else "feed_stopped" if why == "(stopped following)"
+                      else "feed_halted"] += 1
             else:
                 polls = fake.polls
                 fake.raw = value
@@ -537,7 +539,9 @@ def run_feed(dir_: Any, examples: int, run_seed: int, fail: Callable[[str], None
                 if why is None and not (fake.raw is None and fake.polls > polls + 1):
                     problem(f"feed answer {value[:200]!r}: the daemon neither halted nor asked again")
                     fake.raw = None
-                stats["feed_answers_halted" if why is not None else "feed_answers_refused"] += 1
+                    why = "(stopped following)"
+                stats["feed_answers_refused" if why is None else "feed_answers_stopped"
+                      if why == "(stopped following)" else "feed_answers_halted"] += 1
                 seq = len(fake.events)
             after = state()
             if after != baseline:

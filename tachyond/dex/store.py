@@ -127,15 +127,17 @@ def settle_op(tx: LedgerTx, engine: str, base_seq: int, events: list[Event], ord
     trades: list[dict] = []
     touched: dict[str, dict] = {}
     for ev in events:
-        market = markets[ev.market]
+        # The market is looked up only for an event of this wallet's orders (checked against them before):
+        # another wallet's event on a shared engine may name a market this daemon does not list.
         if ev.kind == "fill":
             if ev.order_id not in orders and ev.maker_order_id not in orders:
                 continue   # two other wallets' orders met on a shared engine: nothing of ours moves
-            trades.append(_apply_fill(tx, engine, base_seq, ev, orders, market, touched))
+            trades.append(_apply_fill(tx, engine, base_seq, ev, orders, markets[ev.market], touched))
         elif ev.kind == "done":
             order = orders.get(ev.order_id)
             if order is None or order["status"] != "open":
                 continue
+            market = markets[ev.market]
             hold = hold_name(order["id"])
             remaining = tx.hold_remaining(hold)
             if remaining:

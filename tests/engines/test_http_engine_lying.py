@@ -281,3 +281,44 @@ async def test_a_malformed_event_halts_without_echoing_the_servers_text(sockdir:
             finally:
                 d.kill()
                 nursery.cancel_scope.cancel()
+
+
+async def test_another_wallets_events_naming_a_market_not_listed_here_pass_over(sockdir: Any) -> None:
+    """A shared engine serves markets this daemon does not list: another wallet's fill or done there moves
+    nothing here and settlement goes on. (Found by the engine-feed fuzz target: the settlement looked the
+    market up before asking whose orders the event names, failed with KeyError, and stopped the engine.)"""
+    fake = FakeEngine()
+    hc = HypercornConfig()
+    hc.bind = ["127.0.0.1:0"]
+    hc.accesslog = None
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            [url] = await nursery.start(lambda task_status: serve(fake, hc, mode="asgi", task_status=task_status))
+            d = DaemonProc(sockdir, daemon_document(sockdir, url), env={"TACHYON_ENGINE_TOKEN": TOKEN})
+            try:
+                await trio.to_thread.run_sync(d.start)
+                await call(d, "wallet.create", {"password": PASSWORD})
+                await call(d, "accounts.create", {"name": "bob"})
+                await call(d, "ledger.deposit", {"account": "bob", "token": "ZEC", "amount": "2", "reference": "z"})
+                ask = await call(d, "dex.place_order", {"account": "bob", "market": "ZEC/USDC", "type": "limit",
+                                                        "qty": "1", "side": "sell", "price": "40.00"})
+                for market in ("", "BTC/USDC"):
+                    fake.add(kind="fill", market=market, order_id="theirs-t", maker_order_id="theirs-m",
+                             taker_side="buy", qty_lots=1, price_ticks=4000)
+                    fake.add(kind="done", market=market, order_id="theirs-t", qty_lots=0, reason="filled")
+                # A valid fill of this wallet's ask after them settles: the feed went on past them.
+                fake.add(kind="fill", order_id="theirs-x", maker_order_id=ask["id"], taker_side="buy",
+                         qty_lots=10_000, price_ticks=4000)
+                while (await call(d, "dex.trades")) == []:
+                    await trio.sleep(0.02)
+                http = (await call(d, "daemon.info"))["http"][0]
+                async with httpx.AsyncClient() as client:
+                    health = await client.get(http + "/healthz")
+                assert health.status_code == 200, health.text
+                assert (await call(d, "dex.markets"))[0]["halted"] is False
+                assert len(await call(d, "dex.trades")) == 1
+                assert (await call(d, "ledger.verify"))["ok"] is True
+                assert "Traceback" not in d.stderr()
+            finally:
+                d.kill()
+                nursery.cancel_scope.cancel()
