@@ -361,7 +361,7 @@ async def test_writes_after_close_are_refused(tmp_path):
         wallet, ledger = open_wallet(tmp_path)
         async with wallet:
             await wallet.create(PW)
-        with pytest.raises(RuntimeError):
+        with pytest.raises(errors.ShuttingDown):  # refused as a stopping daemon's, never written
             await ledger.deposit("default", "USDC", 1, "late")
         raw = sqlite3.connect(tmp_path / "wallet.db")
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
