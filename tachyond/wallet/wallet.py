@@ -363,18 +363,7 @@ class Wallet:
                 continue
         else:
             raise OSError(errno.EEXIST, "no free name for the pre-migration backup", str(dest))
-        try:
-            os.fchmod(fd, 0o600)
-            self._backup_into(fd)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            try:
-                os.unlink(dest)
-            except OSError:
-                pass
-            raise
-        os.close(fd)
+        self._fill_backup(fd, dest)
         what = ", ".join(f"{name} {have}->{want}" for name, (have, want) in sorted(pending.items()))
         logging.getLogger("tachyond.wallet").warning("wallet schema migration (%s): the file as it was is "
                                                      "copied to %s", what, dest)
@@ -763,6 +752,11 @@ class Wallet:
             raise Conflict(f"backup destination {dest} already exists") from None
         except OSError as exc:
             raise InvalidParams(f"cannot create backup file {dest}: {exc.strerror}") from None
+        return {"path": str(dest), "bytes": self._fill_backup(fd, dest)}
+
+    def _fill_backup(self, fd: int, dest: Path) -> int:
+        """Copy the wallet into ``fd`` (the descriptor its creator opened: never reopened by path), mode 0600,
+        fsynced; closes ``fd``, and on any failure removes ``dest``. Returns the bytes written."""
         try:
             os.fchmod(fd, 0o600)
             written = self._backup_into(fd)
@@ -775,7 +769,7 @@ class Wallet:
                 pass
             raise
         os.close(fd)
-        return {"path": str(dest), "bytes": written}
+        return written
 
     def _backup_into(self, fd: int) -> int:
         """SQLite's online backup into a private scratch file in data_dir, then copied into fd; -> bytes."""
