@@ -17,6 +17,7 @@ import httpx
 import pytest
 import tomli_w
 import trio
+from conftest import self_signed_cert
 from tachyon_http_engine import HttpEngine, register_engines
 
 from tachyond.engine import EngineContext, EngineOrder, MarketSpec
@@ -138,38 +139,12 @@ def test_validate_config_refuses_bad_tables(table: dict[str, Any], message: str)
         HttpEngine.validate_config({"url": loopback})
 
 
-def _self_signed(dir_: Path) -> tuple[Path, Path]:
-    """A CA-less self-signed certificate for 127.0.0.1 (cert.pem, key.pem)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test engine server")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = dir_ / "cert.pem", dir_ / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 async def test_cafile_pins_the_engine_servers_ca(tmp_path: Path, monkeypatch: Any) -> None:
     """A fake engine server over TLS with a self-signed certificate: trusted with cafile naming it, refused
     without (the system's CAs do not know it), and the token never reaches a server that was refused."""
     import ssl
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
     seen: list[bytes] = []

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import DaemonProc, base_document
+from conftest import DaemonProc, base_document, self_signed_cert
 from test_webhooks import event_body, sign
 
 from tachyon_ctl.client import Client
@@ -489,37 +489,12 @@ def test_connection_and_deadline_keys_are_validated():
     assert cfg.daemon.max_rpc_connections == 1024 and cfg.daemon.max_rpc_connections_per_uid == 256
 
 
-def self_signed(dir_: Path) -> tuple[Path, Path]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    import ipaddress
-
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = dir_ / "cert.pem", dir_ / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_over_tls_http11_only_and_a_stalled_handshake_is_cut_at_the_deadline(limited, sockdir):
     """With certfile/keyfile: webhooks are served over TLS (HTTP/1.1; h2 is not offered), and a client
     that connects and never completes the handshake is closed at request_timeout_s."""
     import ssl
 
-    cert, key = self_signed(sockdir)
+    cert, key = self_signed_cert(sockdir)
     d = limited(http={"certfile": str(cert), "keyfile": str(key), "request_timeout_s": 2}).start()
     url = http_url(d)
     assert url.startswith("https://")
