@@ -1,5 +1,6 @@
 """An in-repo Stripe Crypto Onramp emulator (the tachyon-stripe-emulator command)."""
 
-from .app import EmulatorConfig, main, serve_emulator
+from .config import EmulatorConfig
+from .serve import main, serve_emulator
 
 __all__ = ["EmulatorConfig", "serve_emulator", "main"]

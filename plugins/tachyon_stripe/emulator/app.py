@@ -5,30 +5,21 @@ Run it with ``tachyon-stripe-emulator`` or, inside a trio nursery, ``emu = await
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
 import logging
-import os
-import signal
 import string
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, fields
-from functools import partial
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
-import trio
-
-from tachyond.config import ConfigError
-
 from ..forms import FormError, decode_form
 from ..sessions import ApiError, SessionStore, check_params, list_page, quote_answer, random_id
 from ..webhook_sender import DeliveryAttempt, WebhookSender
+from .config import EmulatorConfig
 
 API_VERSION = "2026-10-28.endive"  # the version stripe-python 16.1 pins
 WIDGET_SCRIPTS = ("/v3/", "/crypto-onramp-outer.js")  # the stand-ins of Stripe.js and the onramp widget
@@ -50,47 +41,6 @@ log = logging.getLogger("tachyon_stripe.emulator")
 Response = tuple[int, dict[str, str], bytes]
 
 
-@dataclass(frozen=True)
-class EmulatorConfig:
-    """How the emulator listens, whom it accepts and where it sends webhooks. Secrets are never printed."""
-
-    listen: str = "127.0.0.1:0"
-    webhook_url: str | None = None
-    webhook_secrets: tuple[str, ...] = ()
-    secret_keys: tuple[str, ...] = ()  # empty: any sk_test_/rk_test_ key
-    public_url: str | None = None  # base of redirect_url; default the bound address
-    unsupported_ips: tuple[str, ...] = ("203.0.113.0/24",)  # customer IPs answered crypto_onramp_unsupported_country
-    unsupportable_ips: tuple[str, ...] = ("192.0.2.0/24",)  # ... crypto_onramp_unsupportable_customer
-    livemode: bool = False          # the livemode of every session and event (Stripe's sandbox: False)
-    accept_live_keys: bool = False  # accept sk_live_/rk_live_ keys too (tests of the daemon's livemode gate)
-    hosted_checkout: bool = True    # False: redirect_url is null, as for an embedded-only integration
-    webhook_max_attempts: int = 6
-    webhook_backoff_s: float = 0.25
-    webhook_max_backoff_s: float = 8.0
-    webhook_timeout_s: float = 10.0
-
-    @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any]) -> EmulatorConfig:
-        """From a dict (e.g. the daemon's --dev mode); lists may be comma-separated strings."""
-        known = {f.name: f for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key not in known:
-                raise ConfigError(f"stripe_emulator.{key}", "unknown key")
-            if key in ("webhook_secrets", "secret_keys", "unsupported_ips", "unsupportable_ips"):
-                value = _split(value) if isinstance(value, str) else tuple(value)
-            values[key] = value
-        return cls(**values)
-
-    def __repr__(self) -> str:
-        return (
-            f"EmulatorConfig(listen={self.listen!r}, webhook_url={self.webhook_url!r}, "
-            f"webhook_secrets=<{len(self.webhook_secrets)} redacted>, secret_keys=<{len(self.secret_keys)} redacted>)"
-        )
-
-
-def _split(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def _json(status: int, payload: Any, **headers: str) -> Response:
@@ -104,7 +54,7 @@ def _redact_key(key: str) -> str:
 class StripeEmulator:
     """The emulator: an ASGI app (``await emu(scope, receive, send)``) plus the control API tests call directly."""
 
-    def __init__(self, config: EmulatorConfig = EmulatorConfig(), *, clock: Callable[[], float] = time.time):
+    def __init__(self, config: EmulatorConfig = EmulatorConfig(), *, clock: Callable[[], float] = time.time):  # noqa: B008 - frozen
         self.config = config
         self.clock = clock
         self.base_url: str | None = None
@@ -484,81 +434,3 @@ class StripeEmulator:
         parsed = urlsplit(bind)
         self.port = parsed.port
         self.base_url = f"{parsed.scheme}://{parsed.netloc}"
-
-
-async def serve_emulator(config: EmulatorConfig | Mapping[str, Any], *, emulator: StripeEmulator | None = None,
-                         shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
-                         task_status: trio.TaskStatus[StripeEmulator] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the emulator until cancelled (or ``shutdown_trigger`` returns); reports the emulator once bound."""
-    from hypercorn.config import Config as HypercornConfig
-    from hypercorn.trio import serve
-
-    if not isinstance(config, EmulatorConfig):
-        config = EmulatorConfig.from_mapping(config)
-    emu = emulator or StripeEmulator(config)
-    hc = HypercornConfig()
-    hc.bind = [config.listen]
-    hc.accesslog = None
-    hc.graceful_timeout = 2.0
-    async with trio.open_nursery() as nursery:
-        await nursery.start(emu.webhooks.run)
-
-        async def serve_then_stop(*, task_status: trio.TaskStatus[list[str]]) -> None:
-            await serve(emu, hc, shutdown_trigger=shutdown_trigger, task_status=task_status)
-            nursery.cancel_scope.cancel()
-
-        binds = await nursery.start(serve_then_stop)
-        emu._bound(binds[0])
-        task_status.started(emu)
-
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="tachyon-stripe-emulator", description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", default="127.0.0.1:12111", help="HOST:PORT to listen on (port 0: any)")
-    parser.add_argument("--webhook-url", help="where to POST signed webhook events")
-    parser.add_argument("--webhook-secret", help="whsec_… signing secret(s), comma-separated; "
-                        "prefer env STRIPE_WEBHOOK_SECRET (command lines are visible to other users)")
-    parser.add_argument("--secret-key", help="API key(s) to accept, comma-separated (default env STRIPE_SECRET_KEY; "
-                        "unset: any sk_test_ key)")
-    parser.add_argument("--public-url", help="base URL for redirect_url (default: the bound address)")
-    parser.add_argument("--no-hosted-checkout", action="store_true",
-                        help="sessions carry redirect_url null (pay through the embedded widget stand-in)")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``tachyon-stripe-emulator``: serve until SIGINT/SIGTERM."""
-    args = _parse_args(argv)
-    secrets = _split(args.webhook_secret or os.environ.get("STRIPE_WEBHOOK_SECRET", ""))
-    keys = _split(args.secret_key or os.environ.get("STRIPE_SECRET_KEY", ""))
-    if args.webhook_url and not secrets:
-        print("tachyon-stripe-emulator: --webhook-url needs --webhook-secret or STRIPE_WEBHOOK_SECRET", file=sys.stderr)
-        return 2
-    config = EmulatorConfig(listen=args.listen, webhook_url=args.webhook_url, webhook_secrets=secrets,
-                            secret_keys=keys, public_url=args.public_url,
-                            hosted_checkout=not args.no_hosted_checkout)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
-    async def run() -> None:
-        stop = trio.Event()
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                async def wait_signal() -> None:
-                    async for _ in signals:
-                        stop.set()
-                        return
-
-                nursery.start_soon(wait_signal)
-                emu = await nursery.start(partial(serve_emulator, config, shutdown_trigger=stop.wait))
-                print(f"tachyon-stripe-emulator: serving {emu.base_url} (webhooks -> {config.webhook_url or 'none'}, "
-                      f"{len(secrets)} signing secret(s), "
-                      f"{'configured keys' if keys else 'any sk_test_ key'})", flush=True)
-                await stop.wait()
-                nursery.cancel_scope.cancel()
-
-    trio.run(run)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
