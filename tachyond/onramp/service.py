@@ -1,5 +1,5 @@
 """The onramp service: the providers, the onramp.* operations (sessions, quotes, claims, reversals), and the
-inbox (``inbox.py``) and reconciler it runs.
+inbox (``inbox.py``) and the reconciler (``reconcile.py``) it runs.
 
 create session -> user pays -> webhook (verified, deduped, sealed into the inbox, 200) -> the worker retrieves the
 session from the provider (the truth) -> a pending topup -> ``onramp.claim`` credits it in one ledger entry.
@@ -8,7 +8,6 @@ session from the provider (the truth) -> a pending topup -> ``onramp.claim`` cre
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -25,28 +24,16 @@ from ..errors import (
     ProviderNotConfigured,
     RegionNotAllowed,
     TachyonError,
-    WalletAbsent,
 )
 from ..ledger.journal import check_user_account
 from ..providers import QuoteRequest, SessionInfo, SessionRequest
 from . import store
-from .inbox import COMPLETE, Inbox
+from .inbox import Inbox
+from .reconcile import Reconciler
 
 log = logging.getLogger("tachyond.onramp")
 
 MAX_REASON_CHARS = 500
-DEFAULT_LOOKBACK_H = 72   # a buyer may resume a session days after creating it
-
-
-def _takes_status(list_sessions: Any) -> bool:
-    """Whether a provider's ``list_sessions`` accepts the ``status`` filter (added later to the protocol)."""
-    import inspect
-
-    try:
-        params = inspect.signature(list_sessions).parameters
-    except (TypeError, ValueError):
-        return False
-    return "status" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 class OnrampService:
@@ -71,13 +58,12 @@ class OnrampService:
         for table in ("onramp_sessions", "onramp_pending", "onramp_outcomes"):
             self.wallet.add_rekey(table, sealed=("value",), lookups=("session_hash",))
         self.wallet.add_rekey("onramp_inbox", to_wallet=("sealed",))
-        # The inbox shares the provider table itself: a reload's replacement is what it confirms with.
+        # Both share this provider table itself, not a copy: a provider a reload swaps in is the one they use.
         self.inbox = Inbox(self.wallet, self.providers, self.tokens, self.metrics)
+        self.reconciler = Reconciler(self.wallet, self.providers, self.metrics, self.inbox.enqueue)
         self._cancel: trio.CancelScope | None = None
         self._running = False
-        self.last_reconcile: dict[str, dict] = {}
         self._retired: list[Any] = []           # providers replaced by a reload, closed at aclose
-        self._reconfigured = trio.Event()       # set (and replaced) by a reload: reconciler timers re-read
 
     # ----- the daemon's hooks ----------------------------------------------------------------
 
@@ -105,8 +91,7 @@ class OnrampService:
                 self.providers[name] = provider
                 if old is not None:
                     self._retired.append(old)
-            woken, self._reconfigured = self._reconfigured, trio.Event()
-            woken.set()
+            self.reconciler.reconfigured()
         return apply
 
     def has_provider(self, name: str) -> bool:
@@ -118,7 +103,7 @@ class OnrampService:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.inbox.run)
                 for name in self.providers:
-                    nursery.start_soon(self._reconcile_timer, name)
+                    nursery.start_soon(self.reconciler.run_timer, name)
                 self._running = True
                 task_status.started()
         self._running = False
@@ -150,71 +135,13 @@ class OnrampService:
         """Verify, dedupe and durably record one webhook (``Inbox.receive_webhook``); the HTTP route calls it."""
         return await self.inbox.receive_webhook(provider_name, body, headers, client_ip)
 
-    # ----- the reconciler ---------------------------------------------------------------------
-
-    async def _reconcile_timer(self, name: str) -> None:
-        while True:
-            provider = self.providers[name]  # re-read each round: a reload may have replaced it
-            interval_s = float(getattr(provider, "reconcile_interval_s", 300))
-            lookback_h = float(getattr(provider, "reconcile_lookback_h", DEFAULT_LOOKBACK_H))
-            reconfigured = self._reconfigured
-            with trio.move_on_after(interval_s):
-                await reconfigured.wait()
-            if reconfigured.is_set():
-                continue  # new settings: start the interval again with them
-            try:
-                result = await self.reconcile_provider(name, lookback_h)
-                if result["enqueued"]:
-                    log.info("reconciler %s: %d session(s) backfilled", name, result["enqueued"])
-            except TachyonError as exc:
-                log.warning("reconciler %s: %s", name, exc.message)
-            except Exception:
-                log.exception("reconciler %s failed; it runs again in %.0f s", name, interval_s)
+    # ----- RPC operations ---------------------------------------------------------------------
 
     async def reconcile(self, lookback_h: float | None = None) -> dict:
-        """List recent sessions of every provider; queue tagged, complete ones no event brought in."""
+        """List recent sessions of every provider; queue tagged, complete ones no event brought in
+        (``Reconciler.reconcile``)."""
         self.require_providers()
-        if self.wallet.state == "absent":
-            raise WalletAbsent()
-        total = {"checked": 0, "enqueued": 0}
-        for name, provider in self.providers.items():
-            hours = lookback_h if lookback_h is not None else float(getattr(provider, "reconcile_lookback_h",
-                                                                            DEFAULT_LOOKBACK_H))
-            result = await self.reconcile_provider(name, hours)
-            total["checked"] += result["checked"]
-            total["enqueued"] += result["enqueued"]
-        return total
-
-    async def reconcile_provider(self, name: str, lookback_h: float) -> dict:
-        """List the provider's complete sessions of the last ``lookback_h`` hours (every page); queue this
-        wallet's that no event brought in. ``checked`` counts this wallet's sessions listed."""
-        provider = self.providers[name]
-        wallet_id = self.wallet.public_id
-        if wallet_id is None:
-            return {"checked": 0, "enqueued": 0}
-        try:
-            since = int(time.time() - lookback_h * 3600)
-            if _takes_status(provider.list_sessions):
-                sessions = await provider.list_sessions(since, status=COMPLETE)
-            else:   # a provider written before the status filter: it lists all, the loop below filters
-                sessions = await provider.list_sessions(since)
-        except OnrampError:
-            self.metrics.provider_api_errors.labels(name).inc()
-            raise
-        checked = enqueued = 0
-        for info in sessions:
-            if info.wallet_tag != wallet_id:
-                continue
-            checked += 1
-            if info.status != COMPLETE:
-                continue
-            if await self.inbox.enqueue(name, f"reconcile:{info.id}:{info.status}", info.id, info.status,
-                                  {"source": "reconcile"}):
-                enqueued += 1
-        self.last_reconcile[name] = {"at": time.time(), "checked": checked, "enqueued": enqueued}
-        return {"checked": checked, "enqueued": enqueued}
-
-    # ----- RPC operations ---------------------------------------------------------------------
+        return await self.reconciler.reconcile(lookback_h)
 
     def require_providers(self) -> None:
         if not self.providers:
