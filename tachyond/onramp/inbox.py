@@ -21,6 +21,8 @@ from .. import jsonx
 from ..amounts import Token, to_minor
 from ..errors import AmountError, OnrampError, ShuttingDown, TachyonError, WalletAbsent, WalletLocked
 from ..providers import SessionInfo, WebhookRejected
+from ..runtime.metrics import Metrics
+from ..wallet.wallet import Wallet
 from . import store
 
 log = logging.getLogger("tachyond.onramp")
@@ -93,7 +95,7 @@ class Inbox:
     the next event is confirmed with the new one. ``pending_count`` feeds the topups_pending gauge.
     """
 
-    def __init__(self, wallet: Any, providers: Mapping[str, Any], tokens: Mapping[str, Token], metrics: Any):
+    def __init__(self, wallet: Wallet, providers: Mapping[str, Any], tokens: Mapping[str, Token], metrics: Metrics):
         self.wallet = wallet
         self.providers = providers
         self.tokens = tokens
@@ -156,6 +158,8 @@ class Inbox:
         API earlier (the worker records it): the body's own status is never recorded as seen here.
         """
         wallet_id = self.wallet.public_id
+        if wallet_id is None:   # the callers check first: an event is only ever sealed to an existing wallet
+            raise WalletAbsent()
         keys = [store.dedupe_key(wallet_id, provider_name, "event", event_id)]
         confirmed = [store.dedupe_key(wallet_id, provider_name, "session", f"{session_id}\x00{status or ''}")]
         received_at = time.time()
@@ -270,6 +274,8 @@ class Inbox:
         asked = await self.wallet.read(store.session_sync, session_id) if info is not None else None
         decision = self.decide(name, provider, info, session_id, event["received_at"], asked)
         wallet_id = self.wallet.public_id
+        if wallet_id is None:   # not after open_sealed: an unlocked wallet has its id
+            raise WalletAbsent()
         seen, forget = [], []
         if decision["kind"] == "parked":
             # Parked is kept for review, not settled: forget this session's status keys and the reconciler's,

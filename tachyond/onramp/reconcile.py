@@ -15,6 +15,8 @@ from typing import Any
 import trio
 
 from ..errors import OnrampError, TachyonError, WalletAbsent
+from ..runtime.metrics import Metrics
+from ..wallet.wallet import Wallet
 from .inbox import COMPLETE
 
 log = logging.getLogger("tachyond.onramp")
@@ -43,7 +45,7 @@ class Reconciler:
     timer round and each run use the one in force then.
     """
 
-    def __init__(self, wallet: Any, providers: Mapping[str, Any], metrics: Any, enqueue: Enqueue):
+    def __init__(self, wallet: Wallet, providers: Mapping[str, Any], metrics: Metrics, enqueue: Enqueue):
         self.wallet = wallet
         self.providers = providers
         self.metrics = metrics

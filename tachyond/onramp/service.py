@@ -8,14 +8,14 @@ session from the provider (the truth) -> a pending topup -> ``onramp.claim`` cre
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import trio
 
 from ..amounts import Token, fmt_minor
-from ..config import ConfigError
+from ..config import Config, ConfigError
 from ..errors import (
     AmountError,
     InvalidParams,
@@ -26,7 +26,11 @@ from ..errors import (
     TachyonError,
 )
 from ..ledger.journal import check_user_account
+from ..ledger.service import Ledger
+from ..plugins import Plugins
 from ..providers import QuoteRequest, SessionInfo, SessionRequest
+from ..runtime.metrics import Metrics
+from ..wallet.wallet import Wallet
 from . import store
 from .inbox import Inbox
 from .reconcile import Reconciler
@@ -36,19 +40,37 @@ log = logging.getLogger("tachyond.onramp")
 MAX_REASON_CHARS = 500
 
 
-class OnrampService:
-    """Owns the providers, the webhook inbox, the confirmation worker, the reconciler and the onramp.* methods."""
+# name -> (plugin, factory(table) -> provider) and network -> (plugin, validate(address) -> address): the daemon's
+# tables of what the plugins registered.
+ProviderFactories = Mapping[str, tuple[str, Callable[[dict], Any]]]
+AddressValidators = Mapping[str, tuple[str, Callable[[str], str]]]
 
-    def __init__(self, daemon: Any):
-        self.daemon = daemon
-        self.wallet = daemon.wallet
-        self.metrics = daemon.metrics
-        self.tokens: dict[str, Token] = {t.symbol.lower(): t for t in daemon.config.tokens}
+
+class OnrampService:
+    """Owns the providers, the webhook inbox, the confirmation worker, the reconciler and the onramp.* methods.
+
+    It is given what it uses: ``config`` is a getter (a reload replaces the daemon's config), ``http_binds`` too
+    (the HTTP listeners are bound after the services are built).
+    """
+
+    def __init__(self, wallet: Wallet, ledger: Ledger, config: Callable[[], Config], metrics: Metrics,
+                 plugins: Plugins, provider_factories: ProviderFactories, address_validators: AddressValidators,
+                 http_binds: Callable[[], Sequence[str]]):
+        self.wallet = wallet
+        self.ledger = ledger
+        self.config = config
+        self.metrics = metrics
+        self.plugins = plugins
+        self.provider_factories = provider_factories
+        self.address_validators = address_validators
+        self.http_binds = http_binds
+        cfg = config()
+        self.tokens: dict[str, Token] = {t.symbol.lower(): t for t in cfg.tokens}   # restart-only: read once
         self.providers: dict[str, Any] = {}
-        for name, table in daemon.config.onramp.items():
-            plugin, factory = daemon.provider_factories[name]
+        for name, section in cfg.onramp.items():
+            plugin, factory = provider_factories[name]
             try:
-                self.providers[name] = factory(dict(table))
+                self.providers[name] = factory(dict(section))
             except ConfigError:
                 raise
             except Exception as exc:
@@ -67,14 +89,14 @@ class OnrampService:
 
     # ----- the daemon's hooks ----------------------------------------------------------------
 
-    def prepare_config(self, new_cfg: Any, changed: list[str]) -> Any:
+    def prepare_config(self, new_cfg: Config, changed: list[str]) -> Callable[[], None] | None:
         """Reload: build a new provider for each [onramp.<name>] whose keys or secrets changed (a bad secret
         refuses the reload here, before anything is applied); the returned apply swaps them in. Webhooks
         in flight finish on the provider they started with; the old one is closed when the service stops."""
         names = sorted({k.split(".")[1] for k in changed if k.startswith("onramp.")})
         built: dict[str, Any] = {}
         for name in names:
-            plugin, factory = self.daemon.provider_factories[name]
+            plugin, factory = self.provider_factories[name]
             try:
                 built[name] = factory(dict(new_cfg.onramp[name]))
             except ConfigError:
@@ -160,9 +182,9 @@ class OnrampService:
         return name, self.providers[name]
 
     def validate_address(self, network: str, address: str) -> str:
-        entry = self.daemon.address_validators.get(network)
+        entry = self.address_validators.get(network)
         if entry is None:
-            known = ", ".join(sorted(self.daemon.address_validators)) or "none"
+            known = ", ".join(sorted(self.address_validators)) or "none"
             raise InvalidParams(f"unknown network {network!r} (networks with an address validator: {known})",
                                 data={"param": "network"})
         plugin, validate = entry
@@ -197,13 +219,14 @@ class OnrampService:
             raise RegionNotAllowed(f"{currency} on {network} is not allowed by onramp.{name}.allowed")
         amount_minor = token.to_minor(amount)
         check_user_account(account)
-        await self.daemon.ledger.balances(account)  # UnknownAccount before a session exists for it
+        await self.ledger.balances(account)  # UnknownAccount before a session exists for it
         if customer_ip is not None:
             customer_ip = parse_customer_ip(customer_ip)
         try:
             info = await provider.create_session(SessionRequest(
                 destination_address=address, network=network, currency=currency,
-                amount=fmt_minor(amount_minor, token.decimals), wallet_tag=self.wallet.public_id,
+                amount=fmt_minor(amount_minor, token.decimals),
+                wallet_tag=self.wallet.public_id,  # type: ignore[arg-type]  # self.wallet.keys above: it exists
                 customer_ip=customer_ip))
         except TachyonError as exc:
             self.metrics.provider_api_errors.labels(name).inc()
@@ -225,7 +248,7 @@ class OnrampService:
         """The daemon's own page for a session (GET /onramp/{id}), when the provider can be embedded."""
         if not getattr(provider, "publishable_key", None) or not hasattr(provider, "embed"):
             return None
-        binds = getattr(self.daemon, "http_binds", None)
+        binds = self.http_binds()
         if not binds:
             return None
         return f"{binds[0].rstrip('/')}/onramp/{session_id}"
@@ -317,7 +340,7 @@ class OnrampService:
         log.info("onramp topup %s claimed: entry %s", session_id, result["entry_id"])
         log.debug("onramp topup %s claimed: %s %s to %s", session_id, result["amount"], result["token"],
                   result["account"])
-        self.daemon.plugins.notify("topup_credited", topup=dict(result))
+        self.plugins.notify("topup_credited", topup=dict(result))
         return result
 
     async def reverse(self, session_id: str, reason: str) -> dict:
