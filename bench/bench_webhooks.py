@@ -134,19 +134,18 @@ async def receive_in_process(secrets_dir: str, events: int, concurrency: int) ->
     from tachyond.config import from_mapping
     from tachyond.ledger.service import Ledger
     from tachyond.onramp.service import OnrampService
-    from tachyond.rpc.dispatch import Registry
+    from tachyond.plugins import Plugins
     from tachyond.runtime.metrics import Metrics
     from tachyond.wallet.wallet import Wallet
 
     cfg = from_mapping({"daemon": {"data_dir": f"{secrets_dir}/data", "socket": f"{secrets_dir}/rpc.sock"},
                         "tokens": [{"symbol": "USDC", "decimals": 6}],
                         "onramp": {"stripe": stripe_table(secrets_dir)}})
-    # The few daemon attributes the service reads; the wallet, ledger, metrics and provider are the real ones.
-    d = types.SimpleNamespace(config=cfg, metrics=Metrics(), registry=Registry(), address_validators={},
-                              provider_factories={"stripe": ("stripe", _factory)}, plugins=None)
-    d.wallet = Wallet(cfg.daemon.data_dir)
+    # The service gets what it uses: the wallet, ledger, metrics and provider are the real ones.
+    d = types.SimpleNamespace(wallet=Wallet(cfg.daemon.data_dir))
     d.ledger = Ledger(d.wallet, cfg.token_map())
-    service = OnrampService(d)
+    service = OnrampService(d.wallet, d.ledger, lambda: cfg, Metrics(), Plugins(), {"stripe": ("stripe", _factory)},
+                            {}, list)
     async with d.wallet:
         wallet_id = (await d.wallet.create("bench-password"))["public_id"]
         await d.wallet.lock()

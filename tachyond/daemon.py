@@ -266,7 +266,8 @@ class Daemon:
         # Each service registers its wallet schema in its constructor; register_methods adds their RPC methods.
         self.dex = DexService(self)  # always: with no [[markets]], dex.markets is [] and orders name an unknown market
         # Always present: with no [onramp.*] table, onramp.* answers "not configured" rather than "method not found".
-        self.onramp = OnrampService(self)
+        self.onramp = OnrampService(self.wallet, self.ledger, lambda: self.config, self.metrics, self.plugins,
+                                    self.provider_factories, self.address_validators, lambda: self.http_binds)
         for name, service in (("dex", self.dex), ("onramp", self.onramp)):
             self.reloader.add(name, service.prepare_config)  # reload: each service applies its dynamic keys
 

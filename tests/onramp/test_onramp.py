@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import AsyncIterator
@@ -255,6 +256,24 @@ async def test_reconcile_backfills_sessions_whose_webhooks_never_came(nursery, s
             assert [p["session_id"] for p in await env.wait_pending()] == [marker["id"]]
             assert unpaid["id"] != session["id"]
 
+
+async def test_reconcile_and_confirm_use_the_provider_a_reload_swapped_in(nursery, sockdir):
+    """The reconciler and the inbox worker read the service's provider table, not a copy: once a reload rotated
+    the API key and Stripe revoked the old one, onramp.reconcile lists, and the worker confirms, with the new key."""
+    new_key = "sk_test_onramp_rotated_9876543210"
+    with trio.fail_after(40):
+        async with onramp_env(nursery, sockdir) as env:
+            env.emu.stop_webhooks()
+            session = await env.create("3")
+            env.emu.complete_session(session["id"])
+            env.emu.config = dataclasses.replace(env.emu.config, secret_keys=(API_KEY, new_key))
+            (sockdir / "sk").write_text(new_key)
+            assert (await env.call("daemon.reload"))["changed"] == ["onramp.stripe.secret_key"]
+            env.emu.config = dataclasses.replace(env.emu.config, secret_keys=(new_key,))
+            assert await env.call("onramp.reconcile", {"lookback_h": 1}) == {"checked": 1, "enqueued": 1}
+            [topup] = await env.wait_pending()
+            assert topup["session_id"] == session["id"] and topup["amount_minor"] == 3_000_000
+            assert await env.metric("tachyon_onramp_api_errors_total", provider="stripe") == 0
 
 async def test_provider_api_failure_is_retried_not_lost(nursery, sockdir):
     with trio.fail_after(40):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tachyon_stripe.provider import StripeOnrampProvider
 
-from tachyond.onramp.service import destination_problem, livemode_problem
+from tachyond.onramp.inbox import destination_problem, livemode_problem
 
 DATA = Path(__file__).parent.parent / "data"
 ETH = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"   # the address in the fixture
