@@ -1,4 +1,4 @@
-"""The wallet file: one SQLite DB with envelope encryption, its lifecycle, and one writer thread with group commit."""
+"""The wallet file: one SQLite DB with envelope encryption, its lifecycle and readers; writes go through its Writer."""
 
 from __future__ import annotations
 
@@ -7,17 +7,14 @@ import json
 import logging
 import math
 import os
-import queue
 import secrets
 import sqlite3
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import outcome
 import trio
 
 from ..errors import (
@@ -28,15 +25,12 @@ from ..errors import (
     WalletAbsent,
     WalletExists,
     WalletLocked,
-    WriteFailed,
     WrongPassword,
 )
 from ..runtime.hardening import make_private_dir, private_sqlite_file
 from . import crypto
 from .crypto import Cipher, WalletKeys
-from .writer import _STOP, DIRTY, ReadTx, Tx, _Op, _reschedule_all, aad, dumps
-
-log = logging.getLogger("tachyond.wallet")
+from .writer import ReadTx, Tx, Writer, aad, dumps
 
 WALLET_FILE = "wallet.db"
 KDF_VERSION = 2
@@ -103,9 +97,8 @@ class Wallet:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / WALLET_FILE
         self.scrypt_n = scrypt_n
-        self.tx_factory: Callable[..., Tx] = Tx
+        self.writer = Writer()
         self.timer = UnlockTimer()
-        self.stats = {"transactions": 0, "ops": 0, "max_batch": 0}
         self.failed_unlocks = 0
         self._schemas: dict[str, list[str]] = {}
         self._create_hooks: list[Callable[[Tx], object]] = []
@@ -117,21 +110,15 @@ class Wallet:
         self._meta: dict[str, bytes] = {}
         self._keys: WalletKeys | None = None
         self._unlocked_until: float | None = None
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
         self._readers: list[sqlite3.Connection] = []
         self._unlock_lock = trio.Lock()
-        self._cache: dict = {}
-        self._cache_keys: WalletKeys | None = None
-        self._closing = False
         self._closed = False  # stopped after a start: a late caller (a service task at a stop) is ShuttingDown
-        self._submit_lock = threading.Lock()
         self.migration_backup: Path | None = None  # the copy taken before the last migration, if one ran
 
     # ----- extension points (call before start) -----
     def add_schema(self, name: str, statements: list[str]) -> None:
         """Register a module's DDL; applied at start, append-only: later statements are migrations."""
-        if self._thread is not None:
+        if self.writer.running:
             raise RuntimeError("add_schema must be called before the wallet store starts")
         known = self._schemas.get(name)
         if known is not None and known != list(statements):
@@ -167,7 +154,7 @@ class Wallet:
     # ----- state -----
     @property
     def state(self) -> str:
-        if self._thread is None:
+        if not self.writer.running:
             return "locked" if self.path.exists() else "absent"
         if "wrapped_key" not in self._meta:
             return "absent"
@@ -210,10 +197,10 @@ class Wallet:
             raise WalletAbsent()
 
     def _require_started(self) -> None:
-        if self._thread is None or self._closing:
+        if not self.writer.running or self.writer.closing:
             # Closing or closed after a start: the daemon is stopping, and a service task that meets it ends
             # quietly; never started: a programming error.
-            raise ShuttingDown() if self._closing or self._closed else RuntimeError("wallet store is not started")
+            raise ShuttingDown() if self.writer.closing or self._closed else RuntimeError("wallet store is not started")
 
     def _current_keys(self) -> WalletKeys | None:
         """The keys, dropping them first if the unlock timeout passed (even when no timer task runs)."""
@@ -253,27 +240,21 @@ class Wallet:
     # ----- open / close -----
     async def start(self) -> None:
         """Open (creating if needed) data_dir/wallet.db, apply schemas, start the writer thread."""
-        if self._thread is not None:
+        if self.writer.running:
             raise RuntimeError("wallet store already started")
         conn = await trio.to_thread.run_sync(self._open_sync)
-        self._closing = self._closed = False
-        self._thread = threading.Thread(target=self._writer_main, args=(conn,), name="tachyond-wallet-writer",
-                                        daemon=True)
-        self._thread.start()
+        self._closed = False
+        self.writer.start(conn)
 
     async def aclose(self) -> None:
         """Finish queued writes, stop the writer, close every connection, drop the keys."""
-        if self._thread is None or self._closing:
+        if not self.writer.running or self.writer.closing:
             return
-        with self._submit_lock:
-            self._closing = True
-            self._queue.put(_STOP)
-        await trio.to_thread.run_sync(self._thread.join)
+        await self.writer.stop()
         while self._readers:
             self._readers.pop().close()
         self._drop_keys()
-        self._thread = None
-        self._closing, self._closed = False, True
+        self._closed = True
 
     async def __aenter__(self) -> Wallet:
         await self.start()
@@ -375,113 +356,28 @@ class Wallet:
         self._require_started()
         return await self._submit(fn, args, self._current_keys())
 
-    async def _submit(self, fn, args, keys) -> Any:
-        op = _Op(fn, args, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token(), keys,
-                 keys is None and "wrapped_key" not in self._meta)
-        # Checked and queued under one lock with aclose(), so no op can land behind the writer's stop
-        # marker (it would wait forever: waiting for the answer is not cancellable).
-        with self._submit_lock:
-            if self._thread is None or self._closing:
-                raise ShuttingDown()
-            self._queue.put(op)
-        # Once queued the op will run; like trio.to_thread.run_sync, waiting for its answer is not cancellable.
-        return await trio.lowlevel.wait_task_rescheduled(lambda _raise_cancel: trio.lowlevel.Abort.FAILED)
+    async def _submit(self, fn: Callable[..., Any], args: tuple, keys: WalletKeys | None) -> Any:
+        return await self.writer.submit(fn, args, keys, keys is None and "wrapped_key" not in self._meta)
 
-    def _writer_main(self, conn: sqlite3.Connection) -> None:
-        try:
-            stop = False
-            while not stop:
-                batch = [self._queue.get()]
-                if batch[0] is _STOP:
-                    break
-                while True:
-                    try:
-                        op = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if op is _STOP:
-                        stop = True
-                        break
-                    batch.append(op)
-                self._deliver(batch, self._run_batch(conn, batch))
-        finally:
-            self._cache.clear()
-            conn.close()
-            leftover = []
-            while True:  # defence in depth: nothing queued is ever left waiting
-                try:
-                    op = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if op is not _STOP:
-                    leftover.append(op)
-            self._deliver(leftover, [outcome.Error(ShuttingDown()) for _ in leftover])
+    @property
+    def tx_factory(self) -> Callable[..., Tx]:
+        """What ops get as ``tx``: Tx, or a domain's subclass (the ledger sets LedgerTx)."""
+        return self.writer.tx_factory
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[outcome.Outcome]:
-        """One transaction for the whole batch; if SQLite itself fails, every op fails and nothing is written."""
-        try:
-            return self._run_batch_ops(conn, batch)
-        except BaseException as exc:  # the writer thread must survive to answer everyone
-            try:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the connection is beyond use for this batch; the next BEGIN reports it
-            self._cache.clear()
-            log.error("write failed, nothing was written (%d operations refused): %s", len(batch), exc)
-            return [outcome.Error(WriteFailed(f"write failed, nothing was written: {exc}")) for _ in batch]
+    @tx_factory.setter
+    def tx_factory(self, factory: Callable[..., Tx]) -> None:
+        self.writer.tx_factory = factory
 
-    def _run_batch_ops(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[outcome.Outcome]:
-        execute, cache, factory = conn.cursor().execute, self._cache, self.tx_factory  # one cursor for the batch
-        execute("BEGIN IMMEDIATE")
-        results: list[outcome.Outcome] = []
-        append = results.append
-        for op in batch:
-            if op.keys is not self._cache_keys:
-                self._flush(conn)
-                cache.clear()
-                self._cache_keys = op.keys
-            tx = factory(conn, op.keys, cache)
-            tx.absent = op.absent
-            execute("SAVEPOINT op")
-            try:
-                value = op.fn(tx, *op.args)
-            except BaseException as exc:  # the op's own failure goes to its caller; the batch goes on
-                execute("ROLLBACK TO op")
-                execute("RELEASE op")
-                tx.rollback_cache()
-                append(outcome.Error(exc))
-            else:
-                execute("RELEASE op")
-                append(outcome.Value(value))
-        self._flush(conn)
-        execute("COMMIT")
-        self.stats["transactions"] += 1
-        self.stats["ops"] += len(batch)
-        self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
-        return results
-
-    def _flush(self, conn: sqlite3.Connection) -> None:
-        """Deferred writes of the ops so far (e.g. balance rows touched many times), in the batch's transaction."""
-        if self._cache.get(DIRTY):
-            self.tx_factory(conn, self._cache_keys, self._cache).flush()
-
-    @staticmethod
-    def _deliver(batch: list[_Op], results: list[outcome.Outcome]) -> None:
-        by_token: dict = {}
-        for op, result in zip(batch, results, strict=False):
-            by_token.setdefault(op.token, []).append((op.task, result))
-        for token, pairs in by_token.items():
-            try:
-                token.run_sync_soon(_reschedule_all, pairs)
-            except trio.RunFinishedError:
-                pass  # the caller's trio run is gone; nobody is waiting for the answer
+    @property
+    def stats(self) -> dict[str, int]:
+        """The writer's counters: transactions (group commits), ops, max_batch."""
+        return self.writer.stats
 
     async def health(self) -> dict[str, str]:
         """``{}`` when the database answers: its file is in place, the writer thread runs and a read succeeds."""
         if not self.path.exists():
             return {"db": f"{self.path} is missing"}
-        if self._thread is None or not self._thread.is_alive():
+        if not self.writer.alive():
             return {"db": "the wallet database writer is not running"}
         try:
             await self.read(_probe)
