@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import outcome
@@ -24,6 +25,13 @@ _STOP = object()
 _MISSING = object()
 
 DIRTY = "dirty"  # writer-cache namespace of rows an op changed in the cache only; Tx.flush writes them
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection to the wallet file as every user of it opens one (autocommit, a 10 s busy timeout)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    return conn
+
 
 def aad(table: str, column: str, rowid: object) -> bytes:
     """Associated data binding a ciphertext to its place: a value moved elsewhere fails to decrypt."""
