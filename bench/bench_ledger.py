@@ -32,7 +32,7 @@ def time_writer(wallet: Wallet) -> list[float]:
     """Add the writer thread's CPU time (time.thread_time: not the fsync waits) of every batch to a counter;
     this does not depend on how busy the machine is, so before/after comparisons hold under load."""
     spent = [0.0]
-    inner = wallet._run_batch_ops
+    inner = wallet.writer._run_batch_ops
 
     def timed(conn, batch):
         t0 = time.thread_time()
@@ -41,14 +41,14 @@ def time_writer(wallet: Wallet) -> list[float]:
         finally:
             spent[0] += time.thread_time() - t0
 
-    wallet._run_batch_ops = timed
+    wallet.writer._run_batch_ops = timed
     return spent
 
 
 def profile_writer(wallet: Wallet) -> cProfile.Profile:
     """Run every writer batch of ``wallet`` under one cProfile (the writer is its own thread)."""
     prof = cProfile.Profile()
-    inner = wallet._run_batch_ops
+    inner = wallet.writer._run_batch_ops
 
     def profiled(conn, batch):
         prof.enable()
@@ -57,7 +57,7 @@ def profile_writer(wallet: Wallet) -> cProfile.Profile:
         finally:
             prof.disable()
 
-    wallet._run_batch_ops = profiled
+    wallet.writer._run_batch_ops = profiled
     return prof
 
 
@@ -89,7 +89,7 @@ async def run(concurrency: int, ops: int, data_dir: Path, profile: bool = False)
                 nursery.start_soon(worker, w)
         seconds = time.perf_counter() - start
         if prof is not None:
-            del wallet._run_batch_ops  # back to the class's method
+            del wallet.writer._run_batch_ops  # back to the class's method
             stats = pstats.Stats(prof)
             total = sum(v[2] for v in stats.stats.values())  # own time of every function, seconds
             print(f"writer thread: {total / ops * 1e6:.1f} us of profiled Python per transfer "

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -15,7 +13,7 @@ from typing import Any
 import trio
 
 from . import __version__
-from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_document_toml, load
+from .config import Config, ConfigError, default_document_toml
 from .dex import api as dex_api
 from .dex.service import DexService
 from .errors import ShuttingDown, TachyonError
@@ -25,19 +23,18 @@ from .onramp.service import OnrampService
 from .plugins import PluginLoadError, Plugins
 from .rpc.dispatch import Dispatcher, Registry
 from .rpc.server import RpcServer, SocketInUse, raise_nofile_limit
+from .runtime import api as core_api
 from .runtime import logs
 from .runtime.hardening import PRIVATE_UMASK, disable_core_dumps, make_private_dir
 from .runtime.metrics import Metrics
+from .runtime.reload import Reloader, serve_signals
+from .runtime.startup import StartupError, build_parser, exception_leaves, resolve_config, startup_failure
 from .runtime.systemd import Notifier, serve_watchdog, watchdog_interval_s
 from .wallet import api as wallet_api
 
 log = logging.getLogger("tachyond")
 
 DRAIN_TIMEOUT_S = 10.0
-
-
-class StartupError(Exception):
-    """The daemon cannot start; the message is one line an operator can act on."""
 
 
 class Daemon:
@@ -64,8 +61,6 @@ class Daemon:
         self.socket_path: Path = config.daemon.socket
         self.http_binds: list[str] = []
         self.nursery: trio.Nursery | None = None
-        from .runtime.reload import Reloader
-
         self.reloader = Reloader(self)  # SIGHUP and daemon.reload (tachyond/runtime/reload.py)
 
     # --- plugins --------------------------------------------------------------------------------
@@ -208,7 +203,7 @@ class Daemon:
         )
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
-            nursery.start_soon(self._signals)
+            nursery.start_soon(serve_signals, self)
             await self._start_services(nursery)
             # The servers watch the shutdown event themselves and drain in-flight work before returning;
             # only the auxiliary tasks (signals, watchdog, plugin tasks) are cancelled afterwards.
@@ -225,7 +220,7 @@ class Daemon:
                     try:
                         self.http_binds = await servers.start(serve_http, self, self.shutdown)
                     except* OSError as group:  # hypercorn binds inside its own nursery
-                        first = _leaves(group)[0]
+                        first = exception_leaves(group)[0]
                         raise StartupError(f"http.listen: cannot listen on {', '.join(cfg.http.listen)}: "
                                            f"{getattr(first, 'strerror', None) or first}") from None
                 for plugin, name, fn in self.background_tasks:
@@ -274,7 +269,7 @@ class Daemon:
     def register_methods(self) -> None:
         """The one registration path: the core's methods, then each domain's ``api.register`` with its service
         (wallet, ledger, dex, onramp: the order of docs/rpc.md)."""
-        register_core_methods(self)
+        core_api.register(self.registry, self)
         wallet_api.register(self.registry, self.wallet, settings=lambda: self.config.wallet,
                             on_unlocked=self.on_unlocked)
         ledger_api.register(self.registry, self.ledger, self.wallet)
@@ -335,98 +330,11 @@ class Daemon:
                     scope.shield = True
                     await service.aclose()
 
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    logs.setup(self.config.daemon.log_level, self.config.daemon.log_format)
-                    log.info("SIGHUP: logs reopened; reloading %s", self.config.source)
-                    try:
-                        await self.reloader.reload("SIGHUP")
-                    except TachyonError:
-                        pass  # logged by the reloader, with the key; the running configuration is kept
-                    except Exception:  # a bug in an apply hook must not end the daemon on a SIGHUP
-                        log.exception("reload (SIGHUP) failed")
-                    continue
-                self.request_stop(signal.Signals(signum).name)
-
     async def _plugin_task(self, plugin: str, name: str, fn: Callable[..., Any]) -> None:
         try:
             await fn(self)
         except Exception:
             log.exception("background task %s of plugin %s failed; the daemon goes on without it", name, plugin)
-
-
-def register_core_methods(d: Daemon) -> None:
-    """``rpc.discover``, ``daemon.info``, ``daemon.stop``, ``plugins.list``."""
-    r = d.registry
-
-    @r.method("rpc.discover", result="an OpenRPC 1.x document")
-    async def rpc_discover(p: dict[str, Any]) -> Any:
-        """An OpenRPC 1.x document of every method, plugins' included."""
-        return r.discover(d.version)
-
-    @r.method(
-        "daemon.info", result="{version, uptime_s, wallet, unlocked_until, plugins, engines, markets, onramp_providers}"
-    )
-    async def daemon_info(p: dict[str, Any]) -> Any:
-        """The daemon's version, uptime, wallet state, plugins, engines, markets and onramp providers."""
-        info = {
-            "version": d.version,
-            "uptime_s": d.uptime_s(),
-            "wallet": d.wallet_state(),
-            "unlocked_until": getattr(d.wallet, "unlocked_until", None) if d.wallet is not None else None,
-            "plugins": [p["name"] for p in d.plugins.listing()],
-            "engines": sorted(d.engine_factories),
-            "markets": [m.symbol for m in d.config.markets],
-            "onramp_providers": sorted(d.config.onramp),
-            "socket": str(d.socket_path),
-            "http": d.http_binds,
-            "dev": d.config.dev,
-        }
-        return info
-
-    @r.method("daemon.stop", result="{stopping: true}")
-    async def daemon_stop(p: dict[str, Any]) -> Any:
-        """Stop the daemon gracefully: in-flight calls finish, the socket file is removed, exit code 0."""
-        d.request_stop("daemon.stop RPC")
-        return {"stopping": True}
-
-    @r.method("plugins.list", result="[{name, version, hooks, builtin}]")
-    async def plugins_list(p: dict[str, Any]) -> Any:
-        """Every loaded plugin with its version, the hooks it implements and whether it ships with tachyond."""
-        return d.plugins.listing()
-
-    from .runtime.reload import register_reload_methods
-
-    register_reload_methods(d)
-
-
-# --- the command line -----------------------------------------------------------------------------
-
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="tachyond", description="The tachyon wallet daemon (foreground; logs to stderr).")
-    ap.add_argument(
-        "--config", type=Path, help="TOML config (default: $TACHYON_CONFIG, else /etc/tachyon/tachyond.toml)"
-    )
-    ap.add_argument(
-        "--dev",
-        action="store_true",
-        help="run the embedded development default under ./.tachyon-dev/ (not for real money)",
-    )
-    ap.add_argument("--print-default-config", action="store_true", help="write a default config to stdout and exit")
-    ap.add_argument("--check-config", action="store_true", help="validate the config (and its plugins) and exit")
-    ap.add_argument("--version", action="version", version=f"tachyond {__version__}")
-    return ap
-
-
-def resolve_config(args: argparse.Namespace) -> Config:
-    if args.dev:
-        from .runtime.devmode import dev_config
-
-        return dev_config(Path.cwd() / ".tachyon-dev")
-    path = args.config or Path(os.environ.get("TACHYON_CONFIG") or DEFAULT_CONFIG_PATH)
-    return load(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -435,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         from .wallet.inspect import main as inspect_main
 
         return inspect_main(argv[1:])
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.print_default_config:
         sys.stdout.write(default_document_toml())
         return 0
@@ -468,29 +376,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tachyond: {'config error' if code == 2 else 'cannot start'}: {message}", file=sys.stderr)
         return code
     return 0
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    """The exceptions inside (nested) exception groups, in order."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
-
-
-def startup_failure(exc: BaseException) -> tuple[int, str] | None:
-    """(exit code, one line) for a start-up failure, however deep in exception groups trio put it; else None."""
-    leaves = _leaves(exc)
-    for leaf in leaves:
-        if isinstance(leaf, ConfigError):
-            return 2, str(leaf)
-    for leaf in leaves:
-        if isinstance(leaf, StartupError):
-            return 1, str(leaf)
-    for leaf in leaves:
-        if isinstance(leaf, OSError) and leaf.errno is not None:
-            where = f" ({leaf.filename})" if leaf.filename else ""
-            return 1, f"{leaf.strerror or leaf}{where}"
-    return None
 
 
 async def _run(config: Config) -> None:

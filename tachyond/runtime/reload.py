@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,11 @@ from ..config import (
     restart_only,
     secret_stem,
 )
-from ..errors import ReloadRefused
+from ..errors import ReloadRefused, TachyonError
 from . import logs
 
 log = logging.getLogger("tachyond.reload")
+daemon_log = logging.getLogger("tachyond")  # the signal lines are the daemon's, as before they moved here
 
 Apply = Callable[[], "None | Awaitable[None]"]
 Prepare = Callable[[Config, list[str]], "Apply | None"]
@@ -178,3 +180,21 @@ def register_reload_methods(d: Any) -> None:
         <set>/<unset> (the *_file path or *_env variable name that refers to them is shown). `reloads` counts
         applied reloads; `last_reload` is the last attempt's outcome (a refused SIGHUP shows its error here)."""
         return d.reloader.effective()
+
+
+async def serve_signals(d: Any) -> None:
+    """SIGTERM and SIGINT stop the daemon ``d`` (gracefully); SIGHUP reopens the logs and reloads the config.
+    Runs until cancelled."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                logs.setup(d.config.daemon.log_level, d.config.daemon.log_format)
+                daemon_log.info("SIGHUP: logs reopened; reloading %s", d.config.source)
+                try:
+                    await d.reloader.reload("SIGHUP")
+                except TachyonError:
+                    pass  # logged by the reloader, with the key; the running configuration is kept
+                except Exception:  # a bug in an apply hook must not end the daemon on a SIGHUP
+                    daemon_log.exception("reload (SIGHUP) failed")
+                continue
+            d.request_stop(signal.Signals(signum).name)

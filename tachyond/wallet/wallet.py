@@ -1,95 +1,41 @@
-"""The wallet file: one SQLite DB with envelope encryption, its lifecycle, and one writer thread with group commit."""
+"""The wallet: one SQLite file with envelope encryption; Wallet is the facade over the modules beside this one."""
 
 from __future__ import annotations
 
-import errno
-import json
-import logging
-import math
 import os
-import queue
-import secrets
-import sqlite3
-import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import outcome
 import trio
 
-from ..errors import (
-    Conflict,
-    IntegrityError,
-    InvalidParams,
-    ShuttingDown,
-    WalletAbsent,
-    WalletExists,
-    WalletLocked,
-    WriteFailed,
-    WrongPassword,
-)
-from ..runtime.hardening import make_private_dir, private_sqlite_file
+from ..errors import InvalidParams, ShuttingDown, WalletAbsent, WalletExists, WalletLocked, WrongPassword
 from . import crypto
+from .backup import online_backup
 from .crypto import Cipher, WalletKeys
-from .writer import _STOP, DIRTY, ReadTx, Tx, _Op, _reschedule_all, aad, dumps
+from .readers import Readers
+from .rotation import Rotation
+from .schema import open_file
+from .unlock import (
+    INSECURE_TEST_SCRYPT_ENV,
+    MAX_UNLOCK_TIMEOUT_S,
+    UnlockTimer,
+    check_password,
+    check_timeout,
+    new_wallet,
+    scrypt_n_from_env,
+    unwrap_keys,
+    wrap_data_key,
+    wrong_password_delay_s,
+)
+from .writer import ReadTx, Tx, Writer
 
-log = logging.getLogger("tachyond.wallet")
+# Wallet is the facade: callers import these from here, wherever they live.
+__all__ = ["INSECURE_TEST_SCRYPT_ENV", "MAX_UNLOCK_TIMEOUT_S", "WALLET_FILE", "UnlockTimer", "Wallet",
+           "scrypt_n_from_env", "wrong_password_delay_s"]
 
 WALLET_FILE = "wallet.db"
-KDF_VERSION = 2
-INSECURE_TEST_SCRYPT_ENV = "TACHYOND_INSECURE_TEST_SCRYPT_N"  # the test suite's override; never in production
-SCHEMA_VERSION = 1
-MAX_UNLOCK_TIMEOUT_S = 10**8
-WRONG_PASSWORD_BASE_DELAY_S = 0.25
-WRONG_PASSWORD_MAX_DELAY_S = 8.0
-
-CORE_SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS schema_modules (name TEXT PRIMARY KEY, applied INTEGER NOT NULL)",
-]
-
-
-def wrong_password_delay_s(failures: int) -> float:
-    """Delay before answering the n-th consecutive wrong password: 0.25 s doubling per failure, capped at 8 s."""
-    if failures <= 0:
-        return 0.0
-    return min(WRONG_PASSWORD_MAX_DELAY_S, WRONG_PASSWORD_BASE_DELAY_S * 2 ** (failures - 1))
-
-
-class UnlockTimer:
-    """Relocks after an unlock's timeout; pure trio (no threads) so tests drive it with a mock clock."""
-
-    def __init__(self) -> None:
-        self._deadline = math.inf
-        self._changed = trio.Event()
-
-    @property
-    def deadline(self) -> float:
-        """trio-clock time of the next expiry, inf when disarmed."""
-        return self._deadline
-
-    def arm(self, timeout_s: float) -> None:
-        self._deadline = trio.current_time() + timeout_s
-        self._changed.set()
-
-    def disarm(self) -> None:
-        self._deadline = math.inf
-        self._changed.set()
-
-    async def run(self, on_expire: Callable[[], object]) -> None:
-        """Call on_expire each time an armed deadline passes without a re-arm; runs until cancelled."""
-        while True:
-            changed = self._changed
-            with trio.move_on_at(self._deadline):
-                await changed.wait()
-            if changed.is_set():
-                self._changed = trio.Event()
-                continue
-            self._deadline = math.inf
-            on_expire()
 
 
 def _probe(rtx: ReadTx) -> None:
@@ -97,41 +43,34 @@ def _probe(rtx: ReadTx) -> None:
 
 
 class Wallet:
-    """The encrypted wallet file: lifecycle (create, unlock, lock, change password, backup) and the one writer."""
+    """The encrypted wallet file, the one facade the domains use: its state and lifecycle (create, unlock, lock,
+    change password), reads (readers.py), writes (writer.py's Writer), data-key rotation (rotation.py),
+    backup (backup.py); the key wrap and the relock timer are in unlock.py, the tables in schema.py."""
 
     def __init__(self, data_dir: Path, *, scrypt_n: int = crypto.DEFAULT_SCRYPT_N):
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / WALLET_FILE
         self.scrypt_n = scrypt_n
-        self.tx_factory: Callable[..., Tx] = Tx
+        self.writer = Writer()
         self.timer = UnlockTimer()
-        self.stats = {"transactions": 0, "ops": 0, "max_batch": 0}
         self.failed_unlocks = 0
         self._schemas: dict[str, list[str]] = {}
         self._create_hooks: list[Callable[[Tx], object]] = []
         self._lock_listeners: list[Callable[[], Awaitable[object]]] = []
-        self._rekey_specs: dict[str, dict[str, tuple[str, ...]]] = {}
-        self._rekey_hooks: list[Callable[[Tx, WalletKeys, WalletKeys], object]] = []
-        self._rotate_listeners: list[Callable[[Cipher, Cipher], Awaitable[object]]] = []
+        self.rotation = Rotation(self)
         self._keys_dropped = trio.Event()
         self._meta: dict[str, bytes] = {}
         self._keys: WalletKeys | None = None
         self._unlocked_until: float | None = None
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._readers: list[sqlite3.Connection] = []
+        self.readers = Readers(self.path)
         self._unlock_lock = trio.Lock()
-        self._cache: dict = {}
-        self._cache_keys: WalletKeys | None = None
-        self._closing = False
         self._closed = False  # stopped after a start: a late caller (a service task at a stop) is ShuttingDown
-        self._submit_lock = threading.Lock()
         self.migration_backup: Path | None = None  # the copy taken before the last migration, if one ran
 
     # ----- extension points (call before start) -----
     def add_schema(self, name: str, statements: list[str]) -> None:
         """Register a module's DDL; applied at start, append-only: later statements are migrations."""
-        if self._thread is not None:
+        if self.writer.running:
             raise RuntimeError("add_schema must be called before the wallet store starts")
         known = self._schemas.get(name)
         if known is not None and known != list(statements):
@@ -144,21 +83,16 @@ class Wallet:
 
     def add_rekey(self, table: str, *, sealed: tuple[str, ...] = (), lookups: tuple[str, ...] = (),
                   to_wallet: tuple[str, ...] = ()) -> None:
-        """Declare what a data-key rotation re-encrypts in ``table`` (rows keyed by ``id``): ``sealed`` columns
-        (sealed with aad(table, column, id)), ``lookups`` (HMAC lookup columns) and ``to_wallet`` columns
-        (seal_to_wallet blobs). A module that stores anything under the data key must declare it."""
-        self._rekey_specs[table] = {"sealed": tuple(sealed), "lookups": tuple(lookups), "to_wallet": tuple(to_wallet)}
+        """Declare what a data-key rotation re-encrypts in ``table`` (see Rotation.add_table)."""
+        self.rotation.add_table(table, sealed=sealed, lookups=lookups, to_wallet=to_wallet)
 
     def add_rekey_hook(self, fn: Callable[[Tx, WalletKeys, WalletKeys], object]) -> None:
-        """fn(tx, old_keys, new_keys) runs in the rotation's transaction after the declared tables (e.g. to
-        recompute MACs made with a key derived from the data key)."""
-        self._rekey_hooks.append(fn)
+        """fn(tx, old_keys, new_keys) runs in the rotation's transaction (see Rotation.add_hook)."""
+        self.rotation.add_hook(fn)
 
     def add_rotate_listener(self, fn: Callable[[Cipher, Cipher], Awaitable[object]]) -> None:
-        """``await fn(new_cipher, previous_cipher)`` after a rotation committed: holders of files under the
-        previous key re-encrypt them (the SQLite engine); False means "not yet" (its files are not open: it
-        will be called again at the next unlock). The previous key is forgotten once none says False."""
-        self._rotate_listeners.append(fn)
+        """``await fn(new_cipher, previous_cipher)`` after a rotation committed (see Rotation.add_listener)."""
+        self.rotation.add_listener(fn)
 
     def add_create_hook(self, fn: Callable[[Tx], object]) -> None:
         """fn(tx) runs inside the transaction that creates the wallet (e.g. the ledger's `default` account)."""
@@ -167,7 +101,7 @@ class Wallet:
     # ----- state -----
     @property
     def state(self) -> str:
-        if self._thread is None:
+        if not self.writer.running:
             return "locked" if self.path.exists() else "absent"
         if "wrapped_key" not in self._meta:
             return "absent"
@@ -210,10 +144,10 @@ class Wallet:
             raise WalletAbsent()
 
     def _require_started(self) -> None:
-        if self._thread is None or self._closing:
+        if not self.writer.running or self.writer.closing:
             # Closing or closed after a start: the daemon is stopping, and a service task that meets it ends
             # quietly; never started: a programming error.
-            raise ShuttingDown() if self._closing or self._closed else RuntimeError("wallet store is not started")
+            raise ShuttingDown() if self.writer.closing or self._closed else RuntimeError("wallet store is not started")
 
     def _current_keys(self) -> WalletKeys | None:
         """The keys, dropping them first if the unlock timeout passed (even when no timer task runs)."""
@@ -253,27 +187,21 @@ class Wallet:
     # ----- open / close -----
     async def start(self) -> None:
         """Open (creating if needed) data_dir/wallet.db, apply schemas, start the writer thread."""
-        if self._thread is not None:
+        if self.writer.running:
             raise RuntimeError("wallet store already started")
-        conn = await trio.to_thread.run_sync(self._open_sync)
-        self._closing = self._closed = False
-        self._thread = threading.Thread(target=self._writer_main, args=(conn,), name="tachyond-wallet-writer",
-                                        daemon=True)
-        self._thread.start()
+        conn, self._meta, copy = await trio.to_thread.run_sync(open_file, self.path, self._schemas)
+        self.migration_backup = copy
+        self._closed = False
+        self.writer.start(conn)
 
     async def aclose(self) -> None:
         """Finish queued writes, stop the writer, close every connection, drop the keys."""
-        if self._thread is None or self._closing:
+        if not self.writer.running or self.writer.closing:
             return
-        with self._submit_lock:
-            self._closing = True
-            self._queue.put(_STOP)
-        await trio.to_thread.run_sync(self._thread.join)
-        while self._readers:
-            self._readers.pop().close()
+        await self.writer.stop()
+        self.readers.close()
         self._drop_keys()
-        self._thread = None
-        self._closing, self._closed = False, True
+        self._closed = True
 
     async def __aenter__(self) -> Wallet:
         await self.start()
@@ -299,189 +227,34 @@ class Wallet:
         """Drop the keys when an unlock timeout passes (runs until cancelled)."""
         await self.timer.run(self._drop_keys)
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 10000")
-        return conn
-
-    def _open_sync(self) -> sqlite3.Connection:
-        make_private_dir(self.data_dir)
-        existed = self.path.exists() and self.path.stat().st_size > 0
-        private_sqlite_file(self.path)
-        conn = self._connect()
-        if existed:
-            self.migration_backup = self._backup_before_migration(conn)
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in CORE_SCHEMA:
-                conn.execute(statement)
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION).encode(),))
-            for name, statements in self._schemas.items():
-                row = conn.execute("SELECT applied FROM schema_modules WHERE name = ?", (name,)).fetchone()
-                applied = row[0] if row else 0
-                for statement in statements[applied:]:
-                    conn.execute(statement)
-                conn.execute("INSERT OR REPLACE INTO schema_modules VALUES (?, ?)", (name, len(statements)))
-            conn.execute("COMMIT")
-            self._meta = {k: bytes(v) for k, v in conn.execute("SELECT key, value FROM meta")}
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def pending_migrations(self, conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
-        """{module: (statements applied, statements known)} for every module this file is behind on."""
-        try:
-            applied = dict(conn.execute("SELECT name, applied FROM schema_modules"))
-        except sqlite3.OperationalError:  # no schema yet: a file this code never opened
-            return {}
-        return {name: (applied.get(name, 0), len(st)) for name, st in self._schemas.items()
-                if applied.get(name, 0) < len(st)}
-
-    def _backup_before_migration(self, conn: sqlite3.Connection) -> Path | None:
-        """Before a migration changes an existing wallet file, copy it (still encrypted) beside it:
-        ``wallet.db.pre-migration-<UTC time>.bak``, 0600, one self-contained file. None when none is due."""
-        pending = self.pending_migrations(conn)
-        try:
-            has_modules = conn.execute("SELECT count(*) FROM schema_modules WHERE applied > 0").fetchone()[0] > 0
-        except sqlite3.OperationalError:
-            has_modules = False
-        if not pending or not has_modules:  # nothing a module wrote yet (a bare wallet): nothing to migrate
-            return None
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        # Like wallet.backup: the name is claimed by O_EXCL|O_NOFOLLOW (a name taken by anything, a dangling
-        # symlink included, is skipped, never followed or overwritten) and the copy is written only through
-        # that descriptor, then synced before the migration may change the original.
-        for n in range(1, 1000):
-            dest = self.path.with_name(f"{self.path.name}.pre-migration-{stamp}{'' if n == 1 else f'-{n}'}.bak")
-            try:
-                fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise OSError(errno.EEXIST, "no free name for the pre-migration backup", str(dest))
-        self._fill_backup(fd, dest)
-        what = ", ".join(f"{name} {have}->{want}" for name, (have, want) in sorted(pending.items()))
-        logging.getLogger("tachyond.wallet").warning("wallet schema migration (%s): the file as it was is "
-                                                     "copied to %s", what, dest)
-        return dest
-
     # ----- the writer -----
     async def write(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run fn(tx, *args) in the next group commit; returns (or raises) only after COMMIT is durable."""
         self._require_started()
         return await self._submit(fn, args, self._current_keys())
 
-    async def _submit(self, fn, args, keys) -> Any:
-        op = _Op(fn, args, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token(), keys,
-                 keys is None and "wrapped_key" not in self._meta)
-        # Checked and queued under one lock with aclose(), so no op can land behind the writer's stop
-        # marker (it would wait forever: waiting for the answer is not cancellable).
-        with self._submit_lock:
-            if self._thread is None or self._closing:
-                raise ShuttingDown()
-            self._queue.put(op)
-        # Once queued the op will run; like trio.to_thread.run_sync, waiting for its answer is not cancellable.
-        return await trio.lowlevel.wait_task_rescheduled(lambda _raise_cancel: trio.lowlevel.Abort.FAILED)
+    async def _submit(self, fn: Callable[..., Any], args: tuple, keys: WalletKeys | None) -> Any:
+        return await self.writer.submit(fn, args, keys, keys is None and "wrapped_key" not in self._meta)
 
-    def _writer_main(self, conn: sqlite3.Connection) -> None:
-        try:
-            stop = False
-            while not stop:
-                batch = [self._queue.get()]
-                if batch[0] is _STOP:
-                    break
-                while True:
-                    try:
-                        op = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if op is _STOP:
-                        stop = True
-                        break
-                    batch.append(op)
-                self._deliver(batch, self._run_batch(conn, batch))
-        finally:
-            self._cache.clear()
-            conn.close()
-            leftover = []
-            while True:  # defence in depth: nothing queued is ever left waiting
-                try:
-                    op = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if op is not _STOP:
-                    leftover.append(op)
-            self._deliver(leftover, [outcome.Error(ShuttingDown()) for _ in leftover])
+    @property
+    def tx_factory(self) -> Callable[..., Tx]:
+        """What ops get as ``tx``: Tx, or a domain's subclass (the ledger sets LedgerTx)."""
+        return self.writer.tx_factory
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[outcome.Outcome]:
-        """One transaction for the whole batch; if SQLite itself fails, every op fails and nothing is written."""
-        try:
-            return self._run_batch_ops(conn, batch)
-        except BaseException as exc:  # the writer thread must survive to answer everyone
-            try:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the connection is beyond use for this batch; the next BEGIN reports it
-            self._cache.clear()
-            log.error("write failed, nothing was written (%d operations refused): %s", len(batch), exc)
-            return [outcome.Error(WriteFailed(f"write failed, nothing was written: {exc}")) for _ in batch]
+    @tx_factory.setter
+    def tx_factory(self, factory: Callable[..., Tx]) -> None:
+        self.writer.tx_factory = factory
 
-    def _run_batch_ops(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[outcome.Outcome]:
-        execute, cache, factory = conn.cursor().execute, self._cache, self.tx_factory  # one cursor for the batch
-        execute("BEGIN IMMEDIATE")
-        results: list[outcome.Outcome] = []
-        append = results.append
-        for op in batch:
-            if op.keys is not self._cache_keys:
-                self._flush(conn)
-                cache.clear()
-                self._cache_keys = op.keys
-            tx = factory(conn, op.keys, cache)
-            tx.absent = op.absent
-            execute("SAVEPOINT op")
-            try:
-                value = op.fn(tx, *op.args)
-            except BaseException as exc:  # the op's own failure goes to its caller; the batch goes on
-                execute("ROLLBACK TO op")
-                execute("RELEASE op")
-                tx.rollback_cache()
-                append(outcome.Error(exc))
-            else:
-                execute("RELEASE op")
-                append(outcome.Value(value))
-        self._flush(conn)
-        execute("COMMIT")
-        self.stats["transactions"] += 1
-        self.stats["ops"] += len(batch)
-        self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
-        return results
-
-    def _flush(self, conn: sqlite3.Connection) -> None:
-        """Deferred writes of the ops so far (e.g. balance rows touched many times), in the batch's transaction."""
-        if self._cache.get(DIRTY):
-            self.tx_factory(conn, self._cache_keys, self._cache).flush()
-
-    @staticmethod
-    def _deliver(batch: list[_Op], results: list[outcome.Outcome]) -> None:
-        by_token: dict = {}
-        for op, result in zip(batch, results, strict=False):
-            by_token.setdefault(op.token, []).append((op.task, result))
-        for token, pairs in by_token.items():
-            try:
-                token.run_sync_soon(_reschedule_all, pairs)
-            except trio.RunFinishedError:
-                pass  # the caller's trio run is gone; nobody is waiting for the answer
+    @property
+    def stats(self) -> dict[str, int]:
+        """The writer's counters: transactions (group commits), ops, max_batch."""
+        return self.writer.stats
 
     async def health(self) -> dict[str, str]:
         """``{}`` when the database answers: its file is in place, the writer thread runs and a read succeeds."""
         if not self.path.exists():
             return {"db": f"{self.path} is missing"}
-        if self._thread is None or not self._thread.is_alive():
+        if not self.writer.alive():
             return {"db": "the wallet database writer is not running"}
         try:
             await self.read(_probe)
@@ -495,48 +268,22 @@ class Wallet:
         self._require_started()
         keys = self._current_keys()
         absent = keys is None and "wrapped_key" not in self._meta
-        return await trio.to_thread.run_sync(self._read_sync, fn, args, keys, absent)
-
-    def _read_sync(self, fn, args, keys, absent):
-        try:
-            conn = self._readers.pop()
-        except IndexError:
-            conn = self._connect()
-            conn.execute("PRAGMA query_only = ON")
-        try:
-            conn.execute("BEGIN")
-            try:
-                rtx = ReadTx(conn, keys)
-                rtx.absent = absent
-                return fn(rtx, *args)
-            finally:
-                conn.execute("ROLLBACK")
-        finally:
-            self._readers.append(conn)
+        return await trio.to_thread.run_sync(self.readers.run, fn, args, keys, absent)
 
     # ----- lifecycle -----
     async def create(self, password: str) -> dict:
         """Create the wallet's keys (wallet left unlocked, no timeout); WalletExists if one exists."""
         self._require_started()
-        _check_password(password)
+        check_password(password)
         if "wrapped_key" in self._meta:
             raise WalletExists("a wallet already exists in this data_dir")
-        data_key = secrets.token_bytes(crypto.KEY_BYTES)
-        private_raw, public_raw = crypto.new_private_key()
-        wallet_id = "tw_" + secrets.token_hex(12)
-        kdf, wrapped = await trio.to_thread.run_sync(self._wrap_sync, password, data_key, wallet_id)
-        keys = WalletKeys(data_key, private_raw)
-        meta = {
-            "wallet_id": wallet_id.encode(), "public_key": public_raw, "kdf": kdf, "wrapped_key": wrapped,
-            "private_key": keys.cipher.seal(aad("meta", "value", "private_key"), private_raw),
-            "created_at": str(time.time()).encode(),
-        }
+        keys, meta = await trio.to_thread.run_sync(new_wallet, password, self.scrypt_n)
         await self._submit(self._create_op, (meta,), keys)
         self._meta.update(meta)
         self._keys = keys
         self._unlocked_until = None
         self.failed_unlocks = 0
-        return {"created": True, "public_id": wallet_id}
+        return {"created": True, "public_id": self.public_id}
 
     def _create_op(self, tx: Tx, meta: dict) -> None:
         if tx.conn.execute("SELECT 1 FROM meta WHERE key = 'wrapped_key'").fetchone():
@@ -546,42 +293,12 @@ class Wallet:
             hook(tx)
 
     def _wrap_sync(self, password: str, data_key: bytes, wallet_id: str) -> tuple[bytes, bytes]:
-        salt = secrets.token_bytes(crypto.SALT_BYTES)
-        kdf = dumps({"alg": "scrypt", "v": KDF_VERSION, "salt": salt.hex(), "n": self.scrypt_n, "r": crypto.SCRYPT_R,
-                     "p": crypto.SCRYPT_P})
-        kek = crypto.derive_password_key(password, salt, self.scrypt_n)
-        return kdf, crypto.wrap_key(kek, data_key, _key_aad(wallet_id, kdf))
-
-    def _unwrap_sync(self, password: str) -> WalletKeys | None:
-        kdf_raw = self._meta["kdf"]
-        kdf = _check_kdf(kdf_raw)
-        kek = crypto.derive_password_key(password, bytes.fromhex(kdf["salt"]), kdf["n"], kdf["r"], kdf["p"])
-        # v2 binds the exact stored parameters into the key wrap: a file whose cost was lowered by whoever
-        # could write it no longer unwraps, so the weaker derivation is never trusted. v1 (older wallets)
-        # bound only the wallet id; the next password change rewrites it as v2.
-        wrap_aad = _key_aad(self.public_id, kdf_raw if kdf.get("v") == KDF_VERSION else None)
-        data_key = crypto.unwrap_key(kek, self._meta["wrapped_key"], wrap_aad)
-        if data_key is None:
-            return None
-        cipher = Cipher(data_key)
-        private_raw = cipher.open(aad("meta", "value", "private_key"), self._meta["private_key"])
-        chain: tuple[bytes, ...] = ()
-        if "lookup_chain" in self._meta:
-            chain = tuple(bytes.fromhex(k) for k in
-                          json.loads(cipher.open(aad("meta", "value", "lookup_chain"), self._meta["lookup_chain"])))
-        keys = WalletKeys(data_key, private_raw, chain)
-        if "rotating_from" in self._meta:
-            keys.rotating_from = cipher.open(aad("meta", "value", "rotating_from"), self._meta["rotating_from"])
-        if crypto.public_from_private(private_raw) != self._meta.get("public_key"):
-            # Webhooks are sealed to meta.public_key while locked: a swapped one would send them to someone else.
-            raise IntegrityError("the wallet's stored public key does not match its private key: the wallet file "
-                                 "was altered (inbox events sealed to it could not be opened by this wallet)")
-        return keys
+        return wrap_data_key(password, data_key, wallet_id, self.scrypt_n)
 
     async def _check_password(self, password: str) -> WalletKeys:
         """Derive and unwrap; on a wrong password wait longer each consecutive time, then raise WrongPassword."""
-        _check_password(password)
-        keys = await trio.to_thread.run_sync(self._unwrap_sync, password)
+        check_password(password)
+        keys = await trio.to_thread.run_sync(unwrap_keys, self._meta, password, self.public_id)
         if keys is None:
             self.failed_unlocks += 1
             await trio.sleep(wrong_password_delay_s(self.failed_unlocks))
@@ -592,7 +309,7 @@ class Wallet:
     async def unlock(self, password: str, timeout_s: float | None = None) -> dict:
         """Unlock for timeout_s seconds (0/None: until lock()); a new unlock replaces the previous timeout."""
         self._require_present()
-        timeout_s = _check_timeout(timeout_s)
+        timeout_s = check_timeout(timeout_s)
         async with self._unlock_lock:  # attempts are serialised so the wrong-password delay cannot be bypassed
             keys = await self._check_password(password)
             self._keys = keys
@@ -619,13 +336,13 @@ class Wallet:
         """Rewrap the data key under a key derived from the new password; with rotate_data_key, first replace
         the data key (and the X25519 key) and re-encrypt everything under the new one."""
         self._require_present()
-        _check_password(new_password)
+        check_password(new_password)
         if not isinstance(rotate_data_key, bool):
             raise InvalidParams("rotate_data_key must be true or false", data={"param": "rotate_data_key"})
         async with self._unlock_lock:
             keys = await self._check_password(old_password)
             if rotate_data_key:
-                await self._rotate(keys, new_password)
+                await self.rotation.rotate(keys, new_password)
                 return {"changed": True, "rotated": True}
             kdf, wrapped = await trio.to_thread.run_sync(self._wrap_sync, new_password, keys.data_key,  # type: ignore[arg-type]  # an open wallet has its public id
                                                          self.public_id)
@@ -633,104 +350,18 @@ class Wallet:
             self._meta.update(kdf=kdf, wrapped_key=wrapped)
         return {"changed": True}
 
-    async def _rotate(self, old: WalletKeys, new_password: str) -> None:
-        """A new data key and X25519 key; every declared table, the meta and the inbox re-encrypted in one
-        transaction; then the rotate listeners (engine files); then the old key is forgotten.
-
-        While the rotation transaction runs the wallet reads as locked: an operation queued behind it with
-        the old keys would write old-key data into a re-encrypted file. Crash-safe: the old data key stays
-        in meta (sealed under the new one) until every listener re-encrypted its files; an unlock before
-        that hands it to them again (``rotation_pending``)."""
-        data_key = secrets.token_bytes(crypto.KEY_BYTES)
-        private_raw, public_raw = crypto.new_private_key()
-        new = WalletKeys(data_key, private_raw, old.lookup_chain())
-        kdf, wrapped = await trio.to_thread.run_sync(self._wrap_sync, new_password, data_key, self.public_id)  # type: ignore[arg-type]  # an open wallet has its public id
-        seal = new.cipher.seal
-        meta = {"kdf": kdf, "wrapped_key": wrapped, "public_key": public_raw,
-                "private_key": seal(aad("meta", "value", "private_key"), private_raw),
-                "lookup_chain": seal(aad("meta", "value", "lookup_chain"),
-                                     dumps([k.hex() for k in new.previous_lookup_keys])),
-                "rotating_from": seal(aad("meta", "value", "rotating_from"), old.data_key)}
-        unlocked_until, was_unlocked = self._unlocked_until, self._keys is not None
-        self._keys = None  # reads and writes answer WalletLocked until the re-encryption committed
-        # Webhooks keep arriving: one sealed from here on is queued behind the rotation, so it must be sealed
-        # to the new key (seal_to_wallet and the queueing of its write happen with no checkpoint between).
-        old_public = self._meta["public_key"]
-        self._meta["public_key"] = public_raw
-        try:
-            # Submitted with a copy of the old keys: the writer flushes and empties its cache when an op's
-            # keys object changes, before the op's savepoint, so nothing cached is sealed with the old key
-            # after the re-encryption, and a failed rotation rolls back only itself.
-            barrier = WalletKeys(old.data_key, old.private_raw, old.previous_lookup_keys)
-            await self._submit(self._rotate_op, (old, new, meta), barrier)
-        except BaseException:
-            self._keys = old if was_unlocked else None
-            self._meta["public_key"] = old_public
-            raise
-        self._meta.update(meta)
-        new.rotating_from = old.data_key
-        if was_unlocked:  # a rotation does not unlock a locked wallet
-            self._keys = new
-            self._unlocked_until = unlocked_until
-        await self._finish_rotation(new)
-
     @property
     def rotation_pending(self) -> bool:
         """A rotation committed but some holder (an engine file) may still be under the previous key."""
-        return "rotating_from" in self._meta
+        return self.rotation.pending
 
     def previous_cipher(self) -> Cipher | None:
         """The cipher of the data key before a pending rotation (None when none is pending)."""
-        keys = self._require_keys()
-        previous = getattr(keys, "rotating_from", None)
-        return Cipher(previous) if previous is not None else None
+        return self.rotation.previous_cipher(self._require_keys())
 
     async def finish_rotation(self) -> bool:
-        """Finish a pending rotation with the unlocked keys (see _finish_rotation)."""
-        return await self._finish_rotation(self._require_keys())
-
-    async def _finish_rotation(self, keys: WalletKeys) -> bool:
-        """Run the rotate listeners (new cipher, previous cipher); when none answers False ("not yet": its
-        files are not open), forget the previous key. -> whether the rotation is finished."""
-        if not self.rotation_pending or keys.rotating_from is None:
-            return not self.rotation_pending
-        previous = Cipher(keys.rotating_from)
-        done = True
-        for listener in self._rotate_listeners:
-            if await listener(keys.cipher, previous) is False:
-                done = False
-        if done:
-            await self._submit(_delete_meta_op, ("rotating_from",), keys)
-            self._meta.pop("rotating_from", None)
-            keys.rotating_from = None
-        return done
-
-    def _rotate_op(self, tx: Tx, old: WalletKeys, new: WalletKeys, meta: dict) -> None:
-        conn = tx.conn
-        for table, spec in self._rekey_specs.items():
-            columns = [*spec["sealed"], *spec["lookups"], *spec["to_wallet"]]
-            if not columns:
-                continue
-            for row in conn.execute(f"SELECT id, {', '.join(columns)} FROM {table}").fetchall():
-                rowid, values = row[0], list(row[1:])
-                for i, column in enumerate(columns):
-                    value = values[i]
-                    if value is None or len(value) == 0:
-                        continue  # a nullable lookup, or a row whose value its own op has not written yet
-                    value = bytes(value)
-                    if column in spec["sealed"]:
-                        where = aad(table, column, rowid)
-                        values[i] = new.cipher.seal(where, old.cipher.open(where, value))
-                    elif column in spec["lookups"]:
-                        values[i] = new.rehash_lookup(value)
-                    else:
-                        values[i] = crypto.seal_to_public(meta["public_key"],
-                                                          crypto.open_sealed_with(old.private_raw, value))  # type: ignore[arg-type]  # keys of an open wallet have the private key
-                assignments = ", ".join(f"{c} = ?" for c in columns)
-                conn.execute(f"UPDATE {table} SET {assignments} WHERE id = ?", (*values, rowid))
-        for hook in self._rekey_hooks:
-            hook(tx, old, new)
-        conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+        """Finish a pending rotation with the unlocked keys (see Rotation.finish)."""
+        return await self.rotation.finish(self._require_keys())
 
     @staticmethod
     def _store_meta_op(tx: Tx, items: dict) -> None:
@@ -740,65 +371,7 @@ class Wallet:
         """Copy the (still encrypted) wallet with SQLite's online backup while running -> {path, bytes}."""
         self._require_present()
         dest = Path(path)
-        return await trio.to_thread.run_sync(self._backup_sync, dest)
-
-    def _backup_sync(self, dest: Path) -> dict:
-        # The destination is created here (O_EXCL: never an existing file; O_NOFOLLOW: never through a link)
-        # and written only through this descriptor: reopening it by path would let whoever controls its
-        # directory swap in a symlink between the two opens and have the daemon write where it points.
-        try:
-            fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            raise Conflict(f"backup destination {dest} already exists") from None
-        except OSError as exc:
-            raise InvalidParams(f"cannot create backup file {dest}: {exc.strerror}") from None
-        return {"path": str(dest), "bytes": self._fill_backup(fd, dest)}
-
-    def _fill_backup(self, fd: int, dest: Path) -> int:
-        """Copy the wallet into ``fd`` (the descriptor its creator opened: never reopened by path), mode 0600,
-        fsynced; closes ``fd``, and on any failure removes ``dest``. Returns the bytes written."""
-        try:
-            os.fchmod(fd, 0o600)
-            written = self._backup_into(fd)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            try:
-                os.unlink(dest)
-            except OSError:
-                pass
-            raise
-        os.close(fd)
-        return written
-
-    def _backup_into(self, fd: int) -> int:
-        """SQLite's online backup into a private scratch file in data_dir, then copied into fd; -> bytes."""
-        scratch = self.data_dir / f".backup-{secrets.token_hex(8)}.db"
-        private_sqlite_file(scratch)
-        try:
-            src = self._connect()
-            dst = sqlite3.connect(scratch, isolation_level=None)
-            try:
-                src.backup(dst)
-                dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
-            finally:
-                dst.close()
-                src.close()
-            written = 0
-            with open(scratch, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    view = memoryview(chunk)
-                    while view:
-                        n = os.write(fd, view)
-                        view = view[n:]
-                        written += n
-            return written
-        finally:
-            for suffix in ("", "-journal"):
-                try:
-                    os.unlink(f"{scratch}{suffix}")
-                except FileNotFoundError:
-                    pass
+        return await trio.to_thread.run_sync(online_backup, self.path, dest)
 
     # ----- sealing to the wallet -----
     def seal_to_wallet(self, plaintext: bytes) -> bytes:
@@ -811,72 +384,5 @@ class Wallet:
         return crypto.open_sealed_with(self._require_keys().private_raw, blob)  # type: ignore[arg-type]  # keys of an open wallet have the private key
 
 
-def _delete_meta_op(tx: Tx, key: str) -> None:
-    tx.conn.execute("DELETE FROM meta WHERE key = ?", (key,))
-
-
 def _forget_keys_op(tx: Tx) -> None:
     """Nothing to write: queued with no keys so the writer drops the ones it held."""
-
-
-def _key_aad(wallet_id: str | None, kdf: bytes | None = None) -> bytes:
-    """Associated data of the key wrap: the wallet id, and (v2) the exact stored KDF parameters."""
-    if kdf is None:
-        return b"tachyon data key v1|" + (wallet_id or "").encode()
-    return b"tachyon data key v2|" + (wallet_id or "").encode() + b"|" + kdf
-
-
-def _check_kdf(raw: bytes) -> dict:
-    """Stored KDF parameters, refused (IntegrityError) when they are not a sane scrypt set."""
-    try:
-        kdf = json.loads(raw)
-        n, r, p = kdf["n"], kdf["r"], kdf["p"]
-        bytes.fromhex(kdf["salt"])
-        ok = (kdf["alg"] == "scrypt" and all(type(x) is int for x in (n, r, p))
-              and crypto.MIN_SCRYPT_N <= n <= crypto.MAX_SCRYPT_N and n & (n - 1) == 0
-              and 1 <= r <= 32 and 1 <= p <= 16)
-    except (ValueError, KeyError, TypeError):
-        ok = False
-    if not ok:
-        raise IntegrityError("the wallet's stored key-derivation parameters are damaged or out of range")
-    return kdf
-
-
-def scrypt_n_from_env(data_dir: Path) -> int:
-    """DEFAULT_SCRYPT_N, unless TACHYOND_INSECURE_TEST_SCRYPT_N (tests only: a power of two) lowers it.
-
-    The override weakens every wallet created, and every password changed, while it is set, so it is
-    honoured only for a ``data_dir`` inside the temporary directory (``tempfile.gettempdir()``: where test
-    suites put their throw-away wallets, and where no real wallet lives: systemd's PrivateTmp and tmpfs
-    cleaners wipe it). Set anywhere else (an environment file copied from a test setup), it stops the start
-    (ValueError naming the variable) instead of quietly weakening a real wallet."""
-    value = os.environ.get(INSECURE_TEST_SCRYPT_ENV)
-    if not value:
-        return crypto.DEFAULT_SCRYPT_N
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < crypto.MIN_SCRYPT_N or n & (n - 1):
-        raise ValueError(f"{INSECURE_TEST_SCRYPT_ENV} must be a power of two >= {crypto.MIN_SCRYPT_N}")
-    tmp = Path(tempfile.gettempdir()).resolve()
-    if not Path(data_dir).resolve().is_relative_to(tmp):
-        raise ValueError(f"{INSECURE_TEST_SCRYPT_ENV} is set, and it weakens the wallet's password hashing for tests "
-                         f"only: it is honoured only for a data_dir under {tmp}, not {data_dir}; unset it")
-    return n
-
-
-def _check_password(password: object) -> None:
-    if not isinstance(password, str) or not password:
-        raise InvalidParams("password must be a non-empty string")
-
-
-def _check_timeout(timeout_s: object) -> float | None:
-    if timeout_s is None:
-        return None
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) \
-            or timeout_s < 0:
-        raise InvalidParams("timeout_s must be a non-negative number of seconds")
-    if timeout_s == 0:
-        return None
-    return float(min(timeout_s, MAX_UNLOCK_TIMEOUT_S))
