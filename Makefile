@@ -59,7 +59,7 @@ MUTATE_FUNCTIONS ?= \
   'tachyond.ledger.service.xǁLedgerǁ_external__*' 'tachyond.ledger.service.xǁLedgerǁtransfer__*' \
   'tachyond.ledger.service.xǁLedgerǁdeposit__*' 'tachyond.ledger.service.xǁLedgerǁwithdraw__*' \
   'tachyond.dex.store.x_record_orders_op__*' 'tachyond.dex.store.x_settle_op__*' \
-  'tachyond.dex.store.x__apply_fill__*'
+  'tachyond.dex.store.x__apply_fill__*' 'tachyond.dex.store.x_coid_repeat__*'
 MUTATE_JOBS ?= 1
 
 mutate: install
