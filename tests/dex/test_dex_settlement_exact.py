@@ -13,7 +13,15 @@ import trio
 from test_money_exact import bal, market, new_order, postings_of, record, started
 
 from tachyond import errors
-from tachyond.dex.store import order_read, settle_op, trades_read
+from tachyond.dex.store import (
+    engine_epochs_read,
+    engine_seqs_read,
+    order_read,
+    set_engine_feed_op,
+    set_engine_seq_op,
+    settle_op,
+    trades_read,
+)
 from tachyond.engine import Event
 
 
@@ -148,5 +156,26 @@ async def test_a_done_event_sets_the_stored_status_and_releases_the_rest(tmp_pat
             assert postings_of(release) == [("default", "USDC", "locked", "-0.0501"),
                                             ("default", "USDC", "available", "0.0501")]
             assert bal(await ledger.balances("default"), "default", "USDC") == (1_000_000, 0)
+        finally:
+            await wallet.aclose()
+
+
+async def test_the_applied_seq_and_the_feed_epoch_are_stored_together_per_engine(tmp_path):
+    """A shared engine's applied seq and the feed epoch it belongs to replace the engine's previous pair in one
+    write; another engine's seq is its own; a re-seed stores a new base with nothing applied."""
+    with trio.fail_after(20):
+        wallet, _ledger = await started(tmp_path, schemas=True)
+        try:
+            await wallet.write(set_engine_feed_op, "http", 40, 7, "epoch-a")
+            assert await wallet.read(engine_seqs_read) == {"http": (40, 7)}
+            assert await wallet.read(engine_epochs_read) == {"http": "epoch-a"}
+            await wallet.write(set_engine_feed_op, "http", 40, 9, "epoch-b")
+            await wallet.write(set_engine_seq_op, "sqlite", 12, 3)
+            assert await wallet.read(engine_seqs_read) == {"http": (40, 9), "sqlite": (12, 3)}
+            assert await wallet.read(engine_epochs_read) == {"http": "epoch-b"}
+            await wallet.write(set_engine_seq_op, "sqlite", 15, 0)
+            assert await wallet.read(engine_seqs_read) == {"http": (40, 9), "sqlite": (15, 0)}
+            rows = await wallet.read(lambda rtx: rtx.conn.execute("SELECT * FROM dex_engine_feeds").fetchall())
+            assert rows == [("http", "epoch-b")]
         finally:
             await wallet.aclose()
