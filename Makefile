@@ -59,7 +59,9 @@ MUTATE_FUNCTIONS ?= \
   'tachyond.ledger.service.xǁLedgerǁ_external__*' 'tachyond.ledger.service.xǁLedgerǁtransfer__*' \
   'tachyond.ledger.service.xǁLedgerǁdeposit__*' 'tachyond.ledger.service.xǁLedgerǁwithdraw__*' \
   'tachyond.dex.store.x_record_orders_op__*' 'tachyond.dex.store.x_settle_op__*' \
-  'tachyond.dex.store.x__apply_fill__*'
+  'tachyond.dex.store.x__apply_fill__*' 'tachyond.dex.store.x_coid_repeat__*' \
+  'tachyond.dex.store.x__seal_order__*' 'tachyond.dex.store.x_set_engine_seq_op__*' \
+  'tachyond.dex.store.x_set_engine_feed_op__*'
 MUTATE_JOBS ?= 1
 
 mutate: install

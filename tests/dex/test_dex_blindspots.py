@@ -2,19 +2,22 @@
 
 a market whose maker fee is above its taker fee, fees that do not divide, a market order with nothing to
 meet, the after_match crash on the remote engine, a lost or older SQLite engine store, orders recorded but
-never submitted, and a lying engine's fill that /healthz names.
+never submitted, a lying engine's fill that /healthz names, and a settlement write that fails (a full disk) making
+/healthz name the engine.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 
 import httpx
 import pytest
 import trio
-from conftest import DaemonProc, base_document
+from conftest import DaemonProc, base_document, require_root
 from test_dex_helpers import MARKET_DEFAULTS, PASSWORD, USDC, ZEC, balances, fund, order, rpc, rpc_error, state_snapshot
+from test_disk_full import fill
 from test_http_engine import TOKEN, ServerProc, server_document
 
 from tachyon_ctl.client import DaemonNotRunning, RpcError
@@ -503,3 +506,98 @@ async def test_a_lying_engines_fill_is_refused_before_settlement_and_healthz_nam
             assert (await rpc(d, "ledger.verify"))["ok"]
         finally:
             d.kill()
+
+
+async def test_a_ledger_write_failure_during_settlement_fails_the_engine_and_healthz_names_it(sockdir, tmp_path):
+    """A real full disk under one wallet of a shared engine: another wallet's order fills this wallet's resting ask,
+    the engine server has matched it, and this wallet's settlement write fails. The daemon stops using the engine
+    (nothing of the fill booked, the ask still open with its hold), answers /healthz 503 naming the engine, says why
+    in its log and in every refusal, and keeps serving the rest; restarted with room again, it settles the fill
+    once from the server's feed and is healthy."""
+    require_root()
+    mnt = sockdir / "fs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, f"mount -t tmpfs: {r.stderr}"
+    server = a = b = None
+    try:
+        with trio.fail_after(150):
+            server = await trio.to_thread.run_sync(ServerProc(tmp_path, server_document(tmp_path / "engine")).start)
+            env = {"TACHYON_ENGINE_TOKEN": TOKEN}
+            (sockdir / "a").mkdir()
+            (sockdir / "b").mkdir()
+            doc_a = _http_document(sockdir / "a", server.url)
+            doc_a["daemon"]["data_dir"] = str(mnt / "data")        # this wallet's files live on the small disk
+            a = await _start(DaemonProc(sockdir / "a", doc_a, env=env))
+            b = await _start(DaemonProc(sockdir / "b", _http_document(sockdir / "b", server.url), env=env))
+            await fund(a, "maker", ZEC="1")
+            await fund(b, "taker", USDC="100")
+            ask = await order(a, "maker", "sell", "1", "50.00")
+            assert ask["status"] == "open"
+            assert (await _healthz(a)).status_code == 200
+
+            await trio.to_thread.run_sync(fill, mnt / "ballast")
+            for i in range(5000):   # SQLite may still have room in pages it holds: write until the first refusal
+                try:
+                    await rpc(a, "ledger.deposit", {"token": "USDC", "amount": "1", "reference": f"slack-{i}"})
+                except RpcError as exc:
+                    assert exc.code == -32016 and "database or disk is full" in exc.message, exc.message
+                    break
+            else:
+                pytest.fail("5,000 deposits fitted on a full 4 MiB filesystem")
+            before = (await rpc(a, "ledger.balances"), await rpc(a, "dex.orders", {}))
+            head = (await rpc(a, "ledger.history", {"limit": 1}))[0]
+            assert await balances(a, "maker") == {"USDC": (0, 0), "ZEC": (0, 100_000_000)}
+
+            # The other wallet's bid meets the ask on the shared server; that wallet settles its side at once.
+            bid = await order(b, "taker", "buy", "1", "50.00")
+            assert (bid["status"], bid["filled"], bid["fee"]) == ("closed", "1.00", "0.10")
+            # This wallet hears the fill on its feed and cannot write it: the engine is marked failed.
+            while (health := await _healthz(a)).status_code == 200:
+                await trio.sleep(0.05)
+            assert health.status_code == 503
+            assert health.json() == {"status": "unavailable", "failing": ["engine:http"]}, health.text  # names only
+            log_text = a.stderr()
+            assert "settlement of http events failed" in log_text
+            assert ("/healthz: failing: engine:http: settlement failed (WriteFailed: write failed, nothing was "
+                    "written: database or disk is full); restart the daemon") in log_text
+            err = await rpc_error(a, "dex.place_order", {"account": "maker", "market": "ZEC/USDC", "side": "sell",
+                                                         "type": "limit", "price": "60.00", "qty": "0.1"})
+            assert err.code == -32023
+            assert err.message == ("engine http is not serving: settlement failed (WriteFailed: write failed, nothing "
+                                   "was written: database or disk is full); restart the daemon")
+            # Nothing of the fill was booked: the ask is open with its hold, the journal and balances are as before.
+            assert (await rpc(a, "ledger.balances"), await rpc(a, "dex.orders", {})) == before
+            assert [(o["id"], o["status"], o["filled"]) for o in before[1]] == [(ask["id"], "open", "0.00")]
+            assert (await rpc(a, "ledger.history", {"limit": 1}))[0] == head
+            assert await rpc(a, "dex.trades", {}) == []
+            [m] = await rpc(a, "dex.markets")
+            assert (m["symbol"], m["halted"], m["engine_online"]) == ("ZEC/USDC", False, True)
+            assert (await rpc(a, "ledger.verify"))["ok"]
+            assert a.proc is not None and a.proc.poll() is None          # the daemon keeps serving the rest
+
+            # Room again is not enough (the engine moved on without this ledger): the operator restarts.
+            (mnt / "ballast").unlink()
+            assert (await _healthz(a)).status_code == 503
+            assert await trio.to_thread.run_sync(a.stop) == 0
+            await trio.to_thread.run_sync(a.start)
+            while (await rpc(a, "dex.orders", {"account": "maker"}))[0]["status"] == "open":
+                await trio.sleep(0.05)   # the restart replays the server's feed from the last applied seq
+            [filled] = await rpc(a, "dex.orders", {"account": "maker"})
+            assert (filled["id"], filled["status"], filled["filled"], filled["cost"], filled["fee"]) == (
+                ask["id"], "closed", "1.00", "50.00", "0.05")
+            assert await balances(a, "maker") == {"USDC": (49_950_000, 0), "ZEC": (0, 0)}
+            fills = [e for e in await rpc(a, "ledger.history", {"limit": 100}) if e["kind"] == "fill"]
+            assert len(fills) == 1
+            assert [(t["price"], t["qty"], t["maker_order_id"]) for t in await rpc(a, "dex.trades", {})] == [
+                ("50.00", "1.00", ask["id"])]
+            assert (await _healthz(a)).status_code == 200
+            assert (await rpc(a, "ledger.verify"))["ok"]
+            assert await balances(b, "taker") == {"USDC": (100_000_000 - 50_000_000 - 100_000, 0),
+                                                  "ZEC": (100_000_000, 0)}
+    finally:
+        for proc in (a, b, server):
+            if proc is not None:
+                proc.kill()
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
