@@ -27,10 +27,12 @@ def register(registry: Registry, dex: DexService) -> None:
                                     "halt_reason, engine_online}]")
     async def markets(p: dict[str, Any]) -> Any:
         """The markets of this daemon, from [[markets]]. halted is true once an engine event failed the checks
-        against this wallet's orders (halt_reason says which and why; docs/dex.md says how to resume);
-        engine_online is false while a shared engine's server is unreachable."""
-        return [{**m.describe(), "halted": m.symbol in dex.halted_markets,
-                 "halt_reason": dex.halted_markets.get(m.symbol), "engine_online": m.engine not in dex.offline}
+        against this wallet's orders, or the market's engine failed (to start, recover, submit or settle: a
+        restart is needed); halt_reason says which and why (docs/dex.md says how to resume); engine_online is
+        false while a shared engine's server is unreachable."""
+        return [{**m.describe(), "halted": m.symbol in dex.halted_markets or m.engine in dex.failures,
+                 "halt_reason": dex.halted_markets.get(m.symbol) or dex.failures.get(m.engine),
+                 "engine_online": m.engine not in dex.offline}
                 for m in dex.markets.values()]
 
     @r.method("dex.place_order", [

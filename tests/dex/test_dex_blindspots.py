@@ -573,7 +573,10 @@ async def test_a_ledger_write_failure_during_settlement_fails_the_engine_and_hea
             assert (await rpc(a, "ledger.history", {"limit": 1}))[0] == head
             assert await rpc(a, "dex.trades", {}) == []
             [m] = await rpc(a, "dex.markets")
-            assert (m["symbol"], m["halted"], m["engine_online"]) == ("ZEC/USDC", False, True)
+            # dex.markets says so too (it said halted: false before, and only /healthz and the log told).
+            assert (m["symbol"], m["halted"], m["engine_online"]) == ("ZEC/USDC", True, True)
+            assert m["halt_reason"] == ("settlement failed (WriteFailed: write failed, nothing was written: database "
+                                        "or disk is full); restart the daemon"), m["halt_reason"]
             assert (await rpc(a, "ledger.verify"))["ok"]
             assert a.proc is not None and a.proc.poll() is None          # the daemon keeps serving the rest
 
