@@ -122,6 +122,11 @@ class DexService:
                                       ["engine"], registry=r)
         self.metric_offline = Gauge("tachyon_dex_engine_offline", "1 while a shared engine is unreachable",
                                     ["engine"], registry=r)
+        # How many commits an order costs is the DEX's business (one for an in-tx engine, two otherwise): the
+        # wallet's count of committed write transactions (group commits, one fsync each) since start.
+        self.metric_commits = Gauge("tachyon_dex_wallet_commits", "Wallet write transactions committed since "
+                                    "start (each a group commit with one fsync)", registry=r)
+        self.metric_commits.set_function(lambda: self.wallet.stats["transactions"])
         daemon.wallet.add_schema("dex", DEX_SCHEMA)
         daemon.wallet.add_rekey("dex_orders", sealed=("value",), lookups=("oid_hash", "coid_hash"))
         daemon.wallet.add_rekey("dex_trades", sealed=("value",))
