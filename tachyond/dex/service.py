@@ -130,6 +130,15 @@ class DexService:
         daemon.wallet.add_schema("dex", DEX_SCHEMA)
         daemon.wallet.add_rekey("dex_orders", sealed=("value",), lookups=("oid_hash", "coid_hash"))
         daemon.wallet.add_rekey("dex_trades", sealed=("value",))
+        for name in self.engine_names:  # tables an in-tx engine keeps in the wallet file (TransactionalEngine)
+            factory = daemon.engine_factories.get(name, (None, None))[1]
+            tx_tables = getattr(factory, "tx_tables", None)
+            if tx_tables is not None:
+                schema, sealed = tx_tables(dict(daemon.config.engines.get(name, {})))
+                if schema:
+                    daemon.wallet.add_schema(f"engine:{name}", list(schema))
+                for table, columns in sealed.items():
+                    daemon.wallet.add_rekey(table, sealed=tuple(columns))
         daemon.wallet.add_rotate_listener(self.on_rotated)
 
     # ----- lifecycle -----
