@@ -184,3 +184,118 @@ async def test_sigkill_under_load_keeps_every_acknowledged_order_and_the_books_e
             assert (await rpc(d, "ledger.verify"))["ok"]
         finally:
             d.kill()
+
+
+async def test_a_sqlite_engine_file_is_replayed_once_then_put_away_when_in_wallet_is_turned_on(sockdir):
+    """A wallet that ran the SQLite engine on its own file, and died between the engine's match and the
+    settlement (after_match): restarted with ``in_wallet = true``, the file's unsettled fills settle once, the
+    file is renamed ``engine-sqlite.db.migrated``, the books are the ledger's, its log is in the wallet (sealed)
+    and the seqs go on without reusing a fill key."""
+    data = sockdir / "data"
+    with trio.fail_after(90):
+        d = await trio.to_thread.run_sync(_start, sockdir, "sqlite-own-file")
+        try:
+            await fund(d, "maker", ZEC="10")
+            await fund(d, "taker", USDC="1000")
+            await order(d, "maker", "sell", "1", "50.00")
+            await order(d, "maker", "sell", "1", "51.00")
+            assert await trio.to_thread.run_sync(d.stop) == 0
+            d.env["TACHYON_TEST_FAULT"] = "after_match"
+            await trio.to_thread.run_sync(d.start)
+            with pytest.raises(DaemonNotRunning):
+                await order(d, "taker", "buy", "1.5", "51.00", client_order_id="crash-1")
+            assert await trio.to_thread.run_sync(d.wait) == 1
+            assert (data / "engine-sqlite.db").exists()
+
+            doc = {**d.doc, "engines": {"sqlite": {"in_wallet": True}}}
+            d = DaemonProc(sockdir, doc)
+            await trio.to_thread.run_sync(d.start)
+            [taker] = await rpc(d, "dex.orders", {"account": "taker"})
+            assert (taker["client_order_id"], taker["status"], taker["filled"]) == ("crash-1", "closed", "1.50")
+            assert [(t["price"], t["qty"]) for t in taker["trades"]] == [("50.00", "1.00"), ("51.00", "0.50")]
+            assert not (data / "engine-sqlite.db").exists() and (data / "engine-sqlite.db.migrated").exists()
+            book = await rpc(d, "dex.order_book", {"market": "ZEC/USDC"})
+            assert (book["bids"], book["asks"]) == ([], [["51.00", "0.50"]])
+            before = await _commits(d)
+            o = await order(d, "taker", "buy", "0.5", "51.00")
+            assert [(t["price"], t["qty"]) for t in o["trades"]] == [("51.00", "0.50")]
+            assert await _commits(d) - before == 1
+            seqs = [t["seq"] for t in await rpc(d, "dex.trades", {})]
+            assert len(seqs) == len(set(seqs)) == 3
+            assert (await rpc(d, "ledger.verify"))["ok"]
+            assert await trio.to_thread.run_sync(d.stop) == 0
+            # The log is in the wallet file, sealed: rows there, no order id in clear anywhere in the file.
+            import sqlite3
+
+            with sqlite3.connect(data / "wallet.db") as conn:
+                rows = conn.execute("SELECT id, body FROM engine_sqlite_events ORDER BY id").fetchall()
+            assert rows and all(o["id"].encode() not in bytes(body) for _id, body in rows)
+            assert o["id"].encode() not in (data / "wallet.db").read_bytes()
+            # A second restart reads nothing from the old file and applies nothing twice.
+            await trio.to_thread.run_sync(d.start)
+            assert len(await rpc(d, "dex.trades", {})) == 3
+            book = await rpc(d, "dex.order_book", {"market": "ZEC/USDC"})
+            assert (book["bids"], book["asks"]) == ([], [])
+            assert (await balances(d, "taker"))["ZEC"] == (200_000_000, 0)
+            assert (await rpc(d, "ledger.verify"))["ok"]
+        finally:
+            d.kill()
+
+
+@pytest.mark.parametrize("variant", list(IN_TX))
+async def test_disk_full_mid_order_rolls_the_whole_batch_back_and_the_engine_with_it(sockdir, variant):
+    """On a full disk (a small tmpfs filled by a ballast file) crossing orders are refused with WriteFailed: the
+    batch left nothing (no order, no hold, no fill), the engine's books are the ledger's again, the daemon keeps
+    serving, and once space returns the makers the refused orders had matched trade as before."""
+    import subprocess
+
+    from torture.diskfull import fill, mount_tmpfs
+
+    mnt = sockdir / "fs"
+    why = await trio.to_thread.run_sync(mount_tmpfs, mnt)
+    assert why is None, why
+    try:
+        engine, table = IN_TX[variant]
+        doc = dex_document(sockdir, engine)
+        doc["daemon"]["data_dir"] = str(mnt / "data")
+        doc["daemon"]["log_level"] = "info"
+        if table:
+            doc["engines"] = {engine: table}
+        with trio.fail_after(120):
+            d = DaemonProc(sockdir, doc)
+            await trio.to_thread.run_sync(d.start)
+            try:
+                await rpc(d, "wallet.create", {"password": PASSWORD})
+                await rpc(d, "wallet.unlock", {"password": PASSWORD})
+                await fund(d, "maker", ZEC="1000")
+                await fund(d, "taker", USDC="1000000")
+                for i in range(40):
+                    await order(d, "maker", "sell", "1", f"{50 + i}.00")
+                ballast = mnt / "ballast"
+                await trio.to_thread.run_sync(fill, ballast)
+                # SQLite may still have room in pages it holds: take one ask at a time until a write is refused.
+                refused = None
+                for i in range(40):
+                    try:
+                        await order(d, "taker", "buy", "1", f"{50 + i}.00", client_order_id=f"full-{i}")
+                    except RpcError as exc:
+                        refused = (i, exc)
+                        break
+                assert refused is not None, "the disk never filled up"
+                i, exc = refused
+                assert exc.code == -32016, (exc.code, exc.message)
+                ballast.unlink()
+                stored = {o["client_order_id"]: o for o in await rpc(d, "dex.orders", {"account": "taker"})}
+                assert f"full-{i}" not in stored and len(stored) == i
+                assert (await balances(d, "taker"))["USDC"][1] == 0   # no hold left behind
+                assert (await rpc(d, "ledger.verify"))["ok"]
+                asks = await rpc(d, "dex.order_book", {"market": "ZEC/USDC", "depth": 100})
+                assert asks["asks"][0] == [f"{50 + i}.00", "1.00"] and len(asks["asks"]) == 40 - i
+                o = await order(d, "taker", "buy", "1", f"{50 + i}.00", client_order_id=f"full-{i}")
+                assert [(t["price"], t["qty"]) for t in o["trades"]] == [(f"{50 + i}.00", "1.00")]
+                assert len(await rpc(d, "dex.trades", {})) == i + 1
+                assert (await rpc(d, "ledger.verify"))["ok"]
+            finally:
+                d.kill()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
