@@ -106,7 +106,7 @@ class SqliteEngine:
         self._markets += [spec.symbol for spec in markets]
         if self.in_tx and self._matcher is None and not self._path.exists():
             self._matcher = Matcher()   # nothing to read: the core re-seeds the books from the ledger
-            self._store_open = False
+            self._store.forget_keys()   # and nothing to seal here: the wallet's transaction does
             for spec in markets:
                 self._matcher.add_market(spec.symbol)
             return
@@ -131,6 +131,7 @@ class SqliteEngine:
         if self._store_open:
             self._store.close()
             self._store_open = False
+            self._store.forget_keys()
             for suffix in ("", "-wal", "-shm"):
                 old = Path(f"{self._path}{suffix}")
                 if old.exists():
@@ -252,7 +253,8 @@ class SqliteEngine:
             return
         self._locked = True  # from here _ready() refuses; compaction waits for the unlock
         if not self._store_open:
-            return  # in_wallet: no key of its own (the wallet's transaction seals)
+            self._store.forget_keys()  # in_wallet: no key in use (the wallet's transaction seals); drop the copy
+            return
         with trio.CancelScope(shield=True):
             # What was matched or requested before the lock is written with the key it was made under.
             await self._write_until(lambda: not self._writing and not self._pending

@@ -19,6 +19,7 @@ from conftest import DaemonProc
 from test_dex_helpers import PASSWORD, balances, dex_document, fund, order, rpc, rpc_error, state_snapshot
 
 from tachyon_ctl.client import DaemonNotRunning, RpcError
+from tachyond.errors import IntegrityError
 
 # (market engine, [engines.<name>] table, commits an order with fills costs)
 IN_TX = {"memory": ("memory", {}), "sqlite-in-wallet": ("sqlite", {"in_wallet": True})}
@@ -299,3 +300,50 @@ async def test_disk_full_mid_order_rolls_the_whole_batch_back_and_the_engine_wit
                 d.kill()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_the_in_wallet_log_is_resealed_by_a_data_key_rotation_and_trading_goes_on(sockdir):
+    """``in_wallet``: the engine's table is declared to the rotation, so every row opens under the new key and
+    none under the old one; the daemon's books survive the rotation and a restart, and trade on."""
+    import sqlite3
+
+    from tachyond.wallet.wallet import Wallet
+    from tachyond.wallet.writer import aad
+
+    async def keys_of(password: str):
+        async with Wallet(sockdir / "data", scrypt_n=2**10) as wallet:
+            await wallet.unlock(password)
+            return wallet.keys
+
+    with trio.fail_after(90):
+        d = await trio.to_thread.run_sync(_start, sockdir, "sqlite-in-wallet")
+        try:
+            await fund(d, "maker", ZEC="10")
+            await fund(d, "taker", USDC="1000")
+            await order(d, "maker", "sell", "1", "50.00")
+            await order(d, "maker", "sell", "1", "51.00")
+            await order(d, "taker", "buy", "0.5", "50.00")
+            old = await keys_of(PASSWORD)
+            new_pw = "a new and long enough password"
+            assert (await rpc(d, "wallet.change_password", {"old_password": PASSWORD, "new_password": new_pw,
+                                                            "rotate_data_key": True}))["rotated"] is True
+            (sockdir / "pw").write_text(new_pw)
+            o = await order(d, "taker", "buy", "1", "51.00")
+            assert [(t["price"], t["qty"]) for t in o["trades"]] == [("50.00", "0.50"), ("51.00", "0.50")]
+            assert await trio.to_thread.run_sync(d.stop) == 0
+            new = await keys_of(new_pw)
+            with sqlite3.connect(sockdir / "data" / "wallet.db") as conn:
+                rows = conn.execute("SELECT id, body FROM engine_sqlite_events").fetchall()
+            assert len(rows) >= 6
+            for seq, body in rows:
+                new.cipher.open(aad("engine_sqlite_events", "body", seq), bytes(body))
+                with pytest.raises(IntegrityError):
+                    old.cipher.open(aad("engine_sqlite_events", "body", seq), bytes(body))
+            await trio.to_thread.run_sync(d.start)
+            book = await rpc(d, "dex.order_book", {"market": "ZEC/USDC"})
+            assert (book["bids"], book["asks"]) == ([], [["51.00", "0.50"]])
+            o = await order(d, "taker", "buy", "0.5", "51.00")
+            assert o["status"] == "closed"
+            assert (await rpc(d, "ledger.verify"))["ok"]
+        finally:
+            d.kill()
