@@ -168,4 +168,81 @@ class SharedEngine(OrderBookEngine, Protocol):
         EngineUnavailable when unreachable or when the feed's epoch is no longer ``epoch``."""
 
 
+class EngineTx(Protocol):
+    """What an in-transaction engine method gets: the wallet's write transaction, on the writer thread.
+
+    ``conn`` is the wallet file's connection inside the current write transaction (the engine's own
+    SAVEPOINT is the core's: whatever it writes commits or rolls back with the orders and their settlement).
+    ``seal_json``/``open_json`` encrypt a value with the wallet's data key, bound to ``table|column|rowid``
+    (the same associated data as the wallet's own tables); ``now`` is the transaction's time (epoch seconds).
+    """
+
+    conn: Any
+    now: float
+
+    def seal_json(self, table: str, column: str, rowid: object, obj: object) -> bytes: ...
+    def open_json(self, table: str, column: str, rowid: object, blob: bytes) -> Any: ...
+
+
+@runtime_checkable
+class TransactionalEngine(Protocol):
+    """Optional: an engine that matches inside the wallet's write transaction ("one durable commit per order").
+
+    The core recognises one by ``submit_in_tx`` (``in_tx`` may say False to decline, e.g. a mode chosen by its
+    config). It then records an order and its hold, calls ``submit_in_tx``, checks and settles every event and
+    stores the engine's seq in ONE writer operation: the order is answered after that single commit. The
+    ``*_in_tx`` methods are plain (not async): they run ON THE WALLET'S WRITER THREAD, inside its transaction.
+    The core holds the engine's lock around every call it makes to the engine (these included), so no other
+    method of the engine runs at the same time.
+
+    If the transaction does not commit (the operation raised, or the commit failed: disk full), the engine
+    has matched what the ledger did not keep: the core then runs, in a new transaction, ``reset_in_tx`` and a
+    ``submit_in_tx`` of every committed open order of the engine's markets in time order (the same re-seed as
+    at start), which puts the books back to exactly what the ledger holds. Whatever the engine wrote through
+    ``tx`` rolled back with the ledger.
+
+    ``tx_schema`` (optional class attribute): DDL for tables the engine keeps in the wallet file, registered
+    by the core before the wallet starts (append-only, like every wallet schema). ``tx_sealed`` (optional
+    class attribute): ``{table: (column, ...)}`` of sealed columns in rows keyed by ``id``, declared to the
+    data-key rotation, which re-encrypts them in the rotation's own transaction.
+    """
+
+    in_tx: bool
+
+    def reset_in_tx(self, tx: EngineTx) -> int:
+        """Empty every book and forget the order ids seen (the core submits the ledger's open orders again,
+        in time order, right after, in the same transaction); return the last seq issued. Later events
+        continue after it; if it is lower than the seq the core applied, the core moves its fill keys past."""
+
+    def submit_in_tx(self, tx: EngineTx, order: EngineOrder) -> list[Event]:
+        """``submit`` inside the wallet's transaction: match and return the events (logged through ``tx``)."""
+
+    def cancel_in_tx(self, tx: EngineTx, market: str, order_id: str) -> list[Event]:
+        """``cancel`` inside the wallet's transaction: ``[done(canceled)]``, or ``[]`` if not resting."""
+
+
+def _definer(cls: type, attr: str) -> type | None:
+    return next((c for c in cls.__mro__ if attr in vars(c)), None)
+
+
+def is_transactional(engine: object) -> bool:
+    """True when the core should match on this engine inside the wallet's write transaction.
+
+    It needs the three in-tx methods, ``in_tx`` not False, and no ``follow`` (a shared book never joins this
+    wallet's transaction). A subclass that overrides ``submit`` or ``cancel`` but not its in-tx twin (say, a
+    test's lying engine built on the memory engine) would have its override bypassed: it is not treated as
+    transactional, and keeps the two-step path.
+    """
+    if not all(hasattr(engine, a) for a in ("submit_in_tx", "cancel_in_tx", "reset_in_tx")):
+        return False
+    if not getattr(engine, "in_tx", True) or hasattr(engine, "follow"):
+        return False
+    cls = type(engine)
+    for plain, in_tx in (("submit", "submit_in_tx"), ("cancel", "cancel_in_tx")):
+        a, b = _definer(cls, plain), _definer(cls, in_tx)
+        if a is not None and b is not None and a is not b and issubclass(a, b):
+            return False
+    return True
+
+
 EngineFactory = Callable[[EngineContext], OrderBookEngine]

@@ -16,11 +16,17 @@ DEFAULT_LOG_LIMIT = 1_024
 class MemoryEngine:
     """Matches in process memory. Methods never block, so they never yield to the trio scheduler.
 
+    It offers the optional in-transaction methods (``tachyond.engine.TransactionalEngine``): the core then
+    matches inside the wallet's write transaction, one durable commit per order, and restores the books from
+    the ledger's open orders (``reset_in_tx``, then each submitted again) whenever that transaction does not
+    commit.
+
     ``events_after`` serves a log of at most ``log_limit`` events (``[engines.memory] log_limit``); older
     events, and those ``compact`` was told the core applied, are dropped.
     """
 
     durable = False
+    in_tx = True
 
     @staticmethod
     def validate_config(config: dict) -> None:
@@ -43,11 +49,44 @@ class MemoryEngine:
         self._log_limit = limit
         self._trim_above = limit + (limit >> 2) + 16   # trim in chunks: del log[:n] amortised over many events
         self._closed = False
+        self._markets: list[str] = []
         self._submit = self._matcher.submit   # bound once: submit is the hot path
 
     async def start(self, markets: Sequence[MarketSpec]) -> None:
         for spec in markets:
             self._matcher.add_market(spec.symbol)
+            self._markets.append(spec.symbol)
+
+    # --- in the wallet's write transaction (on its writer thread; the core holds the engine's lock) ---------
+
+    def reset_in_tx(self, tx: object) -> int:
+        """Empty books, no order id remembered (the core re-submits the ledger's open orders next); the
+        sequence goes on from where it was."""
+        if self._closed:
+            raise EngineError("memory engine is closed")
+        matcher = Matcher(last_seq=self._matcher.last_seq)
+        for symbol in self._markets:
+            matcher.add_market(symbol)
+        self._matcher = matcher
+        self._submit = matcher.submit
+        self._log.clear()
+        self._log_floor = matcher.last_seq
+        return matcher.last_seq
+
+    def submit_in_tx(self, tx: object, order: EngineOrder) -> list[Event]:
+        if self._closed:
+            raise EngineError("memory engine is closed")
+        events = self._submit(order)
+        self._record(events)
+        return events
+
+    def cancel_in_tx(self, tx: object, market: str, order_id: str) -> list[Event]:
+        if self._closed:
+            raise EngineError("memory engine is closed")
+        events = self._matcher.cancel(market, order_id)
+        if events:
+            self._record(events)
+        return events
 
     async def submit(self, order: EngineOrder) -> list[Event]:
         if self._closed:

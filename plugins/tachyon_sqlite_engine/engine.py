@@ -3,11 +3,21 @@
 Matching happens in memory (``tachyond.matching``); the events of concurrent submits are committed together
 (group commit: whoever finds no write in progress writes everything pending, in a worker thread, while the
 others wait for it). A write failure stops the engine: a new instance rebuilds from the file.
+
+With ``in_wallet = true`` the log is a table of the wallet file instead (``engine_sqlite_events``, rows sealed
+with the wallet's data key), written inside the wallet's own write transaction (``submit_in_tx``): the core
+records, matches and settles an order in one commit. Its books are then, by construction, the ledger's open
+orders, which the core submits again at start (``reset_in_tx``). An ``engine-sqlite.db`` left by the file
+mode is read once (the core replays what it logged after the ledger's applied seq), then renamed
+``engine-sqlite.db.migrated`` and never read again.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -20,6 +30,10 @@ from .store import BatchItem, EventStore
 DB_NAME = "engine-sqlite.db"
 DEFAULT_SNAPSHOT_EVERY = 10_000
 DEFAULT_RETAIN_EVENTS = 10_000
+TX_TABLE = "engine_sqlite_events"   # the log in the wallet file (in_wallet mode): id = the event's seq
+TX_SCHEMA = [f"CREATE TABLE IF NOT EXISTS {TX_TABLE} (id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL,"
+             " body BLOB NOT NULL)"]
+MIGRATED_SUFFIX = ".migrated"
 
 
 def _positive_int(config: dict, key: str, default: int, minimum: int) -> int:
@@ -34,7 +48,7 @@ class SqliteEngine:
     ``retain_events`` applied events kept in the log below the snapshot for ``events_after``."""
 
     durable = True
-    CONFIG_KEYS = ("snapshot_every", "retain_events")
+    CONFIG_KEYS = ("snapshot_every", "retain_events", "in_wallet")
 
     @staticmethod
     def validate_config(config: dict) -> None:
@@ -44,12 +58,28 @@ class SqliteEngine:
                 raise EngineError(f"engines.sqlite.{key}: unknown key (known: {', '.join(SqliteEngine.CONFIG_KEYS)})")
         _positive_int(config, "snapshot_every", DEFAULT_SNAPSHOT_EVERY, 1)
         _positive_int(config, "retain_events", DEFAULT_RETAIN_EVENTS, 0)
+        if type(config.get("in_wallet", False)) is not bool:
+            raise EngineError("engines.sqlite.in_wallet must be true or false")
+
+    @staticmethod
+    def tx_tables(config: dict) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+        """The wallet tables of the in_wallet mode (none otherwise) and their sealed columns, for the core to
+        register before the wallet starts (schema, and the data-key rotation)."""
+        if config.get("in_wallet") is True:
+            return TX_SCHEMA, {TX_TABLE: ("body",)}
+        return [], {}
 
     def __init__(self, ctx: EngineContext):
         if ctx.cipher is None:
             raise EngineError("the sqlite engine encrypts what it stores: it needs the wallet's cipher")
         self.name = ctx.name
-        self._store = EventStore(ctx.data_dir / DB_NAME, ctx.cipher)
+        self.in_tx = ctx.config.get("in_wallet") is True
+        self._path: Path = ctx.data_dir / DB_NAME
+        self._markets: list[str] = []
+        self._tx_ready = False            # in_wallet: reset_in_tx ran (the legacy file, if any, is put away)
+        self._store = EventStore(self._path, ctx.cipher)
+        self._store_open = False          # the file (file mode, or the file mode's log before in_wallet took over)
+        self._trimmed_at = 0              # in_wallet: the seq at which the table's log was last trimmed
         self._snapshot_every = _positive_int(ctx.config, "snapshot_every", DEFAULT_SNAPSHOT_EVERY, 1)
         self._retain_events = _positive_int(ctx.config, "retain_events", DEFAULT_RETAIN_EVENTS, 0)
         self._matcher: Matcher | None = None
@@ -73,15 +103,94 @@ class SqliteEngine:
     # --- protocol -----------------------------------------------------------------------------------------
 
     async def start(self, markets: Sequence[MarketSpec]) -> None:
+        self._markets += [spec.symbol for spec in markets]
+        if self.in_tx and self._matcher is None and not self._path.exists():
+            self._matcher = Matcher()   # nothing to read: the core re-seeds the books from the ledger
+            self._store.forget_keys()   # and nothing to seal here: the wallet's transaction does
+            for spec in markets:
+                self._matcher.add_market(spec.symbol)
+            return
         if self._matcher is None:
             async with self._db_lock:
                 loaded = await trio.to_thread.run_sync(self._store.load)
+            self._store_open = True
             self._matcher = loaded.matcher
             self._durable_seq = loaded.matcher.last_seq
             self._snapshot_seq = loaded.snapshot_seq
             self._log_floor = loaded.log_floor
         for spec in markets:
             self._matcher.add_market(spec.symbol)
+
+    # --- in_wallet mode: inside the wallet's write transaction, on its writer thread (core holds our lock) ----
+
+    def reset_in_tx(self, tx: Any) -> int:
+        """Empty books (the core submits the ledger's open orders next); the sequence goes on after the highest
+        of the wallet table's log, the old file's log and this instance's own count. The file mode's log,
+        replayed by the core before this call, is closed and renamed ``engine-sqlite.db.migrated``."""
+        self._require_in_tx()
+        if self._store_open:
+            self._store.close()
+            self._store_open = False
+            self._store.forget_keys()
+            for suffix in ("", "-wal", "-shm"):
+                old = Path(f"{self._path}{suffix}")
+                if old.exists():
+                    old.rename(f"{self._path}{MIGRATED_SUFFIX}{suffix}")
+            Path(f"{self._path}.lock").unlink(missing_ok=True)
+        stored = tx.conn.execute(f"SELECT max(id) FROM {TX_TABLE}").fetchone()[0] or 0
+        matcher = Matcher(last_seq=max(stored, self._matcher.last_seq if self._matcher is not None else 0))
+        for symbol in self._markets:
+            matcher.add_market(symbol)
+        self._matcher = matcher
+        self._durable_seq = matcher.last_seq
+        self._tx_ready = True
+        return matcher.last_seq
+
+    def submit_in_tx(self, tx: Any, order: EngineOrder) -> list[Event]:
+        matcher = self._tx_matcher()
+        events = matcher.submit(order)
+        last = events[-1]
+        rest = [order.owner, order.side, order.price_ticks, order.post_only] if last.kind == "rested" else None
+        self._log_in_tx(tx, events, rest)
+        return events
+
+    def cancel_in_tx(self, tx: Any, market: str, order_id: str) -> list[Event]:
+        events = self._tx_matcher().cancel(market, order_id)
+        if events:
+            self._log_in_tx(tx, events, None)
+        return events
+
+    def _require_in_tx(self) -> None:
+        if not self.in_tx:
+            raise EngineError("the sqlite engine keeps its own file: in_wallet is not set")
+        if self._closed:
+            raise EngineError("the sqlite engine is closed")
+
+    def _tx_matcher(self) -> Matcher:
+        self._require_in_tx()
+        if not self._tx_ready or self._matcher is None:
+            raise EngineError("the sqlite engine's books are not loaded from the wallet yet (reset_in_tx)")
+        return self._matcher
+
+    def _log_in_tx(self, tx: Any, events: list[Event], rest: list[Any] | None) -> None:
+        """The events into the wallet table, sealed with the wallet's data key (same transaction as the ledger)."""
+        ts_ms = time.time_ns() // 1_000_000
+        last = len(events) - 1
+        rows = []
+        for i, ev in enumerate(events):
+            row: list[Any] = [ev.market, ev.kind, ev.order_id, ev.qty_lots, ev.price_ticks, ev.maker_order_id,
+                              ev.taker_side, ev.reason]
+            if rest is not None and i == last:
+                row.append(rest)
+            rows.append((ev.seq, ts_ms, tx.seal_json(TX_TABLE, "body", ev.seq, row)))
+        tx.conn.executemany(f"INSERT INTO {TX_TABLE} (id, ts_ms, body) VALUES (?, ?, ?)", rows)
+        seq = events[-1].seq
+        if seq - self._trimmed_at >= self._snapshot_every:   # keep the newest retain_events (and the last row)
+            tx.conn.execute(f"DELETE FROM {TX_TABLE} WHERE id <= ?", (min(seq - 1, seq - self._retain_events),))
+            self._trimmed_at = seq
+        self._durable_seq = seq
+
+    # --- the file mode ---------------------------------------------------------------------------------------
 
     async def submit(self, order: EngineOrder) -> list[Event]:
         matcher = self._ready()
@@ -108,6 +217,9 @@ class SqliteEngine:
 
     async def events_after(self, seq: int, limit: int = 1000) -> list[Event]:
         self._ready()
+        if self._tx_ready:
+            raise EngineError("the sqlite engine keeps its log in the wallet (in_wallet): events are settled in the "
+                              "transaction that makes them, so there is nothing to replay from the engine")
         if limit <= 0:
             return []
         async with self._db_lock:
@@ -129,7 +241,7 @@ class SqliteEngine:
         """
         matcher = self._ready(locked_ok=True)
         self._applied_seq = max(self._applied_seq, min(applied_seq, self._durable_seq))
-        if self._locked:
+        if self._locked or not self._store_open:   # in_wallet: the log is trimmed as it is written
             return  # a snapshot needs the cipher: the next compact() after the unlock catches up
         snapshot_due = matcher.last_seq - self._snapshot_seq >= self._snapshot_every
         if snapshot_due or self._cutoff(self._snapshot_seq) is not None:
@@ -140,6 +252,9 @@ class SqliteEngine:
         if self._locked or self._closed:
             return
         self._locked = True  # from here _ready() refuses; compaction waits for the unlock
+        if not self._store_open:
+            self._store.forget_keys()  # in_wallet: no key in use (the wallet's transaction seals); drop the copy
+            return
         with trio.CancelScope(shield=True):
             # What was matched or requested before the lock is written with the key it was made under.
             await self._write_until(lambda: not self._writing and not self._pending
@@ -150,6 +265,8 @@ class SqliteEngine:
     async def rekey(self, cipher: Cipher, previous: Cipher) -> None:
         """The wallet's data key was rotated: re-encrypt the file from ``previous`` to ``cipher`` (after the
         write in progress); works while locked (the engine stays locked)."""
+        if not self._store_open:
+            return  # in_wallet: the wallet's rotation re-seals the table (declared by tx_tables)
         with trio.CancelScope(shield=True):
             await self._write_until(lambda: not self._writing and not self._pending
                                     and self._compact_done >= self._compact_requested)
@@ -160,6 +277,9 @@ class SqliteEngine:
         """The wallet was unlocked: take its cipher again (reopens the MAC key from the file)."""
         if not self._locked or self._closed:
             return
+        if not self._store_open:
+            self._locked = False
+            return
         async with self._db_lock:
             await trio.to_thread.run_sync(self._store.set_cipher, cipher)
         self._locked = False
@@ -167,6 +287,9 @@ class SqliteEngine:
     async def aclose(self) -> None:
         """Commit what is pending, write a snapshot so the next start replays little, close the file."""
         if self._closed:
+            return
+        if not self._store_open:
+            self._closed = True
             return
         try:
             if (self._matcher is not None and self._failure is None and not self._locked
@@ -188,6 +311,8 @@ class SqliteEngine:
             raise WalletLocked()
         if self._closed or self._matcher is None:
             raise EngineError("the sqlite engine is not running (start() it first; it was not closed?)")
+        if self._tx_ready and not locked_ok:
+            raise EngineError("the sqlite engine matches in the wallet's transaction (in_wallet): submit_in_tx")
         return self._matcher
 
     def _cutoff(self, snapshot_seq: int) -> int | None:

@@ -17,7 +17,7 @@ from typing import Any
 import trio
 from prometheus_client import Counter, Gauge
 
-from ..engine import DONE_CANCELED, EngineContext, EngineOrder, EngineUnavailable, Event, MarketSpec
+from ..engine import DONE_CANCELED, EngineContext, EngineOrder, EngineUnavailable, Event, MarketSpec, is_transactional
 from ..errors import (
     Conflict,
     EngineError,
@@ -35,6 +35,7 @@ from ..rpc.dispatch import detach_call_context
 from .batch import Request as _Request
 from .batch import take_batch as _take_batch
 from .checks import check_events
+from .fused import EngineEventRefused, cancel_op, place_orders_op, reseed_op
 from .market import Market
 from .store import (
     DEX_SCHEMA,
@@ -58,7 +59,9 @@ from .watch import WATCH_BUFFER, Watcher
 log = logging.getLogger("tachyond.dex")
 
 # test-only: "after_match" exits right after a submit, before settlement; "after_record" right after the orders
-# are recorded and locked, before any is submitted
+# are recorded and locked, before any is submitted. For an engine matching in the wallet's transaction (one
+# commit records, matches and settles) both exit right after that commit, before the answers go out; there,
+# "fail_in_tx:<client_order_id>" makes the operation of a batch holding that order fail after matching.
 FAULT_ENV = "TACHYON_TEST_FAULT"
 DEFAULT_DEPTH = 20
 MAX_TRADES_LIMIT = 1000
@@ -109,6 +112,8 @@ class DexService:
         self._followers: set[str] = set()
         self._acked: dict[str, int] = {}          # engine -> the applied seq it was last told (compact)
         self._shared: set[str] = set()            # engines with a feed to follow (or offline before opening)
+        self._in_tx: set[str] = set()             # engines matching inside the wallet's write transaction
+        self._reseed_due: set[str] = set()        # in-tx engines whose last transaction did not commit
         r = daemon.metrics.registry
         self.metric_halted = Gauge("tachyon_dex_market_halted", "1 while a market's settlement is halted",
                                    ["market"], registry=r)
@@ -117,9 +122,23 @@ class DexService:
                                       ["engine"], registry=r)
         self.metric_offline = Gauge("tachyon_dex_engine_offline", "1 while a shared engine is unreachable",
                                     ["engine"], registry=r)
+        # How many commits an order costs is the DEX's business (one for an in-tx engine, two otherwise): the
+        # wallet's count of committed write transactions (group commits, one fsync each) since start.
+        self.metric_commits = Gauge("tachyon_dex_wallet_commits", "Wallet write transactions committed since "
+                                    "start (each a group commit with one fsync)", registry=r)
+        self.metric_commits.set_function(lambda: self.wallet.stats["transactions"])
         daemon.wallet.add_schema("dex", DEX_SCHEMA)
         daemon.wallet.add_rekey("dex_orders", sealed=("value",), lookups=("oid_hash", "coid_hash"))
         daemon.wallet.add_rekey("dex_trades", sealed=("value",))
+        for name in self.engine_names:  # tables an in-tx engine keeps in the wallet file (TransactionalEngine)
+            factory = daemon.engine_factories.get(name, (None, None))[1]
+            tx_tables = getattr(factory, "tx_tables", None)
+            if tx_tables is not None:
+                schema, sealed = tx_tables(dict(daemon.config.engines.get(name, {})))
+                if schema:
+                    daemon.wallet.add_schema(f"engine:{name}", list(schema))
+                for table, columns in sealed.items():
+                    daemon.wallet.add_rekey(table, sealed=tuple(columns))
         daemon.wallet.add_rotate_listener(self.on_rotated)
 
     # ----- lifecycle -----
@@ -276,7 +295,15 @@ class DexService:
                     raise
         async with self._engine_locks[name]:
             self.engines[name] = engine
-            await self._recover(name, engine)
+            if is_transactional(engine):
+                self._in_tx.add(name)
+                if engine.durable and await engine.last_seq() > 0:
+                    await self._recover(name, engine)   # a store of its own from before: replay it first
+                self._reseed_due.add(name)
+                await self._reseed(name, engine)
+            else:
+                self._in_tx.discard(name)
+                await self._recover(name, engine)
         log.info("engine %s ready (%d open orders)", name, len(self._open))
         if hasattr(engine, "follow"):
             self._start_follower(name)
@@ -358,6 +385,33 @@ class DexService:
                 self._no_progress(name, applied_seq)
                 return
             applied_seq = self._applied[name]
+
+    async def _reseed(self, name: str, engine: Any) -> None:
+        """An in-tx engine's books back to the ledger's committed open orders (caller holds the engine's lock):
+        at start, and after a transaction that matched on it did not commit. Until it succeeds, every order
+        and cancel of the engine tries it first."""
+        if name not in self._reseed_due:
+            return
+        orders = sorted((o for o in self._open.values() if self.markets[o["market"]].engine == name),
+                        key=lambda o: o["rowid"])
+        engine_orders = [self._engine_order(o) for o in orders]
+        try:
+            base, applied, events, result = await self.wallet.write(
+                reseed_op, engine, name, self._base_seq[name], self._applied[name], engine_orders, self._open,
+                self.markets)
+        except EngineEventRefused as exc:
+            self._refused(name, exc)
+            raise EngineError(f"settlement of engine {name} is halted: {self.halts[name]}") from None
+        self._reseed_due.discard(name)
+        self._base_seq[name] = base
+        self._after_settle(name, events, result, store_seq=False)
+        self._applied[name] = applied
+        log.info("engine %s: books re-seeded from the ledger's %d open orders (seq %d)", name, len(orders), applied)
+
+    def _refused(self, name: str, exc: EngineEventRefused) -> None:
+        """An in-tx engine's event did not fit: its operation rolled back; stop the engine (as for any engine)."""
+        self.metric_invalid.labels(name).inc()
+        self._halt(name, exc.message)
 
     def _no_progress(self, name: str, after: int) -> None:
         self.metric_invalid.labels(name).inc()
@@ -551,7 +605,14 @@ class DexService:
             self.failures[engine_name] = f"settlement failed ({type(exc).__name__}: {exc}); restart the daemon"
             log.exception("settlement of %s events failed", engine_name)
             raise EngineError(self.failures[engine_name]) from exc
+        self._after_settle(engine_name, events, result, store_seq)
         if store_seq:
+            await self._acknowledge(engine_name, ACK_EVERY if engine_name in self._shared else 1)
+        return result
+
+    def _after_settle(self, engine_name: str, events: list[Event], result: dict, store_seq: bool) -> None:
+        """What follows a committed settlement: the applied seq, the open orders, metrics, hooks, watchers."""
+        if store_seq and events:
             self._applied[engine_name] = events[-1].seq
         for order in result["orders"].values():
             self._remember(order)
@@ -565,9 +626,6 @@ class DexService:
             self.daemon.plugins.notify("order_filled", trade=public)
             if self.watchers:
                 self._publish(public)
-        if store_seq:
-            await self._acknowledge(engine_name, ACK_EVERY if engine_name in self._shared else 1)
-        return result
 
     async def _acknowledge(self, engine_name: str, every: int) -> None:
         """Tell the engine what is applied (``compact``): a shared engine every ``every`` seqs and when idle."""
@@ -779,6 +837,9 @@ class DexService:
             return
         items = [(r.order, *m.hold(r.order["side"], r.order["price_ticks"], r.order["qty_lots"],
                                    r.order["post_only"])) for r in batch]
+        if m.engine in self._in_tx:
+            await self._run_batch_in_tx(m, batch, items)
+            return
         outcomes = await self.wallet.write(record_orders_op, items)
         if os.environ.get(FAULT_ENV) == "after_record":
             os._exit(1)  # test-only fault hook: recorded and locked, not submitted
@@ -821,6 +882,59 @@ class DexService:
         done = trio.Event()
         settling.append(done)
         nursery.start_soon(self._settle_batch, m, accepted, events, slot, done)
+
+    async def _run_batch_in_tx(self, m: Market, batch: list[_Request], items: list) -> None:
+        """One writer operation records, matches and settles the batch (an in-tx engine); answers after its commit.
+
+        If the operation or its commit fails, nothing of the batch was kept, but the engine matched: its books
+        are re-seeded from the ledger's committed open orders before it serves again, and the callers get
+        the write's error.
+        """
+        name = m.engine
+        engine_orders = [self._engine_order(r.order) for r in batch]
+        fault = os.environ.get(FAULT_ENV)
+        fail_coid = fault.removeprefix("fail_in_tx:") if fault and fault.startswith("fail_in_tx:") else None
+        async with self._engine_locks[name]:
+            engine = self._ready(m)
+            await self._reseed(name, engine)
+            try:
+                outcomes, events, result = await self.wallet.write(
+                    place_orders_op, engine, name, self._base_seq[name], items, engine_orders, self._open,
+                    self.markets, fail_coid)
+            except EngineEventRefused as exc:
+                self._refused(name, exc)
+                self._reseed_due.add(name)
+                raise EngineError(f"{exc.message}; settlement of engine {name} is halted (nothing was recorded "
+                                  "or locked)") from None
+            except BaseException:
+                self._reseed_due.add(name)
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self._reseed(name, engine)
+                    except Exception:   # still failing (disk full): the next order or cancel tries again
+                        log.exception("engine %s: re-seeding its books after a failed write failed", name)
+                raise
+            if fault in ("after_record", "after_match"):
+                os._exit(1)  # test-only fault hook: committed (recorded, matched, settled), not answered
+            for kind, value in outcomes:
+                if kind == "new":
+                    self._remember(value)
+                    self.metrics.orders_placed.labels(m.symbol).inc()
+            self._after_settle(name, events, result, store_seq=True)
+            await self._acknowledge(name, 1)
+        by_order: dict[str, list[dict]] = {}
+        for t in result["trades"]:
+            by_order.setdefault(t["taker_order_id"], []).append(t)
+            if t["maker_order_id"] != t["taker_order_id"]:
+                by_order.setdefault(t["maker_order_id"], []).append(t)
+        for req, (kind, value) in zip(batch, outcomes, strict=False):
+            if kind == "refused":
+                req.finish(error=value)
+            elif kind == "repeat":
+                req.finish(result=await self._public(value))
+            else:
+                oid = value["id"]
+                req.finish(result=order_public(result["orders"].get(oid, value), by_order.get(oid, []), m))
 
     async def _settle_batch(self, m: Market, accepted: list[_Request], events: list[Event],
                             slot: tuple[trio.Event, trio.Event], done: trio.Event) -> None:
@@ -902,9 +1016,16 @@ class DexService:
         events.sort(key=lambda ev: ev.seq if type(ev.seq) is int else -1)
         return events, failed
 
+    async def _depth(self, engine: Any, m: Market, levels: int) -> Any:
+        """The engine's depth; for an in-tx engine under its lock (its books change on the writer thread)."""
+        if m.engine not in self._in_tx:
+            return await engine.depth(m.symbol, levels)
+        async with self._engine_locks[m.engine]:
+            return await engine.depth(m.symbol, levels)
+
     async def _check_book(self, engine: Any, m: Market, order: dict) -> None:
         """A market order's protection price and min notional, or a post-only order's no-take check."""
-        depth = await engine.depth(m.symbol, 1)
+        depth = await self._depth(engine, m, 1)
         side = order["side"]
         if order["type"] == "market":
             best = depth.asks if side == "buy" else depth.bids
@@ -970,6 +1091,10 @@ class DexService:
             if order_id not in self._open:
                 await self._raise_not_open(order_id)
             with trio.CancelScope(shield=True):
+                if m.engine in self._in_tx:
+                    current = self._open[order_id]
+                    await self._cancel_in_tx(m, order_id, current["qty_lots"] - current["filled_lots"])
+                    return await self._canceled(order_id, m)
                 async with self._engine_locks[m.engine]:
                     engine = self._ready(m)
                     try:
@@ -991,10 +1116,36 @@ class DexService:
                     left = order["qty_lots"] - order["filled_lots"]  # type: ignore[index]  # None answered NotFound above
                     done = Event(0, m.symbol, "done", order_id, left, reason=DONE_CANCELED)
                     await self._settle_in_order(m.engine, [done], slot, store_seq=False)
+        return await self._canceled(order_id, m)
+
+    async def _canceled(self, order_id: str, m: Market) -> dict:
         public = await self._public({"id": order_id, "market": m.symbol})
         if public["status"] != "canceled":
             raise OrderNotOpen(f"order {order_id} is {public['status']}, not open")
         return public
+
+    async def _cancel_in_tx(self, m: Market, order_id: str, left_lots: int) -> None:
+        """Cancel on an in-tx engine and release the hold in one writer operation (engine lock held)."""
+        name = m.engine
+        async with self._engine_locks[name]:
+            engine = self._ready(m)
+            await self._reseed(name, engine)
+            try:
+                events, result = await self.wallet.write(cancel_op, engine, name, self._base_seq[name], m.symbol,
+                                                         order_id, left_lots, self._open, self.markets)
+            except EngineEventRefused as exc:
+                self._refused(name, exc)
+                self._reseed_due.add(name)
+                raise EngineError(f"{exc.message}; settlement of engine {name} is halted") from None
+            except BaseException:
+                self._reseed_due.add(name)
+                try:
+                    await self._reseed(name, engine)
+                except Exception:
+                    log.exception("engine %s: re-seeding its books after a failed write failed", name)
+                raise
+            self._after_settle(name, events, result, store_seq=bool(events))
+            await self._acknowledge(name, 1)
 
     async def _raise_not_open(self, order_id: str) -> None:
         stored = await self.wallet.read(order_read, order_id)
@@ -1014,7 +1165,7 @@ class DexService:
     async def order_book(self, market: str, depth: int = DEFAULT_DEPTH) -> dict:
         m = self.market(market)
         engine = await self._ensure_open(m)
-        d = await engine.depth(m.symbol, depth)
+        d = await self._depth(engine, m, depth)
         return {"market": m.symbol, "seq": self._base_seq.get(m.engine, 0) + d.seq,
                 "bids": [[m.fmt_price(p), m.fmt_qty(q)] for p, q in d.bids],
                 "asks": [[m.fmt_price(p), m.fmt_qty(q)] for p, q in d.asks]}
