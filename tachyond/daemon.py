@@ -259,7 +259,8 @@ class Daemon:
         self.wallet.add_lock_listener(self.on_locked)
         self.ledger = Ledger(self.wallet, self.config.token_map())
         # Each service registers its wallet schema in its constructor; register_methods adds their RPC methods.
-        self.dex = DexService(self)  # always: with no [[markets]], dex.markets is [] and orders name an unknown market
+        # Always present: with no [[markets]], dex.markets is [] and orders name an unknown market.
+        self.dex = DexService(self.wallet, self.metrics, lambda: self.config, self.plugins, self.engine_factories)
         # Always present: with no [onramp.*] table, onramp.* answers "not configured" rather than "method not found".
         self.onramp = OnrampService(self.wallet, self.ledger, lambda: self.config, self.metrics, self.plugins,
                                     self.provider_factories, self.address_validators, lambda: self.http_binds)
