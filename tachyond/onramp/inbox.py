@@ -22,6 +22,7 @@ from ..amounts import Token, to_minor
 from ..errors import AmountError, OnrampError, ShuttingDown, TachyonError, WalletAbsent, WalletLocked
 from ..providers import SessionInfo, WebhookRejected
 from ..runtime.metrics import Metrics
+from ..wallet.crypto import WindowSealer
 from ..wallet.wallet import Wallet
 from . import store
 
@@ -104,6 +105,9 @@ class Inbox:
         self._wake = trio.Event()
         self._failures: dict[int, tuple[int, float]] = {}  # inbox id -> (consecutive failures, retry at, monotonic)
         self._next_prune = -math.inf   # trio clock: when _prune_inbox may run again
+        # Seals events to the wallet's public key with one ephemeral key per short window (crypto.WindowSealer);
+        # the worker drops the window's secret when it ends.
+        self.sealer = WindowSealer()
 
     def wake(self) -> None:
         """Have the worker look at the inbox now (an event was queued, or the wallet was unlocked)."""
@@ -165,7 +169,10 @@ class Inbox:
         received_at = time.time()
         payload = {"provider": provider_name, "event_id": event_id, "session_id": session_id, "status": status,
                    "received_at": received_at, **extra}
-        sealed = self.wallet.seal_to_wallet(jsonx.dumps(payload))
+        public_hex = self.wallet.public_key   # read now: a rotation swaps it (no checkpoint before the write)
+        if public_hex is None:
+            raise WalletAbsent()
+        sealed = self.sealer.seal(bytes.fromhex(public_hex), jsonx.dumps(payload))
         fresh = await self.wallet.write(store.enqueue_op, keys, sealed, received_at, confirmed)
         if fresh:
             self.metrics.webhook_enqueued.labels(provider_name).inc()
@@ -188,8 +195,10 @@ class Inbox:
                 # The daemon is stopping and the wallet closes: its reads fail before our cancellation (asked
                 # for by aclose) reaches a checkpoint. Nothing is lost: unprocessed events stay in the inbox.
                 return
-            with trio.move_on_after(wait_s):
+            # Wake when the sealing window ends too, to drop its secret (a quiet inbox keeps none).
+            with trio.move_on_after(min(wait_s, self.sealer.expire())):
                 await self._wake.wait()
+            self.sealer.expire()
 
     async def process_inbox(self) -> float:
         """Confirm every due inbox event (the wallet must be unlocked); seconds until the next retry is due."""
