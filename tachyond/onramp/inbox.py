@@ -106,8 +106,9 @@ class Inbox:
         self._failures: dict[int, tuple[int, float]] = {}  # inbox id -> (consecutive failures, retry at, monotonic)
         self._next_prune = -math.inf   # trio clock: when _prune_inbox may run again
         # Seals events to the wallet's public key with one ephemeral key per short window (crypto.WindowSealer);
-        # the worker drops the window's secret when it ends.
+        # run() drops the window's secret when it ends.
         self.sealer = WindowSealer()
+        self._window_opened = trio.Event()
 
     def wake(self) -> None:
         """Have the worker look at the inbox now (an event was queued, or the wallet was unlocked)."""
@@ -173,6 +174,7 @@ class Inbox:
         if public_hex is None:
             raise WalletAbsent()
         sealed = self.sealer.seal(bytes.fromhex(public_hex), jsonx.dumps(payload))
+        self._window_opened.set()   # _drop_sealing_windows times the window from here
         fresh = await self.wallet.write(store.enqueue_op, keys, sealed, received_at, confirmed)
         if fresh:
             self.metrics.webhook_enqueued.labels(provider_name).inc()
@@ -182,7 +184,25 @@ class Inbox:
     # ----- the worker -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """The worker: process the inbox whenever woken or a retry is due, until cancelled."""
+        """The worker: process the inbox whenever woken or a retry is due, until cancelled; beside it, drop
+        each sealing window's secret when the window ends."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._drop_sealing_windows)
+            await self._work()
+            nursery.cancel_scope.cancel()
+
+    async def _drop_sealing_windows(self) -> None:
+        """Forget the sealer's window secret as soon as its window ends (a quiet inbox keeps none), whatever
+        the worker is busy with."""
+        while True:
+            left = self.sealer.expire()
+            if left == math.inf:
+                self._window_opened = trio.Event()
+                await self._window_opened.wait()
+            else:
+                await trio.sleep(left)
+
+    async def _work(self) -> None:
         try:
             self.pending_count = await self.wallet.read(store.count_pending_sync)
         except TachyonError:
@@ -195,10 +215,8 @@ class Inbox:
                 # The daemon is stopping and the wallet closes: its reads fail before our cancellation (asked
                 # for by aclose) reaches a checkpoint. Nothing is lost: unprocessed events stay in the inbox.
                 return
-            # Wake when the sealing window ends too, to drop its secret (a quiet inbox keeps none).
-            with trio.move_on_after(min(wait_s, self.sealer.expire())):
+            with trio.move_on_after(wait_s):
                 await self._wake.wait()
-            self.sealer.expire()
 
     async def process_inbox(self) -> float:
         """Confirm every due inbox event (the wallet must be unlocked); seconds until the next retry is due."""
