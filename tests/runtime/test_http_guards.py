@@ -32,7 +32,7 @@ async def test_a_response_the_peer_does_not_read_is_cut_and_a_read_one_is_not(tm
         assert cfg is not None
         limits = ConnectionLimits("public", cfg, Metrics(), [])
         registry: dict = {}
-        stalled, _silent_peer = guarded_pair(limits, registry, "stalled")
+        stalled, silent_peer = guarded_pair(limits, registry, "stalled")
         served, reading_peer = guarded_pair(limits, registry, "served")
         assert limits.open_total == 2
         response = b"HTTP/1.1 200 OK\r\ncontent-length: 4000000\r\n\r\n" + b"x" * 4_000_000
@@ -51,6 +51,6 @@ async def test_a_response_the_peer_does_not_read_is_cut_and_a_read_one_is_not(tm
             nursery.cancel_scope.cancel()
         assert bytes(got) == response
         assert served.send_by == stalled.send_by == float("inf")   # nothing left for the watch
-        await stalled.aclose()
-        await served.aclose()
+        for stream in (stalled, served, silent_peer, reading_peer):
+            await stream.aclose()
         assert limits.open_total == 0 and registry == {}
