@@ -9,6 +9,11 @@ an unknown provider's 404 (answered before the body is read, so the connection c
 opens a new one: a connection-setup figure, not keep-alive; bench_ceiling.py has the keep-alive ceiling);
 and events/s through OnrampService.receive_webhook in process (no HTTP), to show where time goes.
 Usage: python bench/bench_webhooks.py [--events N] [--connections C] [--quick]
+       python bench/bench_webhooks.py --interleave OTHER_TREE [--rounds R] [--events N]
+  (--interleave: a bare hypercorn trio worker, a daemon running OTHER_TREE's code (say a `git archive` of an
+  older commit) and one running this tree's, driven in turn by bench/loadgen.c round after round, so that
+  both ratios see the same machine load; prints each round and the medians, with the CPU each server used
+  per request from /proc)
 """
 
 from __future__ import annotations
@@ -180,8 +185,13 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=10000)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--quick", action="store_true", help="2,000 events")
+    ap.add_argument("--interleave", metavar="OTHER_TREE", help="compare with OTHER_TREE's code, round by round")
+    ap.add_argument("--rounds", type=int, default=8)
     args = ap.parse_args()
     events = 2000 if args.quick else args.events
+    if args.interleave:
+        interleaved(Path(args.interleave).resolve(), args.rounds, min(events, 4000), args.connections)
+        return
     with tempfile.TemporaryDirectory(prefix="tyb-secrets-") as secrets_dir:
         (Path(secrets_dir) / "sk").write_text("sk_test_bench_0123456789")
         (Path(secrets_dir) / "whsec").write_text(WHSEC)
@@ -280,6 +290,79 @@ def wrk_run(d: Daemon, host: str, port: str, base: str, wallet_id: str, connecti
           "p99_ms": round(float(p99.group(1)) * scale[p99.group(2)], 3) if p99 else None,
           "non_2xx": int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0,
           "target_per_s": TARGET_PER_S, "meets_target": enqueued / seconds >= TARGET_PER_S, "wallet": "locked"})
+
+
+def interleaved(other: Path, rounds: int, events: int, connections: int) -> None:
+    """The ratio to the bare hypercorn trio worker for OTHER_TREE's daemon and this tree's, measured in turn."""
+    import statistics
+    import subprocess
+
+    import bench_ceiling
+
+    here = Path(__file__).resolve().parent.parent
+
+    def cpu_s(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    with tempfile.TemporaryDirectory(prefix="tyb-secrets-") as secrets_dir:
+        (Path(secrets_dir) / "sk").write_text("sk_test_bench_0123456789")
+        (Path(secrets_dir) / "whsec").write_text(WHSEC)
+        doc = {"tokens": [{"symbol": "USDC", "decimals": 6, "networks": ["ethereum"]}],
+               "http": {"listen": ["127.0.0.1:0"], "rate_limit_per_s": 1_000_000},
+               "onramp": {"stripe": stripe_table(secrets_dir)}}
+        port = bench_ceiling.free_port()
+        bare = subprocess.Popen([sys.executable, "-c", bench_ceiling.ASGI_SERVER, "trio", str(port)],
+                                stderr=subprocess.DEVNULL)
+        daemons: dict[str, Daemon] = {}
+        cwd = os.getcwd()
+        try:
+            bench_ceiling.wait_for(lambda: bench_ceiling.port_open(port), "hypercorn (trio)")
+            for name, tree in (("other", other), ("this", here)):
+                # python -m puts the working directory first on sys.path: start each daemon in its tree
+                os.environ["PYTHONPATH"] = f"{tree}:{tree / 'plugins'}"
+                os.chdir(tree)
+                try:
+                    daemons[name] = Daemon(doc).__enter__()
+                finally:
+                    os.environ.pop("PYTHONPATH", None)
+                    os.chdir(cwd)
+            targets = {"bare": ("127.0.0.1", port, "tw_bench", bare.pid)}
+            for name, d in daemons.items():
+                wallet_id = d.call("wallet.create", {"password": "bench-password"})["public_id"]
+                d.call("wallet.lock")
+                host, p = d.call("daemon.info")["http"][0].removeprefix("http://").rsplit(":", 1)
+                targets[name] = (host, int(p), wallet_id, d.proc.pid)  # type: ignore[union-attr]
+            rows = []
+            for r in range(rounds):
+                row: dict = {}
+                for i, name in enumerate(["bare", "other", "this"][::1 if r % 2 == 0 else -1]):
+                    host, p, wallet_id, pid = targets[name]
+                    reqs = [http_request(f"{host}:{p}", event_body(wallet_id, 10_000_000 * (i + 1) + 100_000 * r + n))
+                            for n in range(events)]
+                    before = cpu_s(pid)
+                    res = load_native_http(host, p, connections, reqs)
+                    if res is None:
+                        sys.exit("no C compiler for bench/loadgen.c")
+                    if res["errors"]:
+                        sys.exit(f"{name}: {res['errors']} errors ({res['first_error']})")
+                    row[name] = res["calls_per_s"]
+                    row[f"{name}_p99_ms"] = res["p99_ms"]
+                    row[f"{name}_cpu_us_per_request"] = round((cpu_s(pid) - before) / events * 1e6)
+                row["ratio_other"] = round(row["other"] / row["bare"], 3)
+                row["ratio_this"] = round(row["this"] / row["bare"], 3)
+                row["load_avg_1m"] = round(os.getloadavg()[0], 2)
+                emit({"bench": "webhooks_interleaved_round", "round": r, **row})
+                rows.append(row)
+            emit({"bench": "webhooks_interleaved", "other_tree": str(other), "rounds": rounds, "events": events,
+                  **{f"median_{k}": statistics.median(x[k] for x in rows) for k in (
+                      "ratio_other", "ratio_this", "bare", "other", "this", "bare_cpu_us_per_request",
+                      "other_cpu_us_per_request", "this_cpu_us_per_request")}})
+        finally:
+            for d in daemons.values():
+                d.__exit__(None, None, None)
+            bare.kill()
+            bare.wait()
 
 
 if __name__ == "__main__":

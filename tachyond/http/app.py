@@ -72,9 +72,11 @@ def make_app(daemon: Any) -> QuartTrio:
         return _json({"status": "ok", "version": daemon.version, "uptime_s": daemon.uptime_s(),
                       "wallet": daemon.wallet_state()}, 200)
 
+    # GET /onramp/{session_id}: the embedded onramp page, on the webhooks' rate limit; given those two, not the daemon
     register_onramp_page(
-        app, daemon, lambda scope: limit_key(client_address(scope, app.config["TACHYON_TRUSTED"]))
-    )  # GET /onramp/{session_id}: the embedded onramp page
+        app, daemon.webhook_limiter, daemon.onramp,
+        lambda scope: limit_key(client_address(scope, app.config["TACHYON_TRUSTED"])),
+    )
 
     @app.route("/metrics", methods=["GET"])
     async def metrics() -> Response:

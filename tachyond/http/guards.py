@@ -108,6 +108,8 @@ class GuardedStream:
         self._reading = True       # False between "body read" and the response's start
         self._pinned = False
         self._closed = False
+        self.send_by = math.inf    # a send in progress must be done by then (watched by watch_sends)
+        self._send_cut = False
         limits.opened(address)
 
     def __getattr__(self, name: str) -> Any:   # socket, transport_stream, do_handshake, selected_alpn_protocol...
@@ -146,14 +148,30 @@ class GuardedStream:
         return data
 
     async def send_all(self, data: Any) -> None:
-        with trio.move_on_after(self.limits.timeout_s):
+        # No cancel scope per send (it cost as much as the send itself): the deadline is a time stamp that
+        # watch_sends checks, and a send past it has its socket closed under it (send_timed_out).
+        self.send_by = trio.current_time() + self.limits.timeout_s
+        try:
             await self.inner.send_all(data)
-            head = bytes(data[:10])
-            if head.startswith(b"HTTP/1.") and head[9:10] != b"1" and not self._pinned:
-                self._reading = True             # the response has started: the request is over
-                self._deadline = math.inf
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            if self._send_cut:
+                raise trio.BrokenResourceError(
+                    "the peer did not read the response within http.request_timeout_s") from None
+            raise
+        finally:
+            self.send_by = math.inf
+        if data[:7] == b"HTTP/1." and data[9:10] != b"1" and not self._pinned:
+            self._reading = True             # the response has started: the request is over
+            self._deadline = math.inf
+
+    def send_timed_out(self) -> None:
+        """The send in progress is past its deadline: close the socket, which ends the send."""
+        if self._send_cut:
             return
-        raise trio.BrokenResourceError("the peer did not read the response within http.request_timeout_s")
+        self._send_cut = True
+        log.debug("http (%s): closed a connection to %s: it did not read the response within %ss",
+                  self.limits.role, self.address, self.limits.timeout_s)
+        getattr(self.inner, "transport_stream", self.inner).socket.close()
 
     async def send_eof(self) -> None:
         await self.inner.send_eof()              # AttributeError on TLS streams: hypercorn expects that
@@ -165,6 +183,18 @@ class GuardedStream:
             if self.registry.get(self.key) is self:
                 del self.registry[self.key]
         await self.inner.aclose()
+
+
+SEND_WATCH_S = 0.5   # how often watch_sends looks: a send is cut at most this late
+
+
+async def watch_sends(registry: dict[tuple, GuardedStream], period_s: float = SEND_WATCH_S) -> None:
+    """Close the connections whose send is past its deadline (``GuardedStream.send_by``), until cancelled."""
+    while True:
+        await trio.sleep(period_s)
+        now = trio.current_time()
+        for stream in [s for s in registry.values() if s.send_by <= now]:
+            stream.send_timed_out()
 
 
 class GuardedListener(trio.abc.Listener[Any]):

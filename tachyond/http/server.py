@@ -14,7 +14,7 @@ from ..config import HttpConfig, parse_listen
 from ..rpc.server import AcceptBackoff
 from .app import make_app
 from .clients import Network
-from .guards import ConnectionLimits, GuardedApp, GuardedListener, GuardedStream
+from .guards import ConnectionLimits, GuardedApp, GuardedListener, GuardedStream, watch_sends
 from .webhooks import WebhookFastPath
 
 log = logging.getLogger("tachyond.http")
@@ -104,6 +104,7 @@ async def serve_guarded(app: Any, cfg: HttpConfig, roles: list[tuple[str, tuple[
                 async with trio.open_nursery(strict_exception_groups=True) as nursery:
                     nursery.start_soon(raise_shutdown, shutdown.wait)
                     nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(watch_sends, registry)   # the send deadline of every connection
                     nursery.start_soon(partial(
                         trio.serve_listeners,
                         partial(TCPServer, wrapped, config, context, ConnectionState(lifespan_state.copy())),

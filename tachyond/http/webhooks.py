@@ -109,4 +109,10 @@ class WebhookFastPath:
             if not msg.get("more_body", False):
                 break
         status, answer = await onramp.receive_webhook(provider, b"".join(chunks), headers, ip)
+        if status == 200 and answer == _RECEIVED:
+            return 200, _RECEIVED_BODY, False     # the common answer, encoded once
         return status, json.dumps(answer).encode(), False
+
+
+_RECEIVED = {"received": True}
+_RECEIVED_BODY = b'{"received": true}'

@@ -22,6 +22,7 @@ from ..amounts import Token, to_minor
 from ..errors import AmountError, OnrampError, ShuttingDown, TachyonError, WalletAbsent, WalletLocked
 from ..providers import SessionInfo, WebhookRejected
 from ..runtime.metrics import Metrics
+from ..wallet.crypto import WindowSealer
 from ..wallet.wallet import Wallet
 from . import store
 
@@ -104,6 +105,10 @@ class Inbox:
         self._wake = trio.Event()
         self._failures: dict[int, tuple[int, float]] = {}  # inbox id -> (consecutive failures, retry at, monotonic)
         self._next_prune = -math.inf   # trio clock: when _prune_inbox may run again
+        # Seals events to the wallet's public key with one ephemeral key per short window (crypto.WindowSealer);
+        # run() drops the window's secret when it ends.
+        self.sealer = WindowSealer()
+        self._window_opened = trio.Event()
 
     def wake(self) -> None:
         """Have the worker look at the inbox now (an event was queued, or the wallet was unlocked)."""
@@ -165,7 +170,11 @@ class Inbox:
         received_at = time.time()
         payload = {"provider": provider_name, "event_id": event_id, "session_id": session_id, "status": status,
                    "received_at": received_at, **extra}
-        sealed = self.wallet.seal_to_wallet(jsonx.dumps(payload))
+        public_hex = self.wallet.public_key   # read now: a rotation swaps it (no checkpoint before the write)
+        if public_hex is None:
+            raise WalletAbsent()
+        sealed = self.sealer.seal(bytes.fromhex(public_hex), jsonx.dumps(payload))
+        self._window_opened.set()   # _drop_sealing_windows times the window from here
         fresh = await self.wallet.write(store.enqueue_op, keys, sealed, received_at, confirmed)
         if fresh:
             self.metrics.webhook_enqueued.labels(provider_name).inc()
@@ -175,7 +184,25 @@ class Inbox:
     # ----- the worker -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """The worker: process the inbox whenever woken or a retry is due, until cancelled."""
+        """The worker: process the inbox whenever woken or a retry is due, until cancelled; beside it, drop
+        each sealing window's secret when the window ends."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._drop_sealing_windows)
+            await self._work()
+            nursery.cancel_scope.cancel()
+
+    async def _drop_sealing_windows(self) -> None:
+        """Forget the sealer's window secret as soon as its window ends (a quiet inbox keeps none), whatever
+        the worker is busy with."""
+        while True:
+            left = self.sealer.expire()
+            if left == math.inf:
+                self._window_opened = trio.Event()
+                await self._window_opened.wait()
+            else:
+                await trio.sleep(left)
+
+    async def _work(self) -> None:
         try:
             self.pending_count = await self.wallet.read(store.count_pending_sync)
         except TachyonError:

@@ -14,14 +14,24 @@ import json
 import logging
 import re
 import secrets
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from quart import Response
 
 from ..errors import TachyonError, WalletAbsent, WalletLocked
 from ..providers import Embed, SessionInfo
 
+if TYPE_CHECKING:
+    from .service import OnrampService
+
 log = logging.getLogger("tachyond.onramp.page")
+
+
+class Limiter(Protocol):
+    """What the page needs of a rate limiter (``tachyond.http.clients.RateLimiter``)."""
+
+    def allow(self, key: str) -> bool: ...
 
 _ID_RE = re.compile(r"[A-Za-z0-9_]{1,255}")
 
@@ -102,12 +112,12 @@ def _plain(text: str, status: int) -> Response:
     return resp
 
 
-async def page_response(daemon: Any, session_id: str, client_ip: str) -> Response:
-    """Answer one ``GET /onramp/{session_id}``."""
-    limiter = getattr(daemon, "webhook_limiter", None)
+async def page_response(limiter: Limiter | None, onramp: OnrampService | None, session_id: str,
+                        client_ip: str) -> Response:
+    """Answer one ``GET /onramp/{session_id}``: ``limiter`` is the HTTP rate limiter it shares with webhooks,
+    ``onramp`` the onramp service (None: no page)."""
     if limiter is not None and not limiter.allow(client_ip):
         return _plain("rate limit exceeded; retry later", 429)
-    onramp = getattr(daemon, "onramp", None)
     if onramp is None or not onramp.providers or not _ID_RE.fullmatch(session_id):
         return _plain("not found", 404)
     try:
@@ -134,11 +144,13 @@ async def page_response(daemon: Any, session_id: str, client_ip: str) -> Respons
     return resp
 
 
-def register_onramp_page(app: Any, daemon: Any, client_key: Any) -> None:
-    """Add ``GET /onramp/<session_id>`` to the daemon's Quart app. ``client_key(scope)`` names the client for
-    the rate limit (the peer, or behind a trusted proxy the forwarded address: tachyond.http decides)."""
+def register_onramp_page(app: Any, limiter: Limiter | None, onramp: OnrampService | None,
+                         client_key: Callable[[Any], str]) -> None:
+    """Add ``GET /onramp/<session_id>`` to the daemon's Quart app, rate-limited by ``limiter`` (the one webhooks
+    use) and served by ``onramp``. ``client_key(scope)`` names the client for the rate limit (the peer, or
+    behind a trusted proxy the forwarded address: tachyond.http decides)."""
     from quart import request
 
     @app.route("/onramp/<session_id>", methods=["GET"])
     async def onramp_page(session_id: str) -> Response:
-        return await page_response(daemon, session_id, client_key(request.scope))
+        return await page_response(limiter, onramp, session_id, client_key(request.scope))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hmac
+import math
 import os
+import time
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -54,6 +57,12 @@ KEY_BYTES = 32
 SALT_BYTES = 16
 SEAL_VERSION = b"\x01"
 _SEAL_INFO = b"tachyon seal-to-wallet v1"
+# Version 2 (WindowSealer): one ephemeral key per short window, a key of its own per event (docs/security.md).
+SEAL_VERSION_WINDOW = b"\x02"
+_SEAL_INFO_WINDOW = b"tachyon seal-to-wallet v2|"
+SEAL_SALT_BYTES = 16
+SEAL_WINDOW_S = 1.0          # an ephemeral key seals for at most this long ...
+SEAL_WINDOW_EVENTS = 1024    # ... and at most this many events
 
 
 def derive_password_key(password: str, salt: bytes, n: int, r: int = SCRYPT_R, p: int = SCRYPT_P) -> bytes:
@@ -103,17 +112,93 @@ def seal_to_public(public_raw: bytes, plaintext: bytes) -> bytes:
 
 
 def open_sealed_with(private_raw: bytes, blob: bytes) -> bytes:
-    """Open a blob made by seal_to_public; IntegrityError when it was altered or sealed to another wallet."""
-    if len(blob) < 1 + 32 + NONCE_BYTES + 16 or blob[:1] != SEAL_VERSION:
+    """Open a blob made by seal_to_public (version 1) or WindowSealer (version 2); IntegrityError when it was
+    altered or sealed to another wallet."""
+    version = blob[:1]
+    salt_len = SEAL_SALT_BYTES if version == SEAL_VERSION_WINDOW else 0
+    if version not in (SEAL_VERSION, SEAL_VERSION_WINDOW) or len(blob) < 1 + 32 + salt_len + NONCE_BYTES + 16:
         raise IntegrityError("sealed blob is malformed or of an unknown version")
-    eph_pub, nonce, ct = blob[1:33], blob[33:33 + NONCE_BYTES], blob[33 + NONCE_BYTES:]
+    header = blob[:33 + salt_len]
+    eph_pub, salt = blob[1:33], blob[33:33 + salt_len]
+    nonce, ct = blob[33 + salt_len:33 + salt_len + NONCE_BYTES], blob[33 + salt_len + NONCE_BYTES:]
     priv = X25519PrivateKey.from_private_bytes(private_raw)
     public_raw = priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    key = hkdf(priv.exchange(X25519PublicKey.from_public_bytes(eph_pub)), _SEAL_INFO, salt=eph_pub + public_raw)
+    shared = priv.exchange(X25519PublicKey.from_public_bytes(eph_pub))
+    if version == SEAL_VERSION:
+        key = hkdf(shared, _SEAL_INFO, salt=eph_pub + public_raw)
+    else:
+        key = hkdf(shared, _SEAL_INFO_WINDOW + salt, salt=eph_pub + public_raw)
     try:
-        return AESGCM(key).decrypt(nonce, ct, SEAL_VERSION + eph_pub)
+        return AESGCM(key).decrypt(nonce, ct, header)
     except InvalidTag as exc:
         raise IntegrityError("sealed blob failed authentication: altered, or sealed to another wallet") from exc
+
+
+class WindowSealer:
+    """Seals to an X25519 public key like :func:`seal_to_public`, with one ephemeral key per short window.
+
+    A fresh ephemeral key and exchange cost ~100 us, most of a webhook's own work. Here one ephemeral key
+    serves at most ``window_s`` seconds and ``max_events`` events (and one recipient: a rotated wallet key
+    starts a new window); each event still gets an AES-256-GCM key of its own, HKDF-SHA256 of the window's
+    shared secret with a fresh 16-byte random salt in the info, and a random nonce. Only HKDF's extract step
+    (its PRK) is kept for the window, never the ephemeral private key, and never on disk; :meth:`expire`
+    drops it once the window is over (the inbox worker calls it), so a copy of the process's memory opens
+    at most the events of the current window. Blobs are version 2; :func:`open_sealed_with` opens both
+    versions. The reasoning is in docs/security.md ("Sealed webhook events").
+    """
+
+    def __init__(self, window_s: float = SEAL_WINDOW_S, max_events: int = SEAL_WINDOW_EVENTS,
+                 clock: Callable[[], float] = time.monotonic):
+        self.window_s = window_s
+        self.max_events = max_events
+        self.clock = clock
+        self._recipient: bytes | None = None
+        self._header = b""           # version + ephemeral public key
+        self._prk: bytes | None = None
+        self._ends = -math.inf
+        self._left = 0
+
+    @property
+    def open_window(self) -> bool:
+        """True while a window's secret is held."""
+        return self._prk is not None
+
+    def seal(self, public_raw: bytes, plaintext: bytes) -> bytes:
+        if self._prk is None or public_raw != self._recipient or self._left <= 0 or self.clock() >= self._ends:
+            self._new_window(public_raw)
+        self._left -= 1
+        salt = os.urandom(SEAL_SALT_BYTES)
+        # HKDF-Expand (RFC 5869) for one 32-byte block: T(1) = HMAC(PRK, info || 0x01); the same key as
+        # hkdf(shared, _SEAL_INFO_WINDOW + salt, salt=eph_pub + public_raw), which open_sealed_with computes.
+        key = hmac.digest(self._prk, _SEAL_INFO_WINDOW + salt + b"\x01", "sha256")  # type: ignore[arg-type]  # set by _new_window
+        header = self._header + salt
+        nonce = os.urandom(NONCE_BYTES)
+        return header + nonce + AESGCM(key).encrypt(nonce, plaintext, header)
+
+    def _new_window(self, public_raw: bytes) -> None:
+        eph = X25519PrivateKey.generate()
+        eph_pub = eph.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        shared = eph.exchange(X25519PublicKey.from_public_bytes(public_raw))
+        del eph
+        # HKDF-Extract: PRK = HMAC(salt = eph_pub + public_raw, shared)
+        self._prk = hmac.digest(eph_pub + public_raw, shared, "sha256")
+        self._recipient = public_raw
+        self._header = SEAL_VERSION_WINDOW + eph_pub
+        self._ends = self.clock() + self.window_s
+        self._left = self.max_events
+
+    def expire(self) -> float:
+        """Drop the window's secret if its time is over; seconds until the held window ends (inf: none held)."""
+        if self._prk is None:
+            return math.inf
+        left = self._ends - self.clock()
+        if left <= 0 or self._left <= 0:
+            self.forget()
+            return math.inf
+        return left
+
+    def forget(self) -> None:
+        self._prk, self._recipient, self._header, self._ends, self._left = None, None, b"", -math.inf, 0
 
 
 class WalletKeys:
