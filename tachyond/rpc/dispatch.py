@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .server import RpcServer, _Slot
+    from .guards import Slot
+    from .server import RpcServer
 
 log = logging.getLogger("tachyond.rpc")
 
@@ -38,7 +39,7 @@ class Connection:
     """
 
     def __init__(self, server: RpcServer, stream: trio.SocketStream, send_lock: trio.Lock, nursery: trio.Nursery,
-                 slot: _Slot | None = None):
+                 slot: Slot | None = None):
         self._server = server
         self._stream = stream
         self._send_lock = send_lock
