@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import grp
 import logging
-import math
 import os
 import pwd
 import socket as stdsocket
@@ -89,26 +88,29 @@ def peer_allowed(sock: Any, group: str | None) -> tuple[bool, int]:
 class Slot:
     """One allowed connection's bookkeeping: its uid, what it has in flight, its cancel scope (eviction)."""
 
-    __slots__ = ("uid", "scope", "idle_scope", "in_flight", "streams", "partial", "idle_timeout_s", "gone")
+    __slots__ = ("uid", "scope", "in_flight", "streams", "partial", "idle_timeout_s", "idle_since", "gone")
 
     def __init__(self, uid: int, idle_timeout_s: float):
         self.uid = uid
         self.scope = trio.CancelScope()
-        self.idle_scope: trio.CancelScope | None = None
         self.in_flight = 0       # calls, a batch counting each member
         self.streams = 0
         self.partial = False     # bytes of an unfinished line are buffered
         self.idle_timeout_s = idle_timeout_s
+        self.idle_since = 0.0    # when it last became (or was seen) idle, by trio's clock
         self.gone = False
 
     def idle(self) -> bool:
         return self.in_flight == 0 and self.streams == 0 and not self.partial
 
     def update_idle(self) -> None:
-        """(Re)start the idle timer when nothing is going on; stop it while something is."""
-        if self.idle_scope is None or not self.idle_timeout_s:
-            return
-        self.idle_scope.deadline = trio.current_time() + self.idle_timeout_s if self.idle() else math.inf
+        """Note that the connection was active: when it is idle now, its idle time starts over from now.
+
+        The server's idle watcher (``server._close_when_idle``) closes it once ``idle_since`` lies
+        ``idle_timeout_s`` back and it is still idle; moving a cancel scope's deadline at every call instead
+        would cost a deadline heap update per call."""
+        if self.idle_timeout_s and self.idle():
+            self.idle_since = trio.current_time()
 
 
 class ConnectionCaps:

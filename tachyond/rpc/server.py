@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .. import errors
-from .dispatch import _AFTER_ANSWER, _CONNECTION, Connection, parse_line
+from .dispatch import _AFTER_ANSWER, _CONNECTION, Connection, LineError, Pending, parse_line
 from .guards import MAX_IN_FLIGHT_PER_CONNECTION, AcceptBackoff, ConnectionCaps, Slot, peer_allowed
-from .outbox import Outbox
+from .outbox import Outbox, receive_some
 from .protocol import _dump, _error
 
 if TYPE_CHECKING:
@@ -231,65 +231,142 @@ class RpcServer:
                 pass
 
     async def _serve_connection(self, stream: trio.SocketStream, slot: Slot | None = None) -> None:
+        """Read lines and answer them until the client stops sending, then wait for its calls in flight.
+
+        Each receive is split into its complete lines. A call whose method cannot reach a checkpoint
+        (``Method.inline``), and every error answered before a method runs, is answered right here in the
+        connection's task; every other call (and each batch) runs in a task of its own, so that a slow call
+        (an order waiting for its commit) holds up nothing sent after it. The answers ready by the end of a
+        receive leave in one write (the outbox).
+        """
         slot = slot or Slot(-1, 0)
         send_lock = trio.Lock()
         outbox = Outbox(stream, send_lock)
+        dispatcher = self.dispatcher
+        start_request = dispatcher.start_request
         room = trio.Event()
         room.set()
 
-        async def answer(doc: Any, calls: int) -> None:
+        def call_done(calls: int) -> None:
+            slot.in_flight -= calls
+            slot.update_idle()
+            room.set()
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+
+        async def answer_call(call: Pending, calls: int) -> None:
             hooks: list[Callable[[], None]] = []
             _AFTER_ANSWER.set(hooks)   # this task's own context: the hooks of this call only
             try:
-                out = await self.dispatcher.handle_doc(doc)
-                if out is not None:
-                    await outbox.send(out, hooks)   # runs the hooks once the answer is written
+                answer = await dispatcher.finish_request(call)
+                if answer is not None:
+                    await outbox.send(_dump(answer), hooks)   # runs the hooks once the answer is written
                 else:
                     for hook in hooks:
                         hook()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             finally:
-                slot.in_flight -= calls
-                slot.update_idle()
-                room.set()
+                call_done(calls)
+
+        async def answer_doc(doc: Any, calls: int) -> None:   # a batch
+            hooks: list[Callable[[], None]] = []
+            _AFTER_ANSWER.set(hooks)
+            try:
+                out = await dispatcher.handle_doc(doc)
+                if out is not None:
+                    await outbox.send(out, hooks)
+                else:
+                    for hook in hooks:
+                        hook()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                call_done(calls)
+
+        async def flush() -> None:
+            """Write the answers given in this task; counted in flight meanwhile (no idle close, a drain waits)."""
+            slot.in_flight += 1
+            self.in_flight += 1
+            try:
+                await outbox.flush()
+            finally:
+                slot.in_flight -= 1
                 self.in_flight -= 1
                 if not self.in_flight:
                     self._idle.set()
 
-        buf = bytearray()
+        fd = stream.socket.fileno()
+        inline_hooks: list[Callable[[], None]] = []
+        buf = bytearray()   # an unfinished line
         async with trio.open_nursery() as streams:
             # Streams (subscriptions) live in their own nursery, cancelled once the client stops sending and
             # its calls are answered; they never count as calls in flight, so they never hold up a drain.
             _CONNECTION.set(Connection(self, stream, send_lock, streams, slot))
             async with trio.open_nursery() as calls:
                 with trio.CancelScope() as idle_scope:
-                    slot.idle_scope = idle_scope
+                    if slot.idle_timeout_s:
+                        streams.start_soon(_close_when_idle, slot, idle_scope)
                     slot.update_idle()
                     while True:
-                        data = await stream.receive_some(65536)
+                        data = await receive_some(fd)
                         if not data:
                             break
                         self.caps.touch(slot)   # most recently active last
-                        buf += data
-                        while True:
-                            nl = buf.find(b"\n")
-                            if nl < 0:
-                                break
-                            line = bytes(buf[:nl])
-                            del buf[:nl + 1]
-                            if not line.strip():
-                                continue
-                            doc = parse_line(line)
-                            n = len(doc) if isinstance(doc, list) and doc else 1
-                            # Back-pressure: stop reading this client until its calls (a batch's each count)
-                            # leave room; a batch larger than the limit waits for the connection to drain.
-                            while slot.in_flight and slot.in_flight + n > MAX_IN_FLIGHT_PER_CONNECTION:
-                                room = trio.Event()
-                                await room.wait()
-                            slot.in_flight += n
-                            self.in_flight += 1
-                            calls.start_soon(answer, doc, n)
+                        end = data.rfind(b"\n")
+                        if end < 0:
+                            buf += data
+                        else:
+                            if buf:
+                                buf += data[:end]
+                                lines = bytes(buf).split(b"\n")
+                                buf.clear()
+                            else:
+                                lines = data[:end].split(b"\n")
+                            if end + 1 < len(data):
+                                buf += data[end + 1:]
+                            for line in lines:
+                                if not line.strip():
+                                    continue
+                                doc = parse_line(line)
+                                n = (len(doc) or 1) if type(doc) is list else 1
+                                # Back-pressure: stop reading this client until its calls (a batch's each count)
+                                # leave room; a batch larger than the limit waits for the connection to drain.
+                                if slot.in_flight and slot.in_flight + n > MAX_IN_FLIGHT_PER_CONNECTION:
+                                    if outbox.pending and not outbox.sending:
+                                        await flush()
+                                    while slot.in_flight and slot.in_flight + n > MAX_IN_FLIGHT_PER_CONNECTION:
+                                        room = trio.Event()
+                                        await room.wait()
+                                if type(doc) is list:
+                                    job: Callable[[Any, int], Awaitable[None]] = answer_doc
+                                elif type(doc) is LineError:
+                                    outbox.pending.append(_dump(_error(doc.code, doc.message, None)))
+                                    continue
+                                else:
+                                    token = _AFTER_ANSWER.set(inline_hooks)
+                                    try:
+                                        doc = start_request(doc)
+                                    finally:
+                                        _AFTER_ANSWER.reset(token)
+                                    if type(doc) is not Pending:   # answered here
+                                        if doc is not None:
+                                            outbox.pending.append(_dump(doc))
+                                            if inline_hooks:
+                                                outbox.hooks.extend(inline_hooks)
+                                                inline_hooks.clear()
+                                        elif inline_hooks:
+                                            for hook in inline_hooks:
+                                                hook()
+                                            inline_hooks.clear()
+                                        continue
+                                    job = answer_call
+                                slot.in_flight += n
+                                self.in_flight += 1
+                                calls.start_soon(job, doc, n)
+                            if outbox.pending and not outbox.sending:
+                                await flush()
                         slot.partial = bool(buf)
                         slot.update_idle()
                         if len(buf) > MAX_LINE_BYTES:
@@ -305,12 +382,29 @@ class RpcServer:
                                 )
                             calls.cancel_scope.cancel()
                             break
-                slot.idle_scope = None
                 if idle_scope.cancelled_caught:
                     log.debug("closed an RPC connection of uid %d: idle for %ss", slot.uid, self.idle_timeout_s)
                     if self.metrics is not None:
                         self.metrics.rpc_connections_closed_idle.labels("idle_timeout").inc()
             streams.cancel_scope.cancel()
+
+
+async def _close_when_idle(slot: Slot, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` (the connection's reading) once the connection has been idle for its idle timeout.
+
+    The connection only notes when it last became idle (``Slot.update_idle``); this task sleeps until that
+    moment plus the timeout, and looks again then. A busy connection is looked at again a timeout later.
+    """
+    timeout = slot.idle_timeout_s
+    while True:
+        if slot.idle():
+            due = slot.idle_since + timeout
+            if trio.current_time() >= due:
+                scope.cancel()
+                return
+            await trio.sleep_until(due)
+        else:
+            await trio.sleep(timeout)
 
 
 def _unlink(path: Path) -> None:
