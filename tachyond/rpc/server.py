@@ -103,7 +103,7 @@ class RpcServer:
     """
 
     def __init__(self, dispatcher: Dispatcher, *, drain_timeout_s: float = 10.0, max_connections: int = 1024,
-                 max_connections_per_uid: int = 256, idle_timeout_s: float = 300.0):
+                 max_connections_per_uid: int = 256, idle_timeout_s: float = 300.0, wait_for_start: bool = False):
         self.dispatcher = dispatcher
         self.drain_timeout_s = drain_timeout_s
         self.caps = ConnectionCaps(max_connections, max_connections_per_uid, dispatcher.metrics)
@@ -114,6 +114,15 @@ class RpcServer:
         self._streams: dict[object, Callable[[str], object]] = {}   # running streams -> their stop()
         self._streams_changed = trio.Event()
         self._last_refusal_log = -math.inf
+        # With wait_for_start, connections wait in the listen backlog until started(): the daemon calls it once
+        # everything else it serves (HTTP) listens, so an answer on the socket means the daemon is up.
+        self._started = trio.Event()
+        if not wait_for_start:
+            self._started.set()
+
+    def started(self) -> None:
+        """The rest of the daemon is up: accept connections from now on (see ``wait_for_start``)."""
+        self._started.set()
 
     @property
     def metrics(self) -> Any:
@@ -154,6 +163,7 @@ class RpcServer:
 
                 async def accept_loop() -> None:
                     with accept_scope:
+                        await self._started.wait()
                         while True:
                             try:
                                 stream = await listener.accept()

@@ -194,3 +194,45 @@ async def test_idle_connections_close_after_the_timeout_and_busy_ones_stay(serve
         assert (await busy.line())["id"] == "slow"
         assert await busy.line() is None and await partial.line() is None
         assert server.caps.slots == {}
+
+
+async def test_with_wait_for_start_the_socket_answers_only_once_started(sockdir, autojump_clock):
+    """The daemon's server waits for started() (called once HTTP listens): a client that connects earlier
+    waits in the backlog and is answered once the daemon is up, never before."""
+    server = RpcServer(Dispatcher(make_registry(trio.Event())), wait_for_start=True)
+    async with trio.open_nursery() as nursery:
+        path = await nursery.start(server.serve, sockdir / "rpc.sock", 0o600, None, trio.Event())
+        c = await connect(path)
+        await c.send({"jsonrpc": "2.0", "method": "t.quick", "id": 1})
+        with trio.move_on_after(3600) as waited:   # virtual time: an hour without an answer
+            await c.line()
+        assert waited.cancelled_caught
+        server.started()
+        with trio.fail_after(10):
+            assert await c.line() == {"jsonrpc": "2.0", "result": {"quick": None}, "id": 1}
+        nursery.cancel_scope.cancel()
+
+
+def test_a_daemons_first_answer_on_the_socket_already_lists_its_http_listeners(sockdir):
+    """The socket answers once everything listens: the first daemon.info a client gets names the HTTP binds
+    (before, the socket answered while hypercorn was still binding, and daemon.info said "http": [])."""
+    import time
+
+    from conftest import DaemonProc, base_document
+
+    from tachyon_ctl.client import Client, DaemonNotRunning
+
+    d = DaemonProc(sockdir, base_document(sockdir)).start(wait=False)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, d.stderr()
+            try:
+                with Client(d.socket, timeout_s=10) as c:
+                    first = c.call("daemon.info")
+                    break
+            except (DaemonNotRunning, OSError):
+                time.sleep(0.01)
+        assert first["http"] and first["http"][0].startswith("http://127.0.0.1:")
+    finally:
+        d.kill()
