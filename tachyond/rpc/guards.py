@@ -106,11 +106,29 @@ class Slot:
     def update_idle(self) -> None:
         """Note that the connection was active: when it is idle now, its idle time starts over from now.
 
-        The server's idle watcher (``server._close_when_idle``) closes it once ``idle_since`` lies
+        The idle watcher (:func:`close_when_idle`) closes it once ``idle_since`` lies
         ``idle_timeout_s`` back and it is still idle; moving a cancel scope's deadline at every call instead
         would cost a deadline heap update per call."""
         if self.idle_timeout_s and self.idle():
             self.idle_since = trio.current_time()
+
+
+async def close_when_idle(slot: Slot, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` (the connection's reading) once the connection has been idle for its idle timeout.
+
+    The connection only notes when it last became idle (``Slot.update_idle``); this task sleeps until that
+    moment plus the timeout, and looks again then. A busy connection is looked at again a timeout later.
+    """
+    timeout = slot.idle_timeout_s
+    while True:
+        if slot.idle():
+            due = slot.idle_since + timeout
+            if trio.current_time() >= due:
+                scope.cancel()
+                return
+            await trio.sleep_until(due)
+        else:
+            await trio.sleep(timeout)
 
 
 class ConnectionCaps:

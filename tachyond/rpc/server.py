@@ -21,7 +21,7 @@ import trio
 
 from .. import errors
 from .dispatch import _AFTER_ANSWER, _CONNECTION, Connection, LineError, Pending, parse_line
-from .guards import MAX_IN_FLIGHT_PER_CONNECTION, AcceptBackoff, ConnectionCaps, Slot, peer_allowed
+from .guards import MAX_IN_FLIGHT_PER_CONNECTION, AcceptBackoff, ConnectionCaps, Slot, close_when_idle, peer_allowed
 from .outbox import Outbox, receive_some
 from .protocol import _dump, _error
 
@@ -265,28 +265,17 @@ class RpcServer:
             if not self.in_flight:
                 self._idle.set()
 
-        async def answer_call(call: Pending, calls: int) -> None:
+        async def answer(doc: Any, calls: int) -> None:   # a call left pending by start_request, or a batch
             hooks: list[Callable[[], None]] = []
             _AFTER_ANSWER.set(hooks)   # this task's own context: the hooks of this call only
             try:
-                answer = await dispatcher.finish_request(call)
-                if answer is not None:
-                    await outbox.send(_dump(answer), hooks)   # runs the hooks once the answer is written
+                if type(doc) is Pending:
+                    result = await dispatcher.finish_request(doc)
+                    out = None if result is None else _dump(result)
                 else:
-                    for hook in hooks:
-                        hook()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            finally:
-                call_done(calls)
-
-        async def answer_doc(doc: Any, calls: int) -> None:   # a batch
-            hooks: list[Callable[[], None]] = []
-            _AFTER_ANSWER.set(hooks)
-            try:
-                out = await dispatcher.handle_doc(doc)
+                    out = await dispatcher.handle_doc(doc)
                 if out is not None:
-                    await outbox.send(out, hooks)
+                    await outbox.send(out, hooks)   # runs the hooks once the answer is written
                 else:
                     for hook in hooks:
                         hook()
@@ -317,7 +306,7 @@ class RpcServer:
             async with trio.open_nursery() as calls:
                 with trio.CancelScope() as idle_scope:
                     if slot.idle_timeout_s:
-                        streams.start_soon(_close_when_idle, slot, idle_scope)
+                        streams.start_soon(close_when_idle, slot, idle_scope)
                     slot.update_idle()
                     while True:
                         data = await receive_some(fd)
@@ -349,12 +338,10 @@ class RpcServer:
                                     while slot.in_flight and slot.in_flight + n > MAX_IN_FLIGHT_PER_CONNECTION:
                                         room = trio.Event()
                                         await room.wait()
-                                if type(doc) is list:
-                                    job: Callable[[Any, int], Awaitable[None]] = answer_doc
-                                elif type(doc) is LineError:
+                                if type(doc) is LineError:
                                     outbox.pending.append(_dump(_error(doc.code, doc.message, None)))
                                     continue
-                                else:
+                                if type(doc) is not list:   # one request (a batch gets a task: handle_doc)
                                     token = _AFTER_ANSWER.set(inline_hooks)
                                     try:
                                         doc = start_request(doc)
@@ -371,25 +358,17 @@ class RpcServer:
                                                 hook()
                                             inline_hooks.clear()
                                         continue
-                                    job = answer_call
                                 slot.in_flight += n
                                 self.in_flight += 1
-                                calls.start_soon(job, doc, n)
+                                calls.start_soon(answer, doc, n)
                             if outbox.pending and not outbox.sending:
                                 await flush()
                         slot.partial = bool(buf)
                         slot.update_idle()
                         if len(buf) > MAX_LINE_BYTES:
+                            message = "Invalid Request: line exceeds 1 MiB without a newline"
                             async with send_lock:
-                                await stream.send_all(
-                                    _dump(
-                                        _error(
-                                            errors.INVALID_REQUEST,
-                                            "Invalid Request: line exceeds 1 MiB without a newline",
-                                            None,
-                                        )
-                                    )
-                                )
+                                await stream.send_all(_dump(_error(errors.INVALID_REQUEST, message, None)))
                             calls.cancel_scope.cancel()
                             break
                 if idle_scope.cancelled_caught:
@@ -397,24 +376,6 @@ class RpcServer:
                     if self.metrics is not None:
                         self.metrics.rpc_connections_closed_idle.labels("idle_timeout").inc()
             streams.cancel_scope.cancel()
-
-
-async def _close_when_idle(slot: Slot, scope: trio.CancelScope) -> None:
-    """Cancel ``scope`` (the connection's reading) once the connection has been idle for its idle timeout.
-
-    The connection only notes when it last became idle (``Slot.update_idle``); this task sleeps until that
-    moment plus the timeout, and looks again then. A busy connection is looked at again a timeout later.
-    """
-    timeout = slot.idle_timeout_s
-    while True:
-        if slot.idle():
-            due = slot.idle_since + timeout
-            if trio.current_time() >= due:
-                scope.cancel()
-                return
-            await trio.sleep_until(due)
-        else:
-            await trio.sleep(timeout)
 
 
 def _unlink(path: Path) -> None:
