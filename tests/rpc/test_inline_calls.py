@@ -1,5 +1,6 @@
-"""Calls answered in the connection's own task (methods that cannot reach a checkpoint) and the idle timeout,
-on the real socket server (RpcServer on a real Unix socket, a real Dispatcher and Registry) in this process.
+"""Calls answered in the connection's own task (methods that cannot reach a checkpoint), the idle timeout and
+the start gate, on the real socket server (RpcServer on a real Unix socket, a real Dispatcher and Registry)
+in this process; and a real tachyond whose first answer on the socket already names its HTTP listener.
 
 A method whose handler is an ``async def`` without any ``await`` is run to its end where its line is read;
 every other method keeps a task of its own, so a slow call never holds up what the client sends after it.
