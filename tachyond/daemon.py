@@ -200,6 +200,7 @@ class Daemon:
             max_connections=cfg.daemon.max_rpc_connections,
             max_connections_per_uid=cfg.daemon.max_rpc_connections_per_uid,
             idle_timeout_s=cfg.daemon.rpc_idle_timeout_s,
+            wait_for_start=True,
         )
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
@@ -231,6 +232,7 @@ class Daemon:
                 status = f"serving on {cfg.daemon.socket}" + (
                     f" and {', '.join(self.http_binds)}" if self.http_binds else ""
                 )
+                rpc.started()   # the socket answers once the HTTP listeners are bound too (daemon.info["http"])
                 self.notifier.ready(status)
                 log.info("tachyond %s %s (wallet %s)", self.version, status, self.wallet_state())
                 self.plugins.notify("daemon_started", daemon=self)

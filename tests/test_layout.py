@@ -43,6 +43,8 @@ LAYERS: dict[str, int] = {
     "tachyond.onramp": 3,
     # 4: runtime: the daemon wires it all
     "tachyond.rpc.server": 4,
+    "tachyond.rpc.guards": 4,  # the socket server's connection guards (peer credentials, caps, idle timeout)
+    "tachyond.rpc.outbox": 4,  # the socket server's per-connection answers on their way out
     "tachyond.rpc.docgen": 4,
     "tachyond.rpc.completion_gen": 4,  # like docgen: builds the daemon's registry to write tachyon-ctl's data
     "tachyond.wallet.inspect": 4,  # the `tachyond inspect` command: reads every domain's schema

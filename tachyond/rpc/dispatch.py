@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .server import RpcServer, _Slot
+    from .guards import Slot
+    from .server import RpcServer
 
 log = logging.getLogger("tachyond.rpc")
 
@@ -38,7 +39,7 @@ class Connection:
     """
 
     def __init__(self, server: RpcServer, stream: trio.SocketStream, send_lock: trio.Lock, nursery: trio.Nursery,
-                 slot: _Slot | None = None):
+                 slot: Slot | None = None):
         self._server = server
         self._stream = stream
         self._send_lock = send_lock
@@ -139,6 +140,28 @@ class Registry:
             "components": {"errors": {e.__name__: {"code": e.code, "message": e.title} for e in errors.ALL_ERRORS}},
         }
 
+class Pending:
+    """A call whose method may reach a checkpoint: its coroutine (not started yet) and what its answer needs."""
+
+    __slots__ = ("awaitable", "method", "id", "notification")
+
+    def __init__(self, awaitable: Awaitable[Any], method: Method, id_: Any, notification: bool):
+        self.awaitable = awaitable
+        self.method = method
+        self.id = id_
+        self.notification = notification
+
+
+def _run_to_end(coro: Any) -> Any:
+    """Run a coroutine that has no ``await`` in it (:attr:`Method.inline`) to its end, here and now."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()   # not reached: without an await, a coroutine cannot suspend
+    raise RuntimeError(f"{coro!r} suspended although it has no await")
+
+
 class Dispatcher:
     """Turns request lines into response lines; counts calls and errors."""
 
@@ -174,6 +197,18 @@ class Dispatcher:
 
     async def handle_request(self, req: Any) -> dict[str, Any] | None:
         """Answer one request object; None for a valid notification."""
+        answer = self.start_request(req)
+        if type(answer) is Pending:
+            return await self.finish_request(answer)
+        return answer  # type: ignore[return-value]  # not a Pending: the answer itself
+
+    def start_request(self, req: Any) -> dict[str, Any] | Pending | None:
+        """The part of a call that runs without a checkpoint: validation, binding, and the call of the method.
+
+        A method that cannot reach a checkpoint (see :attr:`Method.inline`) is run to its end here, and the
+        answer (None for a notification) is returned; any other returns a :class:`Pending`, its coroutine not
+        started yet, for :meth:`finish_request` to await (in a task of its own, so that it holds up nothing).
+        """
         if not isinstance(req, dict):
             return _error(errors.INVALID_REQUEST, "Invalid Request", None)
         id_ = req.get("id")
@@ -189,34 +224,53 @@ class Dispatcher:
         try:
             if self.stopping and name != "daemon.info":
                 raise errors.ShuttingDown()
-            params = method.bind(req.get("params"))
-            result = await method.handler(params)
-        except TachyonError as exc:
-            self._count(name, exc.code)
-            return None if is_notification else _error(exc.code, exc.message, id_, exc.data)
+            result = method.handler(method.bind(req.get("params")))
+            if hasattr(type(result), "__await__"):
+                if not method.inline:
+                    return Pending(result, method, id_, is_notification)
+                result = _run_to_end(result)
         except Exception as exc:  # contained: one bad call never takes the daemon down
-            if method.plugin:
-                log.exception("plugin %s raised in %s", method.plugin, name)
-                code, message = (
-                    errors.PluginError.code,
-                    f"plugin '{method.plugin}' failed in {name}: {type(exc).__name__}: {exc}",
-                )
-            else:
-                log.exception("internal error in %s", name)
-                code, message = (
-                    errors.INTERNAL_ERROR,
-                    f"Internal error in {name}: {type(exc).__name__} (details in the daemon log)",
-                )
-            self._count(name, code)
-            return (
-                None
-                if is_notification
-                else _error(code, message, id_, {"plugin": method.plugin} if method.plugin else None)
-            )
+            return self._failed(method, exc, id_, is_notification)
         self._count(name, None)
         if is_notification:
             return None
         return {"jsonrpc": "2.0", "result": result, "id": id_}
+
+    async def finish_request(self, call: Pending) -> dict[str, Any] | None:
+        """Await a call :meth:`start_request` left pending; its answer (None for a notification)."""
+        try:
+            result = await call.awaitable
+        except Exception as exc:  # contained: one bad call never takes the daemon down
+            return self._failed(call.method, exc, call.id, call.notification)
+        self._count(call.method.name, None)
+        if call.notification:
+            return None
+        return {"jsonrpc": "2.0", "result": result, "id": call.id}
+
+    def _failed(self, method: Method, exc: Exception, id_: Any, is_notification: bool) -> dict[str, Any] | None:
+        """The answer to a call whose method raised: its own code for a TachyonError, else an internal error."""
+        name = method.name
+        if isinstance(exc, TachyonError):
+            self._count(name, exc.code)
+            return None if is_notification else _error(exc.code, exc.message, id_, exc.data)
+        if method.plugin:
+            log.exception("plugin %s raised in %s", method.plugin, name, exc_info=exc)
+            code, message = (
+                errors.PluginError.code,
+                f"plugin '{method.plugin}' failed in {name}: {type(exc).__name__}: {exc}",
+            )
+        else:
+            log.exception("internal error in %s", name, exc_info=exc)
+            code, message = (
+                errors.INTERNAL_ERROR,
+                f"Internal error in {name}: {type(exc).__name__} (details in the daemon log)",
+            )
+        self._count(name, code)
+        return (
+            None
+            if is_notification
+            else _error(code, message, id_, {"plugin": method.plugin} if method.plugin else None)
+        )
 
     def _count(self, name: str, code: int | None, known: bool = True) -> None:
         if self.metrics is None:

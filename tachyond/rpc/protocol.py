@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dis
 import functools
+import inspect
+import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +86,13 @@ class Method:
         """The declared param names, computed once per method rather than on every call."""
         return frozenset(p.name for p in self.params)
 
+    @functools.cached_property
+    def inline(self) -> bool:
+        """True when the handler is an ``async def`` that cannot reach a checkpoint: no ``await``, ``async for``
+        or ``async with`` anywhere in its body. The server runs such a call to its end in the connection's own
+        task instead of starting a task for it; nothing can make it wait, so it holds up nothing behind it."""
+        return _cannot_suspend(self.handler)
+
     def bind(self, params: Any) -> dict[str, Any]:
         """Map positional or named params onto the declaration; -32602 names the offending param."""
         if params is None:
@@ -126,6 +136,23 @@ class Method:
         if self.plugin:
             entry["x-plugin"] = self.plugin
         return entry
+
+# The opcodes of await, async for and async with (an async comprehension's included), the only ways an
+# ``async def`` suspends; CPython 3.11 and later compile every one of them with some of these.
+_SUSPENDING_OPCODES = frozenset({"GET_AWAITABLE", "SEND", "YIELD_VALUE", "YIELD_FROM", "GET_AITER", "GET_ANEXT",
+                                 "BEFORE_ASYNC_WITH", "SETUP_ASYNC_WITH", "END_ASYNC_FOR"})
+
+
+def _cannot_suspend(fn: Any) -> bool:
+    """Whether ``fn`` is a plain ``async def`` function whose own code never suspends (see Method.inline).
+
+    Anything else (a plain ``def``, a ``functools.partial``, a callable object) answers False: a call whose
+    result is awaitable then gets a task of its own.
+    """
+    if type(fn) is not types.FunctionType or not inspect.iscoroutinefunction(fn):
+        return False
+    return not any(ins.opname in _SUSPENDING_OPCODES for ins in dis.get_instructions(fn.__code__))
+
 
 def _error(code: int, message: str, id_: Any, data: Any = None) -> dict[str, Any]:
     err: dict[str, Any] = {"code": code, "message": message}

@@ -1,7 +1,8 @@
-"""JSON-RPC 2.0 over a Unix socket: the method registry, request handling and the socket server.
+"""JSON-RPC 2.0 over a Unix socket: the socket server (listener, one task per connection, drain at a stop).
 
-One message per line both ways. Batches, notifications, named and positional params and the
-specification's error codes are handled here; methods only see validated params as a dict.
+One message per line both ways; what a line means is the dispatcher's (dispatch.py). The connection guards
+(peer credentials, caps, idle timeout, in-flight accounting) are in guards.py, the answers' way out in
+outbox.py.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ import grp
 import logging
 import math
 import os
-import pwd
 import socket as stdsocket
-import struct
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,117 +20,21 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .. import errors
-from .dispatch import _AFTER_ANSWER, _CONNECTION, Connection, parse_line
+from .dispatch import _AFTER_ANSWER, _CONNECTION, Connection, LineError, Pending, parse_line
+from .guards import MAX_IN_FLIGHT_PER_CONNECTION, AcceptBackoff, ConnectionCaps, Slot, close_when_idle, peer_allowed
+from .outbox import Outbox, receive_some
 from .protocol import _dump, _error
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher
 
-if TYPE_CHECKING:
-    pass
-
 log = logging.getLogger("tachyond.rpc")
 
 MAX_LINE_BYTES = 1024 * 1024
-MAX_IN_FLIGHT_PER_CONNECTION = 256   # calls: a batch counts each of its members
 STREAM_FLUSH_S = 1.0   # at a graceful stop, how long streams (dex.watch) get to send what they queued
 
 
-class _Outbox:
-    """A connection's answers on their way out: one write carries every answer ready by then.
-
-    The first answering task to find nobody sending becomes the sender: it takes the connection's send lock
-    (without a checkpoint when it is free; ``notify`` holds it too, so nothing interleaves) and writes what
-    is pending until nothing is. Answers that arrive meanwhile are appended and their tasks return at once;
-    the sender writes them in its next ``send_all``, and runs their after-answer hooks only once their bytes
-    are on the socket. With pipelining clients (or many calls finishing in one group commit), that is one
-    system call and one trio checkpoint for many answers instead of a lock round trip and a write each.
-    """
-
-    __slots__ = ("stream", "lock", "pending", "hooks", "sending")
-
-    def __init__(self, stream: trio.SocketStream, lock: trio.Lock):
-        self.stream = stream
-        self.lock = lock
-        self.pending: list[bytes] = []
-        self.hooks: list[Callable[[], None]] = []
-        self.sending = False
-
-    async def send(self, data: bytes, hooks: list[Callable[[], None]]) -> None:
-        self.pending.append(data)
-        if hooks:
-            self.hooks.extend(hooks)
-        if self.sending:
-            return
-        self.sending = True
-        lock = self.lock
-        try:
-            try:
-                lock.acquire_nowait()
-            except trio.WouldBlock:
-                await lock.acquire()
-            try:
-                pending = self.pending
-                while pending:
-                    out = pending[0] if len(pending) == 1 else b"".join(pending)
-                    pending.clear()
-                    ready, self.hooks = self.hooks, []
-                    await self.stream.send_all(out)
-                    for hook in ready:
-                        hook()
-            finally:
-                lock.release()
-        finally:
-            self.sending = False
-
-
 # --- the socket server -----------------------------------------------------------------------------
-
-# accept(2) failures that mean "out of a resource for now": the process or system is out of descriptors or
-# memory. The server logs, backs off and keeps serving what is open; the next accept tries again.
-ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-ACCEPT_BACKOFF_MIN_S = 0.05
-ACCEPT_BACKOFF_MAX_S = 1.0
-ACCEPT_LOG_EVERY_S = 10.0
-
-
-class AcceptBackoff:
-    """What an accept loop does when accept() fails for want of descriptors or memory (EMFILE, ENFILE...).
-
-    It logs (the first failure, then at most once per ``ACCEPT_LOG_EVERY_S`` with a count), counts the
-    failure in ``tachyon_accept_errors``, and sleeps a backoff that doubles up to ``ACCEPT_BACKOFF_MAX_S``; a
-    successful accept resets it. Connections already open are served meanwhile.
-    """
-
-    def __init__(self, server: str, metrics: Any = None, logger: logging.Logger | None = None):
-        self.server = server
-        self.metrics = metrics
-        self.log = logger or log
-        self.delay = ACCEPT_BACKOFF_MIN_S
-        self.failures = 0
-        self._last_log = -float("inf")
-
-    @staticmethod
-    def is_capacity_error(exc: BaseException) -> bool:
-        return isinstance(exc, OSError) and exc.errno in ACCEPT_CAPACITY_ERRNOS
-
-    async def failed(self, exc: OSError) -> None:
-        self.failures += 1
-        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-        if self.metrics is not None:
-            self.metrics.accept_errors.labels(self.server, name).inc()
-        now = trio.current_time()
-        if now - self._last_log >= ACCEPT_LOG_EVERY_S:
-            self._last_log = now
-            self.log.error("%s: accept() failed with %s (%s), %d time(s) so far; new connections wait, open ones are "
-                           "served; retrying in %.2fs (raise LimitNOFILE or lower the connection caps)",
-                           self.server, name, os.strerror(exc.errno or 0), self.failures, self.delay)
-        await trio.sleep(self.delay)
-        self.delay = min(ACCEPT_BACKOFF_MAX_S, self.delay * 2)
-
-    def succeeded(self) -> None:
-        self.delay = ACCEPT_BACKOFF_MIN_S
-
 
 def raise_nofile_limit() -> tuple[int, int]:
     """Raise the soft RLIMIT_NOFILE to the hard limit (systemd's LimitNOFILE), so the caps bind first."""
@@ -190,50 +92,6 @@ def bind_socket(path: Path, mode: int, group: str | None) -> trio.socket.SocketT
     return sock
 
 
-def peer_allowed(sock: Any, group: str | None) -> tuple[bool, int]:
-    """SO_PEERCRED: the same uid, root, or a member of ``group``."""
-    raw = sock.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, gid = struct.unpack("3i", raw)
-    if uid in (0, os.getuid()):
-        return True, uid
-    if group is not None:
-        gid_allowed = grp.getgrnam(group).gr_gid
-        if gid == gid_allowed:
-            return True, uid
-        try:
-            name = pwd.getpwuid(uid).pw_name
-            if gid_allowed in os.getgrouplist(name, gid):
-                return True, uid
-        except KeyError:
-            pass
-    return False, uid
-
-
-class _Slot:
-    """One allowed connection's bookkeeping: its uid, what it has in flight, its cancel scope (eviction)."""
-
-    __slots__ = ("uid", "scope", "idle_scope", "in_flight", "streams", "partial", "idle_timeout_s", "gone")
-
-    def __init__(self, uid: int, idle_timeout_s: float):
-        self.uid = uid
-        self.scope = trio.CancelScope()
-        self.idle_scope: trio.CancelScope | None = None
-        self.in_flight = 0       # calls, a batch counting each member
-        self.streams = 0
-        self.partial = False     # bytes of an unfinished line are buffered
-        self.idle_timeout_s = idle_timeout_s
-        self.gone = False
-
-    def idle(self) -> bool:
-        return self.in_flight == 0 and self.streams == 0 and not self.partial
-
-    def update_idle(self) -> None:
-        """(Re)start the idle timer when nothing is going on; stop it while something is."""
-        if self.idle_scope is None or not self.idle_timeout_s:
-            return
-        self.idle_scope.deadline = trio.current_time() + self.idle_timeout_s if self.idle() else math.inf
-
-
 class RpcServer:
     """Serves a Dispatcher on a Unix socket until the shutdown event, then drains in-flight calls.
 
@@ -245,20 +103,26 @@ class RpcServer:
     """
 
     def __init__(self, dispatcher: Dispatcher, *, drain_timeout_s: float = 10.0, max_connections: int = 1024,
-                 max_connections_per_uid: int = 256, idle_timeout_s: float = 300.0):
+                 max_connections_per_uid: int = 256, idle_timeout_s: float = 300.0, wait_for_start: bool = False):
         self.dispatcher = dispatcher
         self.drain_timeout_s = drain_timeout_s
-        self.max_connections = max_connections
-        self.max_connections_per_uid = max_connections_per_uid
+        self.caps = ConnectionCaps(max_connections, max_connections_per_uid, dispatcher.metrics)
         self.idle_timeout_s = idle_timeout_s
         self.in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
         self._streams: dict[object, Callable[[str], object]] = {}   # running streams -> their stop()
         self._streams_changed = trio.Event()
-        self._slots: OrderedDict[_Slot, None] = OrderedDict()     # least recently active first
-        self._per_uid: dict[int, int] = {}
         self._last_refusal_log = -math.inf
+        # With wait_for_start, connections wait in the listen backlog until started(): the daemon calls it once
+        # everything else it serves (HTTP) listens, so an answer on the socket means the daemon is up.
+        self._started = trio.Event()
+        if not wait_for_start:
+            self._started.set()
+
+    def started(self) -> None:
+        """The rest of the daemon is up: accept connections from now on (see ``wait_for_start``)."""
+        self._started.set()
 
     @property
     def metrics(self) -> Any:
@@ -299,6 +163,7 @@ class RpcServer:
 
                 async def accept_loop() -> None:
                     with accept_scope:
+                        await self._started.wait()
                         while True:
                             try:
                                 stream = await listener.accept()
@@ -330,67 +195,19 @@ class RpcServer:
             self._idle = trio.Event()
             await self._idle.wait()
 
-    # --- caps -------------------------------------------------------------------------------------
-
-    def _make_room(self, uid: int) -> str | None:
-        """Evict an idle connection if a cap is reached; the cap's name when none can go."""
-        if self._per_uid.get(uid, 0) >= self.max_connections_per_uid:
-            victim = next((s for s in self._slots if s.uid == uid and s.idle()), None)
-            if victim is None:
-                return "per_uid"
-            self._evict(victim)
-        if len(self._slots) >= self.max_connections:
-            victim = next((s for s in self._slots if s.idle()), None)
-            if victim is None:
-                return "total"
-            self._evict(victim)
-        return None
-
-    def _evict(self, slot: _Slot) -> None:
-        slot.scope.cancel()
-        self._release(slot)
-        if self.metrics is not None:
-            self.metrics.rpc_connections_closed_idle.labels("evicted").inc()
-
-    def _register(self, slot: _Slot) -> None:
-        self._slots[slot] = None
-        self._per_uid[slot.uid] = self._per_uid.get(slot.uid, 0) + 1
-        if self.metrics is not None:
-            self.metrics.rpc_connections_open.set(len(self._slots))
-
-    def _release(self, slot: _Slot) -> None:
-        if slot.gone:
-            return
-        slot.gone = True
-        self._slots.pop(slot, None)
-        left = self._per_uid.get(slot.uid, 1) - 1
-        if left:
-            self._per_uid[slot.uid] = left
-        else:
-            self._per_uid.pop(slot.uid, None)
-        if self.metrics is not None:
-            self.metrics.rpc_connections_open.set(len(self._slots))
-
-    def _refusal_message(self, uid: int, reason: str) -> str:
-        if reason == "per_uid":
-            return (f"too many connections: uid {uid} has {self._per_uid.get(uid, 0)} open and busy "
-                    f"(daemon.max_rpc_connections_per_uid = {self.max_connections_per_uid}); retry later")
-        return (f"too many connections: {len(self._slots)} open and busy "
-                f"(daemon.max_rpc_connections = {self.max_connections}); retry later")
-
     # --- one connection ---------------------------------------------------------------------------
 
     async def _connection(self, stream: trio.SocketStream, group: str | None) -> None:
-        slot: _Slot | None = None
+        slot: Slot | None = None
         try:
             ok, uid = peer_allowed(stream.socket, group)
             if not ok:
                 log.warning("refused a connection from uid %d (not this user, root or the socket group)", uid)
                 await self._refuse(stream, f"permission denied: uid {uid} may not use this socket")
                 return
-            reason = self._make_room(uid)
+            reason = self.caps.make_room(uid)
             if reason is not None:
-                message = self._refusal_message(uid, reason)
+                message = self.caps.refusal_message(uid, reason)
                 if self.metrics is not None:
                     self.metrics.rpc_connections_refused.labels(reason).inc()
                 now = trio.current_time()
@@ -400,8 +217,8 @@ class RpcServer:
                                 "tachyon_rpc_connections_refused)", message)
                 await self._refuse(stream, message)
                 return
-            slot = _Slot(uid, float(self.idle_timeout_s))
-            self._register(slot)
+            slot = Slot(uid, float(self.idle_timeout_s))
+            self.caps.register(slot)
             with slot.scope:
                 await self._serve_connection(stream, slot)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -410,7 +227,7 @@ class RpcServer:
             log.exception("connection handler failed; the connection was closed")
         finally:
             if slot is not None:
-                self._release(slot)
+                self.caps.release(slot)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
@@ -423,18 +240,40 @@ class RpcServer:
             while len(await stream.receive_some(65536)) > 0:
                 pass
 
-    async def _serve_connection(self, stream: trio.SocketStream, slot: _Slot | None = None) -> None:
-        slot = slot or _Slot(-1, 0)
+    async def _serve_connection(self, stream: trio.SocketStream, slot: Slot | None = None) -> None:
+        """Read lines and answer them until the client stops sending, then wait for its calls in flight.
+
+        Each receive is split into its complete lines. A call whose method cannot reach a checkpoint
+        (``Method.inline``), and every error answered before a method runs, is answered right here in the
+        connection's task; every other call (and each batch) runs in a task of its own, so that a slow call
+        (an order waiting for its commit) holds up nothing sent after it. The answers ready by the end of a
+        receive leave in one write (the outbox).
+        """
+        slot = slot or Slot(-1, 0)
         send_lock = trio.Lock()
-        outbox = _Outbox(stream, send_lock)
+        outbox = Outbox(stream, send_lock)
+        dispatcher = self.dispatcher
+        start_request = dispatcher.start_request
         room = trio.Event()
         room.set()
 
-        async def answer(doc: Any, calls: int) -> None:
+        def call_done(calls: int) -> None:
+            slot.in_flight -= calls
+            slot.update_idle()
+            room.set()
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+
+        async def answer(doc: Any, calls: int) -> None:   # a call left pending by start_request, or a batch
             hooks: list[Callable[[], None]] = []
             _AFTER_ANSWER.set(hooks)   # this task's own context: the hooks of this call only
             try:
-                out = await self.dispatcher.handle_doc(doc)
+                if type(doc) is Pending:
+                    result = await dispatcher.finish_request(doc)
+                    out = None if result is None else _dump(result)
+                else:
+                    out = await dispatcher.handle_doc(doc)
                 if out is not None:
                     await outbox.send(out, hooks)   # runs the hooks once the answer is written
                 else:
@@ -443,63 +282,95 @@ class RpcServer:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             finally:
-                slot.in_flight -= calls
-                slot.update_idle()
-                room.set()
+                call_done(calls)
+
+        async def flush() -> None:
+            """Write the answers given in this task; counted in flight meanwhile (no idle close, a drain waits)."""
+            slot.in_flight += 1
+            self.in_flight += 1
+            try:
+                await outbox.flush()
+            finally:
+                slot.in_flight -= 1
                 self.in_flight -= 1
                 if not self.in_flight:
                     self._idle.set()
 
-        buf = bytearray()
+        fd = stream.socket.fileno()
+        inline_hooks: list[Callable[[], None]] = []
+        buf = bytearray()   # an unfinished line
         async with trio.open_nursery() as streams:
             # Streams (subscriptions) live in their own nursery, cancelled once the client stops sending and
             # its calls are answered; they never count as calls in flight, so they never hold up a drain.
             _CONNECTION.set(Connection(self, stream, send_lock, streams, slot))
             async with trio.open_nursery() as calls:
                 with trio.CancelScope() as idle_scope:
-                    slot.idle_scope = idle_scope
+                    if slot.idle_timeout_s:
+                        streams.start_soon(close_when_idle, slot, idle_scope)
                     slot.update_idle()
                     while True:
-                        data = await stream.receive_some(65536)
+                        data = await receive_some(fd)
                         if not data:
                             break
-                        if not slot.gone:
-                            self._slots.move_to_end(slot)   # most recently active last
-                        buf += data
-                        while True:
-                            nl = buf.find(b"\n")
-                            if nl < 0:
-                                break
-                            line = bytes(buf[:nl])
-                            del buf[:nl + 1]
-                            if not line.strip():
-                                continue
-                            doc = parse_line(line)
-                            n = len(doc) if isinstance(doc, list) and doc else 1
-                            # Back-pressure: stop reading this client until its calls (a batch's each count)
-                            # leave room; a batch larger than the limit waits for the connection to drain.
-                            while slot.in_flight and slot.in_flight + n > MAX_IN_FLIGHT_PER_CONNECTION:
-                                room = trio.Event()
-                                await room.wait()
-                            slot.in_flight += n
-                            self.in_flight += 1
-                            calls.start_soon(answer, doc, n)
+                        self.caps.touch(slot)   # most recently active last
+                        end = data.rfind(b"\n")
+                        if end < 0:
+                            buf += data
+                        else:
+                            if buf:
+                                buf += data[:end]
+                                lines = bytes(buf).split(b"\n")
+                                buf.clear()
+                            else:
+                                lines = data[:end].split(b"\n")
+                            if end + 1 < len(data):
+                                buf += data[end + 1:]
+                            for line in lines:
+                                if not line.strip():
+                                    continue
+                                doc = parse_line(line)
+                                n = (len(doc) or 1) if type(doc) is list else 1
+                                # Back-pressure: stop reading this client until its calls (a batch's each count)
+                                # leave room; a batch larger than the limit waits for the connection to drain.
+                                if slot.in_flight and slot.in_flight + n > MAX_IN_FLIGHT_PER_CONNECTION:
+                                    if outbox.pending and not outbox.sending:
+                                        await flush()
+                                    while slot.in_flight and slot.in_flight + n > MAX_IN_FLIGHT_PER_CONNECTION:
+                                        room = trio.Event()
+                                        await room.wait()
+                                if type(doc) is LineError:
+                                    outbox.pending.append(_dump(_error(doc.code, doc.message, None)))
+                                    continue
+                                if type(doc) is not list:   # one request (a batch gets a task: handle_doc)
+                                    token = _AFTER_ANSWER.set(inline_hooks)
+                                    try:
+                                        doc = start_request(doc)
+                                    finally:
+                                        _AFTER_ANSWER.reset(token)
+                                    if type(doc) is not Pending:   # answered here
+                                        if doc is not None:
+                                            outbox.pending.append(_dump(doc))
+                                            if inline_hooks:
+                                                outbox.hooks.extend(inline_hooks)
+                                                inline_hooks.clear()
+                                        elif inline_hooks:
+                                            for hook in inline_hooks:
+                                                hook()
+                                            inline_hooks.clear()
+                                        continue
+                                slot.in_flight += n
+                                self.in_flight += 1
+                                calls.start_soon(answer, doc, n)
+                            if outbox.pending and not outbox.sending:
+                                await flush()
                         slot.partial = bool(buf)
                         slot.update_idle()
                         if len(buf) > MAX_LINE_BYTES:
+                            message = "Invalid Request: line exceeds 1 MiB without a newline"
                             async with send_lock:
-                                await stream.send_all(
-                                    _dump(
-                                        _error(
-                                            errors.INVALID_REQUEST,
-                                            "Invalid Request: line exceeds 1 MiB without a newline",
-                                            None,
-                                        )
-                                    )
-                                )
+                                await stream.send_all(_dump(_error(errors.INVALID_REQUEST, message, None)))
                             calls.cancel_scope.cancel()
                             break
-                slot.idle_scope = None
                 if idle_scope.cancelled_caught:
                     log.debug("closed an RPC connection of uid %d: idle for %ss", slot.uid, self.idle_timeout_s)
                     if self.metrics is not None:
