@@ -19,7 +19,7 @@ import trio
 
 from .. import jsonx
 from ..amounts import Token, to_minor
-from ..errors import AmountError, OnrampError, ShuttingDown, TachyonError, WalletAbsent, WalletLocked
+from ..errors import AmountError, OnrampError, ShuttingDown, TachyonError, WalletAbsent, WalletLocked, WriteFailed
 from ..providers import SessionInfo, WebhookRejected
 from ..runtime.metrics import Metrics
 from ..wallet.crypto import WindowSealer
@@ -249,6 +249,14 @@ class Inbox:
                     next_due = min(next_due, delay)
                     log.warning("onramp inbox event %d: provider error (attempt %d, retry in %.0f s): %s",
                                 inbox_id, failures, delay, exc.message)
+                except WriteFailed as exc:
+                    # The wallet refused the write (a full disk): the event stays, retried with backoff.
+                    failures += 1
+                    delay = retry_delay_s(failures)
+                    self._failures[inbox_id] = (failures, trio.current_time() + delay)
+                    next_due = min(next_due, delay)
+                    log.warning("onramp inbox event %d: not recorded (attempt %d, retry in %.0f s): %s",
+                                inbox_id, failures, delay, exc.message)
                 except Exception:
                     # A bug or bad data must not stop the queue: the event stays, retried with backoff.
                     failures += 1
@@ -270,7 +278,10 @@ class Inbox:
             pruned = await self.wallet.write(store.prune_inbox_op)
         except (WalletLocked, ShuttingDown):
             return
-        except Exception:   # housekeeping: a failure (a full disk, say) must never stop the worker
+        except WriteFailed as exc:   # a full disk, say: an operating condition, said plainly (no traceback)
+            log.warning("onramp inbox: pruning failed, nothing was deleted; tried again in an hour: %s", exc.message)
+            return
+        except Exception:   # housekeeping: a failure must never stop the worker
             log.exception("onramp inbox: pruning failed; nothing was deleted, it is tried again in an hour")
             return
         if pruned:
