@@ -69,8 +69,11 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Daemon:
+        # cwd: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH; started from a
+        # checkout, the daemon would import that checkout's tachyond even when PYTHONPATH names another tree
+        # (a "before" run of an older tree would then measure the new code).
         self.proc = subprocess.Popen([sys.executable, "-m", "tachyond", "--config", str(self.dir / "tachyond.toml")],
-                                     stderr=open(self.dir / "stderr", "wb"), stdout=subprocess.DEVNULL)
+                                     stderr=open(self.dir / "stderr", "wb"), stdout=subprocess.DEVNULL, cwd=self.dir)
         from tachyon_ctl.client import Client, DaemonNotRunning
 
         for _ in range(600):
