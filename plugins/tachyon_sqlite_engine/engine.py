@@ -318,8 +318,9 @@ class SqliteEngine:
             raise WalletLocked()
         if self._closed or self._matcher is None:
             raise EngineError("the sqlite engine is not running (start() it first; it was not closed?)")
-        if self._tx_ready and not locked_ok:
-            raise EngineError("the sqlite engine matches in the wallet's transaction (in_wallet): submit_in_tx")
+        if not locked_ok and (self._tx_ready or (self.in_tx and not self._store_open)):
+            raise EngineError("the sqlite engine matches in the wallet's transaction (in_wallet, its default): "
+                              "submit_in_tx; [engines.sqlite] in_wallet = false gives it a file of its own")
         return self._matcher
 
     def _cutoff(self, snapshot_seq: int) -> int | None:
