@@ -196,7 +196,7 @@ async def bench_memory(warmup: list[Op], ops: list[Op], repeat: int) -> None:
 async def bench_sqlite(warmup: list[Op], ops: list[Op], tasks: int) -> None:
     for mode, n_tasks in (("sequential", 1), ("concurrent", tasks)):
         with tempfile.TemporaryDirectory() as tmp:
-            ctx = EngineContext("sqlite", Path(tmp), Cipher(os.urandom(32)))
+            ctx = EngineContext("sqlite", Path(tmp), Cipher(os.urandom(32)), {"in_wallet": False})  # alone: its file
             engine = SqliteEngine(ctx)
             await engine.start([MARKET])
             await replay_concurrent(engine, warmup, 50)

@@ -3,6 +3,11 @@
 Writes must fail with an RPC error (the daemon keeps running and answering), nothing may be half-applied
 (ledger.verify ok, the journal unchanged, no refused reference in it), and once the ballast is gone the same
 writes succeed, each once.
+
+The market runs on the SQLite engine, by default with its log in the wallet file (``in_wallet``): a refused
+order rolls back with the wallet's transaction, the engine's books with it, so the same orders go through once
+space returns, without a restart. With ``in_wallet = false`` (the engine's own file, ``own_file=True``) a failed
+engine write stops the engine (fail-stop) and a daemon restart rebuilds it from its file.
 """
 
 from __future__ import annotations
@@ -61,8 +66,10 @@ def writes(tag: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-async def run(base: Path, fail: Callable[[str], None]) -> dict:
-    report: dict[str, Any] = {"filesystem": f"tmpfs size={SIZE}"}
+async def run(base: Path, fail: Callable[[str], None], *, own_file: bool = False) -> dict:
+    report: dict[str, Any] = {"filesystem": f"tmpfs size={SIZE}",
+                              "sqlite_engine": "in_wallet = false (engine-sqlite.db)" if own_file
+                              else "default (in_wallet: a table of wallet.db)"}
     mnt = base / "fs"
     base.mkdir(parents=True, exist_ok=True)
     why = await trio.to_thread.run_sync(mount_tmpfs, mnt)
@@ -76,6 +83,8 @@ async def run(base: Path, fail: Callable[[str], None]) -> dict:
                                       "min_notional": "1", "maker_fee_bps": 10, "taker_fee_bps": 20}])
         doc["daemon"]["data_dir"] = str(mnt / "data")
         doc["daemon"]["log_level"] = "info"
+        if own_file:
+            doc["engines"] = {"sqlite": {"in_wallet": False}}
         daemon = DaemonProc(base, doc)
         await trio.to_thread.run_sync(daemon.start)
         rpc = Rpc(daemon.socket)
@@ -172,8 +181,16 @@ async def run(base: Path, fail: Callable[[str], None]) -> dict:
         report["writes_after_space_returned"] = dict(answers)
         if any(m != "dex.place_order" for m, _ in still):
             fail(f"diskfull: after space returned, ledger writes answered {dict(answers)}")
+        engine_file = (mnt / "data" / "engine-sqlite.db").exists()
+        if engine_file != own_file:
+            fail(f"diskfull: engine-sqlite.db {'exists' if engine_file else 'is missing'} with "
+                 f"{report['sqlite_engine']}")
+        if still and not own_file:
+            fail(f"diskfull: the in-wallet engine refused orders after space returned: {dict(answers)} (its books "
+                 "roll back with the wallet's transaction: no restart should be needed)")
         if still:
-            # The SQLite engine stops on a failed write (fail-stop: "restart it to rebuild from the file").
+            # The SQLite engine on its own file stops on a failed write (fail-stop: "restart it to rebuild from
+            # the file").
             await rpc.aclose()
             await trio.to_thread.run_sync(daemon.stop)
             await trio.to_thread.run_sync(daemon.start)

@@ -2,8 +2,9 @@
 
 Phases, in order (each can be skipped with --skip PHASE for a quick look; the report says what ran):
 
-- ``kills``: 16 client tasks place and cancel orders on two markets (ZEC/USDC on the SQLite engine, BASE/USDC on
-  ``engine = "http"`` through a tachyon-engine-server that is itself SIGKILLed now and then), complete onramp
+- ``kills``: 16 client tasks place and cancel orders on two markets (ZEC/USDC on the SQLite engine's default,
+  its log in the wallet file, BASE/USDC on ``engine = "http"`` through a tachyon-engine-server that is itself
+  SIGKILLed now and then), complete onramp
   sessions in the emulator (signed webhooks) and claim and sometimes reverse them, deposit, withdraw and transfer
   with references, and back the wallet up. The daemon is SIGKILLed at a random moment (seeded RNG), restarted and
   unlocked; every client retries its in-flight operation with the same reference until an answer arrives (that
@@ -11,7 +12,8 @@ Phases, in order (each can be skipped with --skip PHASE for a quick look; the re
 - ``idle``: the same load, first alone, then beside a few hundred idle socket connections and slow HTTP clients;
   the p50/p99 of the load's calls in both are reported (not asserted).
 - ``fuzz``: hypothesis against the running daemon's JSON-RPC socket and webhook route (torture/fuzz.py).
-- ``diskfull``: a second daemon whose data_dir is a size-limited tmpfs, filled with a ballast file mid-load.
+- ``diskfull``: a second daemon whose data_dir is a size-limited tmpfs, filled with a ballast file mid-load; once
+  with the SQLite engine's default (its log in the wallet file), once with ``in_wallet = false`` (its own file).
 
 Usage: ``python -m torture [--kills N] [--seed S]``; ``TORTURE_KILLS`` and ``TORTURE_SEED`` also set them.
 """
@@ -26,6 +28,7 @@ import re
 import resource
 import shutil
 import socket
+import sqlite3
 import sys
 import tempfile
 import time
@@ -779,11 +782,22 @@ async def run_all(args: argparse.Namespace, base: Path) -> dict:
             w.daemon.stop()
             if w.engine is not None:
                 w.engine.kill()
+    # ZEC/USDC ran on the SQLite engine's default (in_wallet): its log is a table of wallet.db, no file of its own.
+    data = w.dir / "data"
+    with sqlite3.connect(f"file:{data / 'wallet.db'}?mode=ro", uri=True) as conn:
+        logged = conn.execute("SELECT count(*) FROM engine_sqlite_events").fetchone()[0]
+    report["sqlite_engine"] = {"engine_sqlite_events_rows_in_wallet_db": logged,
+                               "engine_sqlite_db": sorted(p.name for p in data.glob("engine-sqlite.db*"))}
+    if report["sqlite_engine"]["engine_sqlite_db"] or (not logged and "kills" not in args.skip):
+        w.fail(f"the SQLite market did not run in the wallet's transaction: {report['sqlite_engine']}")
     if "diskfull" not in args.skip:
         from torture import diskfull
         t0 = time.monotonic()
         report["phases"]["diskfull"] = await diskfull.run(base / "diskfull", w.fail)
         report["phases"]["diskfull"]["seconds"] = round(time.monotonic() - t0, 1)
+        t0 = time.monotonic()   # the SQLite engine's file mode, [engines.sqlite] in_wallet = false
+        report["phases"]["diskfull_own_file"] = await diskfull.run(base / "diskfull-own-file", w.fail, own_file=True)
+        report["phases"]["diskfull_own_file"]["seconds"] = round(time.monotonic() - t0, 1)
     st = w.st
     report.update(
         {

@@ -4,12 +4,13 @@ Matching happens in memory (``tachyond.matching``); the events of concurrent sub
 (group commit: whoever finds no write in progress writes everything pending, in a worker thread, while the
 others wait for it). A write failure stops the engine: a new instance rebuilds from the file.
 
-With ``in_wallet = true`` the log is a table of the wallet file instead (``engine_sqlite_events``, rows sealed
+By default (``in_wallet = true``) the log is a table of the wallet file (``engine_sqlite_events``, rows sealed
 with the wallet's data key), written inside the wallet's own write transaction (``submit_in_tx``): the core
 records, matches and settles an order in one commit. Its books are then, by construction, the ledger's open
 orders, which the core submits again at start (``reset_in_tx``). An ``engine-sqlite.db`` left by the file
 mode is read once (the core replays what it logged after the ledger's applied seq), then renamed
-``engine-sqlite.db.migrated`` and never read again.
+``engine-sqlite.db.migrated`` and never read again. With ``in_wallet = false`` the engine keeps its own file
+``engine-sqlite.db`` (the file mode above: two commits per order, the engine's and the ledger's).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .store import BatchItem, EventStore
 DB_NAME = "engine-sqlite.db"
 DEFAULT_SNAPSHOT_EVERY = 10_000
 DEFAULT_RETAIN_EVENTS = 10_000
+DEFAULT_IN_WALLET = True            # the log in the wallet file, one commit per order; false: engine-sqlite.db
 TX_TABLE = "engine_sqlite_events"   # the log in the wallet file (in_wallet mode): id = the event's seq
 TX_SCHEMA = [f"CREATE TABLE IF NOT EXISTS {TX_TABLE} (id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL,"
              " body BLOB NOT NULL)"]
@@ -43,9 +45,14 @@ def _positive_int(config: dict, key: str, default: int, minimum: int) -> int:
     return value
 
 
+def _in_wallet(config: dict) -> bool:
+    return config.get("in_wallet", DEFAULT_IN_WALLET) is True
+
+
 class SqliteEngine:
     """Durable matching engine. Config (``[engines.sqlite]``): ``snapshot_every`` events between snapshots,
-    ``retain_events`` applied events kept in the log below the snapshot for ``events_after``."""
+    ``retain_events`` applied events kept in the log below the snapshot for ``events_after``, ``in_wallet``
+    (default true) the log in the wallet file rather than in ``engine-sqlite.db``."""
 
     durable = True
     CONFIG_KEYS = ("snapshot_every", "retain_events", "in_wallet")
@@ -58,14 +65,14 @@ class SqliteEngine:
                 raise EngineError(f"engines.sqlite.{key}: unknown key (known: {', '.join(SqliteEngine.CONFIG_KEYS)})")
         _positive_int(config, "snapshot_every", DEFAULT_SNAPSHOT_EVERY, 1)
         _positive_int(config, "retain_events", DEFAULT_RETAIN_EVENTS, 0)
-        if type(config.get("in_wallet", False)) is not bool:
+        if type(config.get("in_wallet", DEFAULT_IN_WALLET)) is not bool:
             raise EngineError("engines.sqlite.in_wallet must be true or false")
 
     @staticmethod
     def tx_tables(config: dict) -> tuple[list[str], dict[str, tuple[str, ...]]]:
         """The wallet tables of the in_wallet mode (none otherwise) and their sealed columns, for the core to
         register before the wallet starts (schema, and the data-key rotation)."""
-        if config.get("in_wallet") is True:
+        if _in_wallet(config):
             return TX_SCHEMA, {TX_TABLE: ("body",)}
         return [], {}
 
@@ -73,7 +80,7 @@ class SqliteEngine:
         if ctx.cipher is None:
             raise EngineError("the sqlite engine encrypts what it stores: it needs the wallet's cipher")
         self.name = ctx.name
-        self.in_tx = ctx.config.get("in_wallet") is True
+        self.in_tx = _in_wallet(ctx.config)
         self._path: Path = ctx.data_dir / DB_NAME
         self._markets: list[str] = []
         self._tx_ready = False            # in_wallet: reset_in_tx ran (the legacy file, if any, is put away)
@@ -162,7 +169,7 @@ class SqliteEngine:
 
     def _require_in_tx(self) -> None:
         if not self.in_tx:
-            raise EngineError("the sqlite engine keeps its own file: in_wallet is not set")
+            raise EngineError("the sqlite engine keeps its own file: in_wallet = false")
         if self._closed:
             raise EngineError("the sqlite engine is closed")
 
@@ -311,8 +318,9 @@ class SqliteEngine:
             raise WalletLocked()
         if self._closed or self._matcher is None:
             raise EngineError("the sqlite engine is not running (start() it first; it was not closed?)")
-        if self._tx_ready and not locked_ok:
-            raise EngineError("the sqlite engine matches in the wallet's transaction (in_wallet): submit_in_tx")
+        if not locked_ok and (self._tx_ready or (self.in_tx and not self._store_open)):
+            raise EngineError("the sqlite engine matches in the wallet's transaction (in_wallet, its default): "
+                              "submit_in_tx; [engines.sqlite] in_wallet = false gives it a file of its own")
         return self._matcher
 
     def _cutoff(self, snapshot_seq: int) -> int | None:

@@ -409,7 +409,9 @@ async def test_a_lost_sqlite_engine_store_is_reseeded_and_an_older_one_refused_u
     the operator moves the store aside, the restart re-seeds it."""
     market = {**MARKET_DEFAULTS, "symbol": "ZEC/USDC", "engine": "sqlite"}
     with trio.fail_after(90):
-        d = await _start(DaemonProc(sockdir, _document(sockdir, [market])))
+        # The engine's own store, engine-sqlite.db (in_wallet = false; the default's log is a wallet table).
+        doc = _document(sockdir, [market], engines={"sqlite": {"in_wallet": False}})
+        d = await _start(DaemonProc(sockdir, doc))
         data = sockdir / "data"
         try:
             await fund(d, "maker", ZEC="10", USDC="1000")

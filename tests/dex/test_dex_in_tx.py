@@ -1,9 +1,10 @@
 """One durable commit per order (docs/engines.md, in-transaction engines), through real tachyond processes.
 
-An engine that matches inside the wallet's write transaction (memory; sqlite with ``in_wallet = true``) has
-an order recorded, matched and settled in one commit; the two-step path (sqlite's own file) takes two. A
-transaction that does not commit leaves the engine's books as the ledger's, and a SIGKILL under load loses
-nothing acknowledged and leaves the books equal to the ledger's open orders.
+An engine that matches inside the wallet's write transaction (memory; sqlite with ``in_wallet = true``, its
+default) has an order recorded, matched and settled in one commit; the two-step path (sqlite's own file,
+``in_wallet = false``) takes two. A transaction that does not commit leaves the engine's books as the
+ledger's, and a SIGKILL under load loses nothing acknowledged and leaves the books equal to the ledger's open
+orders.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from tachyon_ctl.client import DaemonNotRunning, RpcError
 from tachyond.errors import IntegrityError
 
 # (market engine, [engines.<name>] table, commits an order with fills costs)
-IN_TX = {"memory": ("memory", {}), "sqlite-in-wallet": ("sqlite", {"in_wallet": True})}
-TWO_STEP = {"sqlite-own-file": ("sqlite", {})}
+# "sqlite": no [engines.sqlite] table, the default (in_wallet = true).
+IN_TX = {"memory": ("memory", {}), "sqlite": ("sqlite", {})}
+EXPLICIT = {"sqlite-in-wallet": ("sqlite", {"in_wallet": True})}
+TWO_STEP = {"sqlite-own-file": ("sqlite", {"in_wallet": False})}
 
 
 def _start(sockdir, variant: str, env: dict | None = None) -> DaemonProc:
-    engine, table = {**IN_TX, **TWO_STEP}[variant]
+    engine, table = {**IN_TX, **EXPLICIT, **TWO_STEP}[variant]
     doc = dex_document(sockdir, engine)
     if table:
         doc["engines"] = {engine: table}
@@ -45,7 +48,8 @@ async def _commits(d: DaemonProc) -> int:
     return int(float(value))
 
 
-@pytest.mark.parametrize("variant,expected", [("memory", 1), ("sqlite-in-wallet", 1), ("sqlite-own-file", 2)])
+@pytest.mark.parametrize("variant,expected", [("memory", 1), ("sqlite", 1), ("sqlite-in-wallet", 1),
+                                              ("sqlite-own-file", 2)])
 async def test_an_order_with_fills_is_answered_after_one_wallet_commit_on_an_in_tx_engine(sockdir, variant,
                                                                                           expected):
     with trio.fail_after(60):
@@ -189,9 +193,9 @@ async def test_sigkill_under_load_keeps_every_acknowledged_order_and_the_books_e
 
 async def test_a_sqlite_engine_file_is_replayed_once_then_put_away_when_in_wallet_is_turned_on(sockdir):
     """A wallet that ran the SQLite engine on its own file, and died between the engine's match and the
-    settlement (after_match): restarted with ``in_wallet = true``, the file's unsettled fills settle once, the
-    file is renamed ``engine-sqlite.db.migrated``, the books are the ledger's, its log is in the wallet (sealed)
-    and the seqs go on without reusing a fill key."""
+    settlement (after_match): restarted with the default (``in_wallet = true``), the file's unsettled fills
+    settle once, the file is renamed ``engine-sqlite.db.migrated``, the books are the ledger's, its log is in
+    the wallet (sealed) and the seqs go on without reusing a fill key."""
     data = sockdir / "data"
     with trio.fail_after(90):
         d = await trio.to_thread.run_sync(_start, sockdir, "sqlite-own-file")
@@ -208,7 +212,7 @@ async def test_a_sqlite_engine_file_is_replayed_once_then_put_away_when_in_walle
             assert await trio.to_thread.run_sync(d.wait) == 1
             assert (data / "engine-sqlite.db").exists()
 
-            doc = {**d.doc, "engines": {"sqlite": {"in_wallet": True}}}
+            doc = {key: value for key, value in d.doc.items() if key != "engines"}   # the default: in_wallet
             d = DaemonProc(sockdir, doc)
             await trio.to_thread.run_sync(d.start)
             [taker] = await rpc(d, "dex.orders", {"account": "taker"})
@@ -316,7 +320,7 @@ async def test_the_in_wallet_log_is_resealed_by_a_data_key_rotation_and_trading_
             return wallet.keys
 
     with trio.fail_after(90):
-        d = await trio.to_thread.run_sync(_start, sockdir, "sqlite-in-wallet")
+        d = await trio.to_thread.run_sync(_start, sockdir, "sqlite")
         try:
             await fund(d, "maker", ZEC="10")
             await fund(d, "taker", USDC="1000")

@@ -6,11 +6,37 @@ import json
 
 import pytest
 import trio
-from test_dex_helpers import PASSWORD, balances, fund, order, rpc, rpc_error, start_dex_daemon, state_snapshot
+from conftest import DaemonProc
+from test_dex_helpers import (
+    PASSWORD,
+    balances,
+    dex_document,
+    fund,
+    order,
+    rpc,
+    rpc_error,
+    start_dex_daemon,
+    state_snapshot,
+)
 
 from tachyon_ctl.client import DaemonNotRunning
 
-ENGINES = ["memory", "sqlite"]
+# variant: (market engine, its [engines.<name>] table). "sqlite" is the default (in_wallet: its log a table of
+# the wallet file, matched and settled in one commit); "sqlite-own-file" keeps engine-sqlite.db, so a crash
+# can fall between the engine's commit and the ledger's (after_match).
+ENGINES = {"memory": ("memory", None), "sqlite": ("sqlite", None),
+           "sqlite-own-file": ("sqlite", {"in_wallet": False})}
+
+
+def _start(sockdir, variant: str) -> DaemonProc:
+    engine, table = ENGINES[variant]
+    doc = dex_document(sockdir, engine)
+    if table is not None:
+        doc["engines"] = {engine: table}
+    d = DaemonProc(sockdir, doc).start()
+    d.call("wallet.create", {"password": PASSWORD})
+    d.call("wallet.unlock", {"password": PASSWORD})
+    return d
 
 
 async def _seed_book(d) -> None:
@@ -27,10 +53,10 @@ async def _seed_book(d) -> None:
     await order(d, "taker", "sell", "0.3", "48.00")           # partial fill of the maker's bid
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-async def test_sigkill_restart_keeps_book_orders_holds_and_balances(sockdir, engine):
+@pytest.mark.parametrize("variant", list(ENGINES))
+async def test_sigkill_restart_keeps_book_orders_holds_and_balances(sockdir, variant):
     with trio.fail_after(60):
-        d = await trio.to_thread.run_sync(start_dex_daemon, sockdir, engine)
+        d = await trio.to_thread.run_sync(_start, sockdir, variant)
         try:
             await _seed_book(d)
             before = await state_snapshot(d)
@@ -48,10 +74,10 @@ async def test_sigkill_restart_keeps_book_orders_holds_and_balances(sockdir, eng
             d.kill()
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-async def test_fault_after_match_settles_every_fill_exactly_once(sockdir, engine):
+@pytest.mark.parametrize("variant", list(ENGINES))
+async def test_fault_after_match_settles_every_fill_exactly_once(sockdir, variant):
     with trio.fail_after(60):
-        d = await trio.to_thread.run_sync(start_dex_daemon, sockdir, engine)
+        d = await trio.to_thread.run_sync(_start, sockdir, variant)
         try:
             await fund(d, "maker", ZEC="10")
             await fund(d, "taker", USDC="1000")
@@ -63,6 +89,7 @@ async def test_fault_after_match_settles_every_fill_exactly_once(sockdir, engine
             with pytest.raises(DaemonNotRunning):
                 await order(d, "taker", "buy", "1.5", "51.00", client_order_id="crash-1")
             assert await trio.to_thread.run_sync(d.wait) == 1
+            assert (sockdir / "data" / "engine-sqlite.db").exists() is (variant == "sqlite-own-file")
             del d.env["TACHYON_TEST_FAULT"]
             await trio.to_thread.run_sync(d.start)
             [taker] = await rpc(d, "dex.orders", {"account": "taker"})

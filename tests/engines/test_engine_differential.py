@@ -139,7 +139,7 @@ streams = st.lists(steps, min_size=20, max_size=60)
 
 async def run_stream(ops: list[tuple], data_dir: Path) -> None:
     cipher = Cipher(os.urandom(32))
-    sqlite_config = {"snapshot_every": 4, "retain_events": 5}
+    sqlite_config = {"snapshot_every": 4, "retain_events": 5, "in_wallet": False}   # its own file: no wallet here
 
     async def fresh_sqlite() -> SqliteEngine:
         eng = SqliteEngine(EngineContext("sqlite", data_dir, cipher, sqlite_config))

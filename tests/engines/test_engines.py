@@ -47,6 +47,9 @@ def rested(seq: int, order_id: str, qty: int, market: str = M) -> Event:
 def make_engine(kind: str, data_dir: Path, cipher: Cipher | None = None, **config) -> OrderBookEngine:
     if kind == "memory":
         return MemoryEngine(EngineContext("memory", data_dir, None, config))
+    # These tests drive the engine by itself (no wallet): the sqlite engine in its file mode, engine-sqlite.db
+    # (the default, in_wallet, runs in the wallet's transaction: tests/engines/test_engines_in_tx.py).
+    config.setdefault("in_wallet", False)
     return SqliteEngine(EngineContext("sqlite", data_dir, cipher or Cipher(os.urandom(32)), config))
 
 
@@ -362,7 +365,7 @@ from tachyond.wallet.crypto import Cipher
 
 async def main():
     eng = SqliteEngine(EngineContext("sqlite", Path(sys.argv[1]), Cipher(bytes.fromhex(sys.argv[2])),
-                                     {"snapshot_every": 3}))
+                                     {"snapshot_every": 3, "in_wallet": False}))
     await eng.start([MarketSpec("ZEC/USDC", "ZEC", "USDC", "0.01", "0.001")])
     events = []
     for i in range(12):

@@ -7,6 +7,7 @@ after the last seq; the SQLite engine's ``in_wallet`` log commits or rolls back 
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 
@@ -16,6 +17,8 @@ from tachyon_memory_engine import MemoryEngine
 from tachyon_sqlite_engine import SqliteEngine
 
 from tachyond.engine import EngineContext, EngineOrder, MarketSpec, is_transactional
+from tachyond.errors import EngineError
+from tachyond.wallet.crypto import Cipher
 from tachyond.wallet.wallet import Wallet
 
 M = "ZEC/USDC"
@@ -107,6 +110,29 @@ async def test_the_sqlite_in_wallet_log_commits_and_rolls_back_with_the_wallet(t
         assert not list((tmp_path / "data").glob("engine-sqlite.db*"))
         with sqlite3.connect(tmp_path / "data" / "wallet.db") as conn:
             assert [r[0] for r in conn.execute("SELECT id FROM engine_sqlite_events")] == [1]
+
+
+async def test_the_sqlite_engine_is_in_the_wallet_by_default_and_refuses_a_plain_submit(tmp_path):
+    """No [engines.sqlite] table: the log is a wallet table (declared to the core), the engine matches only in
+    the wallet's transaction, and a plain submit is refused by name (nothing matched, no file made);
+    ``in_wallet = false`` is the file mode."""
+    assert SqliteEngine.tx_tables({}) == SqliteEngine.tx_tables({"in_wallet": True})
+    assert SqliteEngine.tx_tables({"in_wallet": False}) == ([], {})
+    with trio.fail_after(30):
+        engine = SqliteEngine(EngineContext("sqlite", tmp_path, Cipher(os.urandom(32))))
+        assert engine.in_tx
+        await engine.start(MARKETS)
+        with pytest.raises(EngineError, match=r"in_wallet, its default.*in_wallet = false"):
+            await engine.submit(EngineOrder("o1", M, "u", "buy", 100, 1))
+        assert await engine.last_seq() == 0 and (await engine.depth(M, 5)).bids == []
+        await engine.aclose()
+        assert not list(tmp_path.glob("engine-sqlite.db*"))
+        own = SqliteEngine(EngineContext("sqlite", tmp_path, Cipher(os.urandom(32)), {"in_wallet": False}))
+        assert not own.in_tx
+        await own.start(MARKETS)
+        [ev] = await own.submit(EngineOrder("o1", M, "u", "buy", 100, 1))
+        assert ev.kind == "rested" and (tmp_path / "engine-sqlite.db").exists()
+        await own.aclose()
 
 
 def test_a_subclass_overriding_submit_only_is_not_treated_as_in_tx():

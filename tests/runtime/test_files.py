@@ -4,6 +4,7 @@ written only through the descriptor the daemon created (no symlink followed); co
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -55,7 +56,8 @@ async def test_wallet_and_sqlite_engine_files_are_private_with_umask_0(tmp_path)
         async with wallet:
             await wallet.create(PW)
             await ledger.deposit("default", "USDC", 5, "r1")
-            engine = SqliteEngine(EngineContext("sqlite", data, wallet.cipher, {}))
+            # The engine's own file (in_wallet = false): its log, WAL, shm and lock are created 0600 too.
+            engine = SqliteEngine(EngineContext("sqlite", data, wallet.cipher, {"in_wallet": False}))
             await engine.start([MARKET])
             try:
                 await engine.submit(EngineOrder("o1", MARKET.symbol, "alice", "buy", 100, 5))
@@ -116,8 +118,11 @@ async def test_daemon_under_umask_0_keeps_data_dir_private_and_core_dumps_off(so
             await fund(d, "alice", USDC="100")
             await order(d, "alice", "buy", "1", "10.00")
             data = sockdir / "data"
-            assert_private_tree(data, {"wallet.db", "wallet.db-wal", "wallet.db-shm", "engine-sqlite.db",
-                                       "engine-sqlite.db-wal", "engine-sqlite.db-shm"})
+            # The sqlite engine by default (in_wallet) keeps its log as a table of wallet.db: no file of its own.
+            assert_private_tree(data, {"wallet.db", "wallet.db-wal", "wallet.db-shm"})
+            assert not list(data.glob("engine-sqlite.db*"))
+            with sqlite3.connect(f"file:{data / 'wallet.db'}?mode=ro", uri=True) as conn:
+                assert conn.execute("SELECT count(*) FROM engine_sqlite_events").fetchone()[0] >= 1
             backup = await trio.to_thread.run_sync(d.call, "wallet.backup", {"path": str(sockdir / "b.db")})
             assert mode(Path(backup["path"])) == 0o600
             limits = Path(f"/proc/{d.proc.pid}/limits").read_text()

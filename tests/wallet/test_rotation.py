@@ -39,6 +39,7 @@ async def keys_of(data_dir, password: str) -> crypto.WalletKeys:
 
 def test_after_rotation_an_old_backup_and_password_open_nothing_new(sockdir):
     doc = dex_document(sockdir, "sqlite")
+    doc["engines"] = {"sqlite": {"in_wallet": False}}   # the engine's own file, re-encrypted by the rotation
     doc.pop("wallet")  # no password_file: the password changes in this test
     d = DaemonProc(sockdir, doc).start()
     try:
@@ -155,6 +156,7 @@ async def test_a_daemon_stopped_before_the_engine_file_was_rekeyed_finishes_at_t
     """The wallet rotated, the engine file did not (the daemon stopped in between): the next unlock opens the
     engine with the previous key, re-encrypts its file and forgets the previous key."""
     doc = dex_document(sockdir, "sqlite")
+    doc["engines"] = {"sqlite": {"in_wallet": False}}   # the engine's own file (in_wallet's log: a wallet table)
     doc.pop("wallet")
     with trio.fail_after(90):
         d = DaemonProc(sockdir, doc)

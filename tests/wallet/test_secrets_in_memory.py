@@ -53,8 +53,13 @@ def call(sock: str, method: str, params: dict | None = None):
         return c.call(method, params)
 
 
-async def test_after_wallet_lock_no_object_reachable_from_the_daemon_holds_a_key(sockdir):
-    config = load(write_config(sockdir, dex_document(sockdir, "sqlite")))
+@pytest.mark.parametrize("in_wallet", [True, False])
+async def test_after_wallet_lock_no_object_reachable_from_the_daemon_holds_a_key(sockdir, in_wallet):
+    """The sqlite engine's own file (in_wallet = false) has an order-id MAC key of its own, dropped at the lock
+    with the wallet's keys; by default (in_wallet) the engine holds no key at all (the wallet's writer seals)."""
+    doc = dex_document(sockdir, "sqlite")
+    doc["engines"] = {"sqlite": {"in_wallet": in_wallet}}
+    config = load(write_config(sockdir, doc))
     sock = str(config.daemon.socket)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -69,10 +74,16 @@ async def test_after_wallet_lock_no_object_reachable_from_the_daemon_holds_a_key
                                           "price": "10.00"})
             engine = daemon.dex.engines["sqlite"]
             keys = daemon.wallet.keys
-            secrets = {keys.data_key, keys._lookup_key, keys.chain_key, keys.private_raw, engine._store._mac_key}
-            assert len(secrets) == 5 and all(len(s) == 32 for s in secrets)
+            secrets = {keys.data_key, keys._lookup_key, keys.chain_key, keys.private_raw}
+            if in_wallet:
+                assert engine.in_tx and engine._store._mac_key == b"" and engine._store._cipher is None
+            else:
+                secrets.add(engine._store._mac_key)
+            assert len(secrets) == 5 - in_wallet and all(len(s) == 32 for s in secrets)
             roots = [daemon, *(f for ident, f in sys._current_frames().items() if ident != threading.get_ident())]
-            assert holders_of(roots, secrets, {id(secrets), id(keys)}), "the walk finds keys while unlocked"
+            # The walk reaches keys while unlocked: the engine's copies (its own file), else the wallet's own.
+            skip = {id(secrets)} if in_wallet else {id(secrets), id(keys)}
+            assert holders_of(roots, secrets, skip), "the walk finds keys while unlocked"
             del keys
 
             with pytest.raises(RpcError) as info:
@@ -101,7 +112,8 @@ async def test_the_unlock_timeout_tells_lock_listeners_and_the_sqlite_engine_dro
             wallet = Wallet(tmp_path, scrypt_n=2**10)
             await nursery.start(wallet.serve)
             await wallet.create(PASSWORD)
-            engine = SqliteEngine(EngineContext("sqlite", tmp_path, wallet.cipher, {}))
+            # The engine's own file (in_wallet = false): its store holds the cipher and a MAC key of its own.
+            engine = SqliteEngine(EngineContext("sqlite", tmp_path, wallet.cipher, {"in_wallet": False}))
             await engine.start([market])
             locked = trio.Event()
 

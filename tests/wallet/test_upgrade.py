@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,11 @@ def test_a_release_wallet_opens_after_the_migration_with_a_backup_beside_it(daem
     assert d.call("ledger.verify")["ok"] is True
     balances = {(b["account"], b["token"]): b["available_minor"] for b in d.call("ledger.balances")}
     assert balances[("alice", "USDC")] == 929_900_000 and balances[("bob", "USDC")] == 49_950_000
+    # The release ran the sqlite engine on its own file; the default now (in_wallet) keeps the engine's log in
+    # wallet.db: the file is read once (nothing after the ledger's applied seq to replay) and put away.
+    assert not (data / "engine-sqlite.db").exists() and (data / "engine-sqlite.db.migrated").exists()
+    book = d.call("dex.order_book", {"market": "ZEC/USDC"})
+    assert (book["bids"], book["asks"]) == ([], [["50.00", "1.00"]])   # bob's 2 at 50.00, 1 of them sold
     everything = d.call("ledger.history", {"limit": 1000})
     assert len(everything) == 25
     for account in ("alice", "bob", "default"):
@@ -84,11 +90,18 @@ def test_a_release_wallet_opens_after_the_migration_with_a_backup_beside_it(daem
     d2 = daemon_factory(doc).start()
     assert d2.call("ledger.history", {"account": "bob", "limit": 1})[0]["key"] == "transfer:after"
     assert len(list(data.glob("wallet.db.pre-migration-*.bak"))) == 1
+    o = d2.call("dex.place_order", {"account": "alice", "market": "ZEC/USDC", "side": "buy", "type": "limit",
+                                    "qty": "0.5", "price": "50.00"})
+    assert [(t["price"], Decimal(t["qty"])) for t in o["trades"]] == [("50.00", Decimal("0.5"))]
+    assert d2.call("ledger.verify")["ok"] is True
     assert d2.stop() == 0
+    assert not (data / "engine-sqlite.db").exists()   # the restart did not go back to the file
+    with sqlite3.connect(data / "wallet.db") as conn:
+        assert conn.execute("SELECT count(*) FROM engine_sqlite_events").fetchone()[0] > 0
     after = _inspect(data / "wallet.db")
     assert after["modules"]["ledger"] == {"applied": 7, "this_release": 7}
     rows = {t["name"]: t["rows"] for t in after["tables"]}
-    assert rows["ledger_journal"] == 26 and rows["ledger_history"] > 26
+    assert rows["ledger_journal"] > 26 and rows["ledger_history"] > 26
     human = subprocess.run([sys.executable, "-m", "tachyond", "inspect", str(backup)], capture_output=True, text=True,
                            timeout=30)
     assert human.returncode == 0 and "(migrated at the next start, after a backup)" in human.stdout
@@ -96,6 +109,37 @@ def test_a_release_wallet_opens_after_the_migration_with_a_backup_beside_it(daem
     missing = subprocess.run([sys.executable, "-m", "tachyond", "inspect", str(sockdir / "nope.db")],
                              capture_output=True, text=True, timeout=30)
     assert missing.returncode == 1 and "no such file" in missing.stderr
+
+
+def test_a_release_engine_file_is_still_the_engine_s_log_with_in_wallet_false(daemon_factory, sockdir):
+    """``[engines.sqlite] in_wallet = false`` keeps the file mode: the release's engine-sqlite.db is opened and
+    written as before (its book trades on), nothing is renamed, and wallet.db gets no engine table."""
+    data = sockdir / "data"
+    data.mkdir(mode=0o700)
+    for name in ("wallet.db", "engine-sqlite.db"):
+        shutil.copy(RELEASE / name, data / name)
+    (sockdir / "pw").write_text(PASSWORD)
+    doc = base_document(sockdir, wallet={"password_file": str(sockdir / "pw")},
+                        tokens=[{"symbol": "USDC", "decimals": 6}, {"symbol": "ZEC", "decimals": 8}],
+                        markets=[{"symbol": "ZEC/USDC", "engine": "sqlite", "tick": "0.01", "lot": "0.0001",
+                                  "min_notional": "1", "maker_fee_bps": 10, "taker_fee_bps": 20}],
+                        engines={"sqlite": {"in_wallet": False}})
+    d = daemon_factory(doc).start()
+    book = d.call("dex.order_book", {"market": "ZEC/USDC"})
+    assert (book["bids"], book["asks"]) == ([], [["50.00", "1.00"]])
+    with sqlite3.connect(data / "engine-sqlite.db") as conn:
+        events_before = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    o = d.call("dex.place_order", {"account": "alice", "market": "ZEC/USDC", "side": "buy", "type": "limit",
+                                   "qty": "0.5", "price": "50.00"})
+    assert [(t["price"], Decimal(t["qty"])) for t in o["trades"]] == [("50.00", Decimal("0.5"))]
+    assert d.call("ledger.verify")["ok"] is True
+    assert d.stop() == 0
+    assert not list(data.glob("*.migrated*"))
+    with sqlite3.connect(data / "engine-sqlite.db") as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] > events_before
+    with sqlite3.connect(data / "wallet.db") as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "engine_sqlite_events" not in tables
 
 
 def test_the_pre_migration_backup_skips_a_taken_name_and_never_follows_a_link(daemon_factory, sockdir):
