@@ -14,11 +14,14 @@ import copy
 import pytest
 import trio
 from tachyon_memory_engine import MemoryEngine
-from test_money_exact import bal, market, new_order, postings_of, record, started
+from tachyon_sqlite_engine import SqliteEngine
+from test_money_exact import PW, TOKENS, bal, market, new_order, postings_of, record, started
 
 from tachyond.dex.fused import EngineEventRefused, InjectedFault, cancel_op, place_orders_op, reseed_op, settle_in_tx
-from tachyond.dex.store import engine_seqs_read, open_orders_read, order_read, settle_op, trades_read
+from tachyond.dex.store import DEX_SCHEMA, engine_seqs_read, open_orders_read, order_read, settle_op, trades_read
 from tachyond.engine import EngineContext, EngineOrder, Event, MarketSpec
+from tachyond.ledger.service import Ledger
+from tachyond.wallet.wallet import Wallet
 
 M = "ZEC/USDC"
 SPECS = [MarketSpec(M, "ZEC", "USDC", "0.01", "0.0001")]
@@ -396,5 +399,109 @@ async def test_settle_in_tx_of_no_events_writes_nothing(tmp_path):
             before = await _snapshot(wallet, ledger)
             assert await wallet.write(settle_in_tx, "memory", 5, [], {}, {M: market()}) == {"orders": {}, "trades": []}
             assert await _snapshot(wallet, ledger) == before and await _seqs(wallet) == {}
+        finally:
+            await wallet.aclose()
+
+
+async def test_batch_with_more_or_fewer_engine_orders_than_items_keeps_nothing(tmp_path):
+    """One engine order per item, always: a mismatch (a caller's bug) would record an order and lock its hold
+    without ever matching it, so it fails the whole operation instead."""
+    m = market(10, 20)
+    with trio.fail_after(20):
+        wallet, ledger, engine = await _setup(tmp_path)
+        try:
+            b1, b2 = new_order("b1", "taker", "buy", 4000, 10), new_order("b2", "taker", "buy", 4100, 10)
+            items = [(o, *m.hold(o["side"], o["price_ticks"], o["qty_lots"], o["post_only"])) for o in (b1, b2)]
+            before = await _snapshot(wallet, ledger)
+            for eos in ([_eo(b1)], [_eo(b1), _eo(b2), _eo(b2, order_id="b3")]):
+                with pytest.raises(ValueError):
+                    await wallet.write(place_orders_op, engine, "memory", 0, items, eos, {}, {M: m})
+                assert await _snapshot(wallet, ledger) == before
+                engine = await _engine(tmp_path)    # it matched b1 before the mismatch showed: the service re-seeds
+        finally:
+            await wallet.aclose()
+
+
+async def test_a_cancel_of_an_order_the_engine_does_not_rest_is_checked_like_an_engine_event(tmp_path):
+    """The done that cancel_op makes up for an order not on the books goes through the same checks (engine name
+    and seq 0 in the refusal), and a bad one releases nothing."""
+    m = market(10, 20)
+    with trio.fail_after(20):
+        wallet, ledger, engine = await _setup(tmp_path)
+        try:
+            [(_, b1)] = await record(wallet, m, new_order("b1", "taker", "buy", 4000, 10))
+            before = await _snapshot(wallet, ledger)
+            for left in (-1, "10"):
+                with pytest.raises(EngineEventRefused) as info:
+                    await wallet.write(cancel_op, engine, "memory", 3, M, "b1", left, {"b1": b1}, {M: m})
+                assert info.value.message == "invalid event refused: engine memory event seq 0 ('done' of market " \
+                                             "'ZEC/USDC'): qty_lots is not a non-negative integer"
+                assert await _snapshot(wallet, ledger) == before
+        finally:
+            await wallet.aclose()
+
+
+async def test_the_sqlite_engine_in_the_wallet_logs_each_operations_events_in_its_transaction(tmp_path):
+    """The same operations with the SQLite engine keeping its log in the wallet (in_wallet): each op's events
+    are in the wallet's table exactly when the op commits; a refused op leaves neither entries nor log rows."""
+    m = market(10, 20, engine="sqlite")
+    with trio.fail_after(30):
+        wallet = Wallet(tmp_path / "w", scrypt_n=2**10)
+        wallet.add_schema("dex", DEX_SCHEMA)
+        config = {"in_wallet": True}
+        schema, sealed = SqliteEngine.tx_tables(config)
+        wallet.add_schema("engine:sqlite", schema)
+        for table, columns in sealed.items():
+            wallet.add_rekey(table, sealed=columns)
+        ledger = Ledger(wallet, TOKENS)
+        await wallet.start()
+        await wallet.create(PW)
+        try:
+            for name in ("maker", "taker"):
+                await ledger.create_account(name)
+            await ledger.deposit("maker", "ZEC", 100_000_000, "m")
+            await ledger.deposit("taker", "USDC", 1_000_000, "t")
+            engine = SqliteEngine(EngineContext("sqlite", tmp_path / "w", wallet.cipher, config))
+            await engine.start(SPECS)
+
+            async def logged() -> list[int]:
+                return await wallet.read(lambda rtx: [r[0] for r in rtx.conn.execute(
+                    "SELECT id FROM engine_sqlite_events ORDER BY id")])
+
+            assert await wallet.write(reseed_op, engine, "sqlite", 0, 0, [], {}, {M: m}) == (
+                0, 0, [], {"orders": {}, "trades": []})
+            assert await _seqs(wallet) == {"sqlite": (0, 0)}
+            open_orders: dict = {}
+            orders = [new_order("s1", "maker", "sell", 5000, 100), new_order("b1", "taker", "buy", 5050, 40),
+                      new_order("b2", "taker", "buy", 4900, 10)]
+            items = [(o, *m.hold(o["side"], o["price_ticks"], o["qty_lots"], o["post_only"])) for o in orders]
+            outcomes, events, result = await wallet.write(place_orders_op, engine, "sqlite", 0, items,
+                                                          [_eo(o) for o in orders], open_orders, {M: m})
+            _remember(open_orders, [v for k, v in outcomes if k == "new"], result)
+            assert [e.kind for e in events] == ["rested", "fill", "done", "rested"]
+            assert await logged() == [1, 2, 3, 4]
+            assert [e["key"] for e in await ledger.history(limit=1)] == ["fill:sqlite:2"]
+            assert await _seqs(wallet) == {"sqlite": (0, 4)}
+
+            events, _ = await wallet.write(cancel_op, engine, "sqlite", 0, M, "s1", 60, open_orders, {M: m})
+            assert events == [Event(5, M, "done", "s1", 60, reason="canceled")]
+            assert await logged() == [1, 2, 3, 4, 5]
+            open_orders.pop("s1")
+
+            liar = new_order("b3", "taker", "buy", 4000, 10)
+            before = await _snapshot(wallet, ledger)
+            with pytest.raises(EngineEventRefused):
+                await wallet.write(place_orders_op, engine, "sqlite", 0, [(liar, "USDC", 40_080)],
+                                   [_eo(liar, side="sell", owner="other")], open_orders, {M: m})
+            assert await _snapshot(wallet, ledger) == before and await logged() == [1, 2, 3, 4, 5]
+
+            base, applied, events, _ = await wallet.write(reseed_op, engine, "sqlite", 0, 5,
+                                                          [_eo(open_orders["b2"])], open_orders, {M: m})
+            # The refused op's match (seqs 6-8: b2 filled) was rolled back: b2 rests again, numbered after it.
+            assert (base, applied, events) == (0, 9, [Event(9, M, "rested", "b2", 10)])
+            assert await logged() == [1, 2, 3, 4, 5, 9]
+            assert await engine.open_orders(M) == [_eo(open_orders["b2"])]
+            assert await _seqs(wallet) == {"sqlite": (0, 9)}
+            await engine.aclose()
         finally:
             await wallet.aclose()
