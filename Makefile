@@ -61,7 +61,9 @@ MUTATE_FUNCTIONS ?= \
   'tachyond.dex.store.x_record_orders_op__*' 'tachyond.dex.store.x_settle_op__*' \
   'tachyond.dex.store.x__apply_fill__*' 'tachyond.dex.store.x_coid_repeat__*' \
   'tachyond.dex.store.x__seal_order__*' 'tachyond.dex.store.x_set_engine_seq_op__*' \
-  'tachyond.dex.store.x_set_engine_feed_op__*'
+  'tachyond.dex.store.x_set_engine_feed_op__*' \
+  'tachyond.dex.fused.x_settle_in_tx__*' 'tachyond.dex.fused.x_place_orders_op__*' \
+  'tachyond.dex.fused.x_cancel_op__*' 'tachyond.dex.fused.x_reseed_op__*'
 MUTATE_JOBS ?= 1
 
 mutate: install
