@@ -217,6 +217,8 @@ async def run(base: Path, fail: Callable[[str], None], *, own_file: bool = False
             fail(f"diskfull: ledger.verify after space returned: {v['problems'][:5]}")
         await rpc.aclose()
         report["daemon_log_tracebacks"] = daemon.stderr().count("Traceback (most recent call last)")
+        if report["daemon_log_tracebacks"]:   # a full disk is said plainly, never as a traceback
+            fail(f"diskfull: the daemon logged {report['daemon_log_tracebacks']} tracebacks on a full disk")
         report["daemon_log_disk_lines"] = [line for line in daemon.stderr().splitlines()
                                            if "full" in line.lower() or "nothing was written" in line][:5]
         report["ran"] = True

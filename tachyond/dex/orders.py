@@ -13,7 +13,7 @@ from typing import Any
 import trio
 
 from ..engine import DONE_CANCELED, EngineUnavailable, Event
-from ..errors import Conflict, EngineError, InvalidParams, OrderRejected, TachyonError
+from ..errors import Conflict, EngineError, InvalidParams, OrderRejected, TachyonError, WriteFailed
 from ..ledger.journal import check_user_account
 from ..rpc.dispatch import detach_call_context
 from .batch import Request as _Request
@@ -133,7 +133,10 @@ class Orders(Recovery):
         try:
             await work
         except Exception as exc:
-            log.exception("order batch failed")
+            if isinstance(exc, TachyonError):   # a refusal the callers hear (a full disk, say): said, no traceback
+                log.warning("order batch refused: %s", exc.message)
+            else:
+                log.exception("order batch failed")
             error = exc if isinstance(exc, TachyonError) else EngineError(f"order processing failed: {exc}")
             for req in batch:
                 req.finish(error=error)
@@ -246,7 +249,10 @@ class Orders(Recovery):
                 with trio.CancelScope(shield=True):
                     try:
                         await self._reseed(name, engine)
-                    except Exception:   # still failing (disk full): the next order or cancel tries again
+                    except WriteFailed as again:   # still no room: the next order or cancel tries again
+                        log.warning("engine %s: re-seeding its books waits for the wallet to take writes again: %s",
+                                    name, again.message)
+                    except Exception:
                         log.exception("engine %s: re-seeding its books after a failed write failed", name)
                 raise
             if fault in ("after_record", "after_match"):

@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from ..engine import DONE_CANCELED, EngineUnavailable, Event
-from ..errors import EngineError, InvalidParams, NotFound, OrderNotOpen, WalletLocked
+from ..errors import EngineError, InvalidParams, NotFound, OrderNotOpen, WalletLocked, WriteFailed
 from .fused import EngineEventRefused, cancel_op
 from .market import Market
 from .orders import Orders
@@ -187,6 +187,9 @@ class DexService(Orders):
                 self._reseed_due.add(name)
                 try:
                     await self._reseed(name, engine)
+                except WriteFailed as again:   # still no room: the next order or cancel tries again
+                    log.warning("engine %s: re-seeding its books waits for the wallet to take writes again: %s",
+                                name, again.message)
                 except Exception:
                     log.exception("engine %s: re-seeding its books after a failed write failed", name)
                 raise

@@ -300,6 +300,8 @@ async def test_disk_full_mid_order_rolls_the_whole_batch_back_and_the_engine_wit
                 assert [(t["price"], t["qty"]) for t in o["trades"]] == [(f"{50 + i}.00", "1.00")]
                 assert len(await rpc(d, "dex.trades", {})) == i + 1
                 assert (await rpc(d, "ledger.verify"))["ok"]
+                # A full disk is an operating condition: said in the log, never as a traceback.
+                assert "Traceback" not in d.stderr(), d.stderr()[-3000:]
             finally:
                 d.kill()
     finally:
