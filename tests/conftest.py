@@ -49,6 +49,43 @@ def require_root() -> None:
     pytest.skip("dropping to another uid needs root (CI runs as root)")
 
 
+def mount_small_tmpfs(mnt: Path, size: str = "4m") -> None:
+    """A small filesystem the test fills up (a full disk): a tmpfs of ``size`` at ``mnt`` (made here); root only.
+    Unmount with ``umount_small_tmpfs``."""
+    require_root()
+    mnt.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, f"mount -t tmpfs: {r.stderr}"
+
+
+def umount_small_tmpfs(mnt: Path) -> None:
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill_disk(path: Path) -> None:
+    """Write ``path`` until the filesystem under it is full (ENOSPC), down to the last byte."""
+    import errno
+
+    with open(path, "wb", buffering=0) as f:
+        for size in (1 << 16, 1 << 12, 1 << 9, 1):
+            while True:
+                try:
+                    f.write(b"\0" * size)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+                    break
+
+
+@pytest.fixture
+def small_fs(sockdir: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs for a test about a full disk (root only; CI runs as root)."""
+    mnt = sockdir / "fs"
+    mount_small_tmpfs(mnt)
+    yield mnt
+    umount_small_tmpfs(mnt)
+
+
 @pytest.fixture
 def sockdir() -> Iterator[Path]:
     """A short directory for Unix sockets (paths are limited to 108 bytes)."""

@@ -13,7 +13,7 @@ from typing import Any
 import trio
 
 from ..engine import DONE_CANCELED, EngineUnavailable, Event
-from ..errors import Conflict, EngineError, InvalidParams, OrderRejected, TachyonError, WriteFailed
+from ..errors import Conflict, EngineError, InvalidParams, OrderRejected, TachyonError
 from ..ledger.journal import check_user_account
 from ..rpc.dispatch import detach_call_context
 from .batch import Request as _Request
@@ -245,15 +245,7 @@ class Orders(Recovery):
                 raise EngineError(f"{exc.message}; settlement of engine {name} is halted (nothing was recorded "
                                   "or locked)") from None
             except BaseException:
-                self._reseed_due.add(name)
-                with trio.CancelScope(shield=True):
-                    try:
-                        await self._reseed(name, engine)
-                    except WriteFailed as again:   # still no room: the next order or cancel tries again
-                        log.warning("engine %s: re-seeding its books waits for the wallet to take writes again: %s",
-                                    name, again.message)
-                    except Exception:
-                        log.exception("engine %s: re-seeding its books after a failed write failed", name)
+                await self._reseed_after_failure(name, engine)
                 raise
             if fault in ("after_record", "after_match"):
                 os._exit(1)  # test-only fault hook: committed (recorded, matched, settled), not answered

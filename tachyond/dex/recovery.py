@@ -11,7 +11,7 @@ from typing import Any
 import trio
 
 from ..engine import EngineContext, EngineUnavailable, MarketSpec, is_transactional
-from ..errors import EngineError, IntegrityError, WalletLocked
+from ..errors import EngineError, IntegrityError, WalletLocked, WriteFailed
 from .fused import EngineEventRefused, reseed_op
 from .market import Market
 from .settlement import Settlement
@@ -179,6 +179,20 @@ class Recovery(Settlement):
                 self._no_progress(name, applied_seq)
                 return
             applied_seq = self._applied[name]
+
+    async def _reseed_after_failure(self, name: str, engine: Any) -> None:
+        """A transaction that matched on an in-tx engine did not commit: put its books back to the ledger's now
+        (shielded: the caller is leaving with the write's error). Still no room: the next order or cancel tries
+        again first; that is said as a warning, an unexpected failure with its traceback."""
+        self._reseed_due.add(name)
+        with trio.CancelScope(shield=True):
+            try:
+                await self._reseed(name, engine)
+            except WriteFailed as again:
+                log.warning("engine %s: re-seeding its books waits for the wallet to take writes again: %s",
+                            name, again.message)
+            except Exception:
+                log.exception("engine %s: re-seeding its books after a failed write failed", name)
 
     async def _reseed(self, name: str, engine: Any) -> None:
         """An in-tx engine's books back to the ledger's committed open orders (caller holds the engine's lock):

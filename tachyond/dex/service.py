@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from ..engine import DONE_CANCELED, EngineUnavailable, Event
-from ..errors import EngineError, InvalidParams, NotFound, OrderNotOpen, WalletLocked, WriteFailed
+from ..errors import EngineError, InvalidParams, NotFound, OrderNotOpen, WalletLocked
 from .fused import EngineEventRefused, cancel_op
 from .market import Market
 from .orders import Orders
@@ -184,14 +184,7 @@ class DexService(Orders):
                 self._reseed_due.add(name)
                 raise EngineError(f"{exc.message}; settlement of engine {name} is halted") from None
             except BaseException:
-                self._reseed_due.add(name)
-                try:
-                    await self._reseed(name, engine)
-                except WriteFailed as again:   # still no room: the next order or cancel tries again
-                    log.warning("engine %s: re-seeding its books waits for the wallet to take writes again: %s",
-                                name, again.message)
-                except Exception:
-                    log.exception("engine %s: re-seeding its books after a failed write failed", name)
+                await self._reseed_after_failure(name, engine)
                 raise
             self._after_settle(name, events, result, store_seq=bool(events))
             await self._acknowledge(name, 1)

@@ -242,31 +242,28 @@ class Inbox:
                     return math.inf
                 except ShuttingDown:
                     return math.inf
-                except OnrampError as exc:
-                    failures += 1
-                    delay = retry_delay_s(failures)
-                    self._failures[inbox_id] = (failures, trio.current_time() + delay)
+                except (OnrampError, WriteFailed) as exc:
+                    # The provider failed, or the wallet refused the write (a full disk): the event stays, retried
+                    # with backoff, said plainly.
+                    delay = self._retry_later(inbox_id, failures)
                     next_due = min(next_due, delay)
-                    log.warning("onramp inbox event %d: provider error (attempt %d, retry in %.0f s): %s",
-                                inbox_id, failures, delay, exc.message)
-                except WriteFailed as exc:
-                    # The wallet refused the write (a full disk): the event stays, retried with backoff.
-                    failures += 1
-                    delay = retry_delay_s(failures)
-                    self._failures[inbox_id] = (failures, trio.current_time() + delay)
-                    next_due = min(next_due, delay)
-                    log.warning("onramp inbox event %d: not recorded (attempt %d, retry in %.0f s): %s",
-                                inbox_id, failures, delay, exc.message)
+                    why = "provider error" if isinstance(exc, OnrampError) else "not recorded"
+                    log.warning("onramp inbox event %d: %s (attempt %d, retry in %.0f s): %s",
+                                inbox_id, why, failures + 1, delay, exc.message)
                 except Exception:
                     # A bug or bad data must not stop the queue: the event stays, retried with backoff.
-                    failures += 1
-                    delay = retry_delay_s(failures)
-                    self._failures[inbox_id] = (failures, trio.current_time() + delay)
+                    delay = self._retry_later(inbox_id, failures)
                     next_due = min(next_due, delay)
                     log.exception("onramp inbox event %d failed (attempt %d, retry in %.0f s)",
-                                  inbox_id, failures, delay)
+                                  inbox_id, failures + 1, delay)
                 else:
                     self._failures.pop(inbox_id, None)
+
+    def _retry_later(self, inbox_id: int, failures: int) -> float:
+        """Count one more failure of this event and set when it is tried again; the delay in seconds."""
+        delay = retry_delay_s(failures + 1)
+        self._failures[inbox_id] = (failures + 1, trio.current_time() + delay)
+        return delay
 
     async def _prune_inbox(self) -> None:
         """At most once an hour, delete inbox events processed more than 30 days ago (bounded growth)."""

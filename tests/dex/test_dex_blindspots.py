@@ -15,9 +15,8 @@ import subprocess
 import httpx
 import pytest
 import trio
-from conftest import DaemonProc, base_document, require_root
+from conftest import DaemonProc, base_document, fill_disk, mount_small_tmpfs
 from test_dex_helpers import MARKET_DEFAULTS, PASSWORD, USDC, ZEC, balances, fund, order, rpc, rpc_error, state_snapshot
-from test_disk_full import fill
 from test_http_engine import TOKEN, ServerProc, server_document
 
 from tachyon_ctl.client import DaemonNotRunning, RpcError
@@ -516,12 +515,8 @@ async def test_a_ledger_write_failure_during_settlement_fails_the_engine_and_hea
     (nothing of the fill booked, the ask still open with its hold), answers /healthz 503 naming the engine, says why
     in its log and in every refusal, and keeps serving the rest; restarted with room again, it settles the fill
     once from the server's feed and is healthy."""
-    require_root()
     mnt = sockdir / "fs"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, f"mount -t tmpfs: {r.stderr}"
+    mount_small_tmpfs(mnt)
     server = a = b = None
     try:
         with trio.fail_after(150):
@@ -539,7 +534,7 @@ async def test_a_ledger_write_failure_during_settlement_fails_the_engine_and_hea
             assert ask["status"] == "open"
             assert (await _healthz(a)).status_code == 200
 
-            await trio.to_thread.run_sync(fill, mnt / "ballast")
+            await trio.to_thread.run_sync(fill_disk, mnt / "ballast")
             for i in range(5000):   # SQLite may still have room in pages it holds: write until the first refusal
                 try:
                     await rpc(a, "ledger.deposit", {"token": "USDC", "amount": "1", "reference": f"slack-{i}"})

@@ -4,13 +4,11 @@ and it deletes once there is room again. In-process on a real wallet file on a s
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import trio
-from test_disk_full import fill  # tests/wallet/test_disk_full.py (every test folder is on sys.path)
+from conftest import fill_disk
 
 from tachyond.amounts import Token
 from tachyond.errors import WriteFailed
@@ -19,17 +17,6 @@ from tachyond.onramp import store
 from tachyond.onramp.inbox import Inbox
 from tachyond.runtime.metrics import Metrics
 from tachyond.wallet.wallet import Wallet
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, f"mount -t tmpfs: {r.stderr}"
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def _old_processed_rows_op(tx, n: int) -> None:
@@ -54,7 +41,7 @@ async def test_a_prune_refused_by_a_full_disk_is_a_warning_and_deletes_once_ther
             await wallet.create("disk-full-inbox-pw")
             await wallet.write(_old_processed_rows_op, 2000)
             assert await _count(wallet) == 2000
-            fill(small_fs / "ballast")
+            fill_disk(small_fs / "ballast")
             for i in range(5000):   # use up the room SQLite still holds until the first refusal
                 try:
                     await ledger.deposit("default", "USDC", 1, f"slack-{i}")

@@ -3,37 +3,10 @@ same write succeeds once space returns (the data_dir is a small tmpfs made by th
 
 from __future__ import annotations
 
-import errno
-import subprocess
-from pathlib import Path
-
 import pytest
-from conftest import base_document, require_root
+from conftest import base_document, fill_disk
 
 from tachyon_ctl.client import RpcError
-
-
-@pytest.fixture
-def small_fs(sockdir: Path):
-    require_root()
-    mnt = sockdir / "fs"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, f"mount -t tmpfs: {r.stderr}"
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
-
-
-def fill(path: Path) -> None:
-    with open(path, "wb", buffering=0) as f:
-        for size in (1 << 16, 1 << 12, 1 << 9, 1):
-            while True:
-                try:
-                    f.write(b"\0" * size)
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC
-                    break
 
 
 def test_a_write_on_a_full_disk_is_a_clear_error_and_succeeds_once_space_returns(daemon_factory, sockdir, small_fs):
@@ -42,7 +15,7 @@ def test_a_write_on_a_full_disk_is_a_clear_error_and_succeeds_once_space_returns
     d = daemon_factory(doc).start()
     d.call("wallet.create", {"password": "disk-full-pw"})
     d.call("ledger.deposit", {"token": "USDC", "amount": "1", "reference": "before"})
-    fill(small_fs / "ballast")
+    fill_disk(small_fs / "ballast")
     # SQLite may still have room in pages it already holds: write until the first refusal.
     for i in range(5000):
         ref = f"slack-{i}"
