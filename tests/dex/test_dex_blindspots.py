@@ -16,7 +16,19 @@ import httpx
 import pytest
 import trio
 from conftest import DaemonProc, base_document, fill_disk, mount_small_tmpfs
-from test_dex_helpers import MARKET_DEFAULTS, PASSWORD, USDC, ZEC, balances, fund, order, rpc, rpc_error, state_snapshot
+from test_dex_helpers import (
+    MARKET_DEFAULTS,
+    PASSWORD,
+    USDC,
+    ZEC,
+    balances,
+    crash_after_match,
+    fund,
+    order,
+    rpc,
+    rpc_error,
+    state_snapshot,
+)
 from test_http_engine import TOKEN, ServerProc, server_document
 
 from tachyon_ctl.client import DaemonNotRunning, RpcError
@@ -123,17 +135,7 @@ async def test_fault_after_match_on_the_remote_engine_settles_every_fill_exactly
         d = DaemonProc(sockdir, _http_document(sockdir, server.url), env={"TACHYON_ENGINE_TOKEN": TOKEN})
         try:
             await _start(d)
-            await fund(d, "maker", ZEC="10")
-            await fund(d, "taker", USDC="1000")
-            await order(d, "maker", "sell", "1", "50.00")
-            await order(d, "maker", "sell", "1", "51.00")
-            assert await trio.to_thread.run_sync(d.stop) == 0
-            d.env["TACHYON_TEST_FAULT"] = "after_match"
-            await trio.to_thread.run_sync(d.start)
-            with pytest.raises(DaemonNotRunning):
-                await order(d, "taker", "buy", "1.5", "51.00", client_order_id="crash-1")
-            assert await trio.to_thread.run_sync(d.wait) == 1
-            del d.env["TACHYON_TEST_FAULT"]
+            await crash_after_match(d)
             await trio.to_thread.run_sync(d.start)   # the server kept the fills; the core replays them once
             [taker] = await rpc(d, "dex.orders", {"account": "taker"})
             assert (taker["client_order_id"], taker["status"], taker["filled"]) == ("crash-1", "closed", "1.50")

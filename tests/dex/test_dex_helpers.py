@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from conftest import DaemonProc, base_document
 
-from tachyon_ctl.client import RpcError
+from tachyon_ctl.client import DaemonNotRunning, RpcError
 
 PASSWORD = "correct horse battery staple"
 USDC = {"symbol": "USDC", "decimals": 6}
@@ -80,3 +81,19 @@ async def state_snapshot(d: DaemonProc) -> dict:
     bals = sorted((b["account"], b["token"], b["available_minor"], b["locked_minor"])
                   for b in await rpc(d, "ledger.balances"))
     return {"books": books, "open": open_orders, "balances": bals}
+
+
+async def crash_after_match(d: DaemonProc) -> None:
+    """Two asks (1 at 50.00, 1 at 51.00), then a taker's buy of 1.5 at 51.00 (client_order_id crash-1) on a
+    daemon that exits right after the engine matched it, before its answer; the daemon is left stopped."""
+    await fund(d, "maker", ZEC="10")
+    await fund(d, "taker", USDC="1000")
+    await order(d, "maker", "sell", "1", "50.00")
+    await order(d, "maker", "sell", "1", "51.00")
+    assert await trio.to_thread.run_sync(d.stop) == 0
+    d.env["TACHYON_TEST_FAULT"] = "after_match"
+    await trio.to_thread.run_sync(d.start)
+    with pytest.raises(DaemonNotRunning):
+        await order(d, "taker", "buy", "1.5", "51.00", client_order_id="crash-1")
+    assert await trio.to_thread.run_sync(d.wait) == 1
+    del d.env["TACHYON_TEST_FAULT"]

@@ -17,7 +17,17 @@ import httpx
 import pytest
 import trio
 from conftest import DaemonProc
-from test_dex_helpers import PASSWORD, balances, dex_document, fund, order, rpc, rpc_error, state_snapshot
+from test_dex_helpers import (
+    PASSWORD,
+    balances,
+    crash_after_match,
+    dex_document,
+    fund,
+    order,
+    rpc,
+    rpc_error,
+    state_snapshot,
+)
 
 from tachyon_ctl.client import DaemonNotRunning, RpcError
 from tachyond.errors import IntegrityError
@@ -200,16 +210,7 @@ async def test_a_sqlite_engine_file_is_replayed_once_then_put_away_when_in_walle
     with trio.fail_after(90):
         d = await trio.to_thread.run_sync(_start, sockdir, "sqlite-own-file")
         try:
-            await fund(d, "maker", ZEC="10")
-            await fund(d, "taker", USDC="1000")
-            await order(d, "maker", "sell", "1", "50.00")
-            await order(d, "maker", "sell", "1", "51.00")
-            assert await trio.to_thread.run_sync(d.stop) == 0
-            d.env["TACHYON_TEST_FAULT"] = "after_match"
-            await trio.to_thread.run_sync(d.start)
-            with pytest.raises(DaemonNotRunning):
-                await order(d, "taker", "buy", "1.5", "51.00", client_order_id="crash-1")
-            assert await trio.to_thread.run_sync(d.wait) == 1
+            await crash_after_match(d)
             assert (data / "engine-sqlite.db").exists()
 
             doc = {key: value for key, value in d.doc.items() if key != "engines"}   # the default: in_wallet

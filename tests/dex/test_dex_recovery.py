@@ -10,6 +10,7 @@ from conftest import DaemonProc
 from test_dex_helpers import (
     PASSWORD,
     balances,
+    crash_after_match,
     dex_document,
     fund,
     order,
@@ -18,8 +19,6 @@ from test_dex_helpers import (
     start_dex_daemon,
     state_snapshot,
 )
-
-from tachyon_ctl.client import DaemonNotRunning
 
 # variant: (market engine, its [engines.<name>] table). "sqlite" is the default (in_wallet: its log a table of
 # the wallet file, matched and settled in one commit); "sqlite-own-file" keeps engine-sqlite.db, so a crash
@@ -79,18 +78,8 @@ async def test_fault_after_match_settles_every_fill_exactly_once(sockdir, varian
     with trio.fail_after(60):
         d = await trio.to_thread.run_sync(_start, sockdir, variant)
         try:
-            await fund(d, "maker", ZEC="10")
-            await fund(d, "taker", USDC="1000")
-            await order(d, "maker", "sell", "1", "50.00")
-            await order(d, "maker", "sell", "1", "51.00")
-            assert d.stop() == 0
-            d.env["TACHYON_TEST_FAULT"] = "after_match"
-            await trio.to_thread.run_sync(d.start)
-            with pytest.raises(DaemonNotRunning):
-                await order(d, "taker", "buy", "1.5", "51.00", client_order_id="crash-1")
-            assert await trio.to_thread.run_sync(d.wait) == 1
+            await crash_after_match(d)
             assert (sockdir / "data" / "engine-sqlite.db").exists() is (variant == "sqlite-own-file")
-            del d.env["TACHYON_TEST_FAULT"]
             await trio.to_thread.run_sync(d.start)
             [taker] = await rpc(d, "dex.orders", {"account": "taker"})
             assert (taker["client_order_id"], taker["status"], taker["filled"]) == ("crash-1", "closed", "1.50")
