@@ -36,13 +36,21 @@ class InjectedFault(RuntimeError):
 
 
 def settle_in_tx(tx: LedgerTx, engine: str, base_seq: int, events: list[Event], open_orders: Mapping[str, dict],
-                 markets: Mapping[str, Market], store_seq: bool = True) -> dict:
+                 markets: Mapping[str, Market], store_seq: bool = True, *, after: int | None = None) -> dict:
     """Check ``events`` against this wallet's orders, then settle them (``settle_op``), in the caller's op.
 
-    The first event that does not fit raises EngineEventRefused (nothing of the operation is kept).
+    ``after`` is the engine's applied seq: every event that stores its seq must come after it (a positive
+    integer), as the two-step path's ``_in_sequence`` requires; an engine repeating an applied seq would
+    otherwise book a trade row again under a fill key the journal already holds. The first event that does
+    not fit raises EngineEventRefused (nothing of the operation is kept).
     """
     if not events:
         return NOTHING
+    if store_seq and after is not None:
+        for ev in events:
+            if type(ev.seq) is not int or ev.seq <= max(after, 0):
+                raise EngineEventRefused(f"invalid event refused: engine {engine} sent seq {str(ev.seq)[:20]!r}, "
+                                         f"not after its applied seq {after}")
     ids = {ev.order_id for ev in events if isinstance(ev.order_id, str)}
     ids |= {ev.maker_order_id for ev in events if isinstance(ev.maker_order_id, str)}
     orders = {i: {**open_orders[i], "trades": list(open_orders[i]["trades"])} for i in ids if i in open_orders}
@@ -56,7 +64,7 @@ def settle_in_tx(tx: LedgerTx, engine: str, base_seq: int, events: list[Event], 
 
 def place_orders_op(tx: LedgerTx, engine: Any, name: str, base_seq: int, items: list[tuple[dict, str, int]],
                     engine_orders: list[EngineOrder], open_orders: Mapping[str, dict],
-                    markets: Mapping[str, Market], fail_coid: str | None = None
+                    markets: Mapping[str, Market], fail_coid: str | None = None, after: int | None = None
                     ) -> tuple[list[tuple[str, Any]], list[Event], dict]:
     """Record the orders and holds, match each accepted one, settle every event, store the seq: one op.
 
@@ -71,12 +79,14 @@ def place_orders_op(tx: LedgerTx, engine: Any, name: str, base_seq: int, items: 
             events += engine.submit_in_tx(tx, engine_order)
     if fail_coid is not None and any(o["client_order_id"] == fail_coid for o in new.values()):
         raise InjectedFault(f"test fault: the operation failed after the engine matched ({fail_coid})")
-    result = settle_in_tx(tx, name, base_seq, events, ChainMap(new, open_orders), markets)  # type: ignore[arg-type]
+    result = settle_in_tx(tx, name, base_seq, events, ChainMap(new, open_orders), markets,  # type: ignore[arg-type]
+                          after=after)
     return outcomes, events, result
 
 
 def cancel_op(tx: LedgerTx, engine: Any, name: str, base_seq: int, market: str, order_id: str, left_lots: int,
-              open_orders: Mapping[str, dict], markets: Mapping[str, Market]) -> tuple[list[Event], dict]:
+              open_orders: Mapping[str, dict], markets: Mapping[str, Market], after: int | None = None
+              ) -> tuple[list[Event], dict]:
     """Cancel on the engine and settle the ``done`` (the rest of the hold released), in one op.
 
     An open order the engine does not rest (cannot happen while the books are the ledger's, but cheap to
@@ -84,7 +94,7 @@ def cancel_op(tx: LedgerTx, engine: Any, name: str, base_seq: int, market: str, 
     """
     events = engine.cancel_in_tx(tx, market, order_id)
     if events:
-        return events, settle_in_tx(tx, name, base_seq, events, open_orders, markets)
+        return events, settle_in_tx(tx, name, base_seq, events, open_orders, markets, after=after)
     done = Event(0, market, "done", order_id, left_lots, reason="canceled")
     return [], settle_in_tx(tx, name, base_seq, [done], open_orders, markets, store_seq=False)
 
@@ -106,7 +116,7 @@ def reseed_op(tx: LedgerTx, engine: Any, name: str, base_seq: int, applied_seq: 
     events: list[Event] = []
     for engine_order in engine_orders:
         events += engine.submit_in_tx(tx, engine_order)
-    result = settle_in_tx(tx, name, base_seq, events, open_orders, markets)
+    result = settle_in_tx(tx, name, base_seq, events, open_orders, markets, after=applied_seq)
     if events:
         applied_seq = events[-1].seq
     else:

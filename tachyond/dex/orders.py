@@ -238,7 +238,7 @@ class Orders(Recovery):
             try:
                 outcomes, events, result = await self.wallet.write(
                     place_orders_op, engine, name, self._base_seq[name], items, engine_orders, self._open,
-                    self.markets, fail_coid)
+                    self.markets, fail_coid, self._applied[name])
             except EngineEventRefused as exc:
                 self._refused(name, exc)
                 self._reseed_due.add(name)

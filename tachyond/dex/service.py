@@ -178,7 +178,8 @@ class DexService(Orders):
             await self._reseed(name, engine)
             try:
                 events, result = await self.wallet.write(cancel_op, engine, name, self._base_seq[name], m.symbol,
-                                                         order_id, left_lots, self._open, self.markets)
+                                                         order_id, left_lots, self._open, self.markets,
+                                                         self._applied[name])
             except EngineEventRefused as exc:
                 self._refused(name, exc)
                 self._reseed_due.add(name)

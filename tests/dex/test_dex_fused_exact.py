@@ -505,3 +505,44 @@ async def test_the_sqlite_engine_in_the_wallet_logs_each_operations_events_in_it
             await engine.aclose()
         finally:
             await wallet.aclose()
+
+
+class _LyingEngine:
+    """A fake in-transaction engine peer: it answers an order with whatever events it was told to."""
+
+    def __init__(self, events: list[Event]):
+        self.events = events
+
+    def submit_in_tx(self, tx, order: EngineOrder) -> list[Event]:
+        return list(self.events)
+
+
+async def test_an_in_tx_engine_sending_a_seq_not_after_the_applied_one_is_refused_and_nothing_moves(tmp_path):
+    """As the two-step path's _in_sequence does: an event whose seq is not after the applied seq (a replayed
+    fill, a stale rest, seq 0) is EngineEventRefused, and nothing of the batch is kept. Before, a stale rest
+    stored the applied seq backwards and a replayed fill seq failed as a journal Conflict."""
+    m = market(10, 20)
+    with trio.fail_after(20):
+        wallet, ledger, engine = await _setup(tmp_path)
+        try:
+            open_orders: dict = {}
+            await _place(wallet, engine, m, open_orders, [new_order("s1", "maker", "sell", 5000, 100)])
+            await _place(wallet, engine, m, open_orders, [new_order("b1", "taker", "buy", 5050, 60)])
+            assert await _seqs(wallet) == {"memory": (0, 3)}
+            for lie in ([Event(2, M, "rested", "b2", 10)],                      # stale: before the applied seq
+                        [Event(2, M, "fill", "b2", 10, 5000, "s1", "buy"),      # a fill under an applied seq
+                         Event(4, M, "done", "b2", 0, reason="filled")],
+                        [Event(0, M, "rested", "b2", 10)]):                     # seq 0
+                b2 = new_order("b2", "taker", "buy", 5050, 10)
+                before_db, before_orders = await _snapshot(wallet, ledger), copy.deepcopy(open_orders)
+                items = [(b2, *m.hold("buy", 5050, 10, False))]
+                with pytest.raises(EngineEventRefused) as info:
+                    await wallet.write(place_orders_op, _LyingEngine(lie), "memory", 0, items, [_eo(b2)],
+                                       open_orders, {M: m}, None, 3)
+                assert info.value.message == (f"invalid event refused: engine memory sent seq '{lie[0].seq}', "
+                                              "not after its applied seq 3")
+                assert await _snapshot(wallet, ledger) == before_db       # nothing of the operation was kept
+                assert open_orders == before_orders
+            assert (await ledger.verify())["ok"]
+        finally:
+            await wallet.aclose()

@@ -190,3 +190,29 @@ def test_pipelined_requests_each_get_their_answer_once(spec_daemon):
     answers = [json.loads(line) for line in buf.splitlines()[:-1]]
     got = {json.dumps(a["id"]): a.get("result", "error" if "error" in a else None) for a in answers}
     assert len(answers) == len(expected) and got == expected
+
+
+def test_a_client_that_never_reads_is_not_read_without_bound(spec_daemon):
+    """A client pipelining quick calls (answered in the connection's task) and calls with a task of their own,
+    and never reading its answers: once the answers back up, the daemon stops reading it, so the client's
+    writes block after the sockets' buffers fill instead of queueing answers in the daemon without end."""
+    import socket
+    import time
+
+    chunk = (b'{"jsonrpc":"2.0","method":"test.sleep","params":[0],"id":1}\n'
+             + b'{"jsonrpc":"2.0","method":"daemon.info","id":2}\n' * 100)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(spec_daemon.socket)
+        s.setblocking(False)
+        sent, stalled_since = 0, None
+        while sent < 64 << 20:
+            try:
+                sent += s.send(chunk)
+                stalled_since = None
+            except BlockingIOError:
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > 3:
+                    break   # the daemon stopped reading this client
+                time.sleep(0.01)
+    assert sent < 64 << 20, "the daemon kept reading (and queueing answers for) a client that never reads"
+    assert spec_daemon.call("daemon.info")["version"]   # and it serves the others
